@@ -1,0 +1,329 @@
+//! Node configuration: embedded defaults, then an optional JSON file, then `SPHERE_*`
+//! environment variables, then command-line flags, each overriding the one before.
+//!
+//! Every field is documented in `docs/configuration.md`; `config-example.json` at the top of the
+//! repository holds every field with its default, and a test keeps the two in step with
+//! [`Config::default`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override configuration fields. Nested fields are
+/// separated by a double underscore: `SPHERE_HTTP__LISTEN=0.0.0.0:3000` sets `http.listen`.
+pub const ENV_PREFIX: &str = "SPHERE";
+
+/// Smallest and largest accepted `storage.chunk_size_bytes`.
+const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u64> = 4 * 1024..=16 * 1024 * 1024;
+
+/// Everything a node needs to know to start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding the node's LevelDB, stored chunks and (by default) its key.
+    pub data_dir: PathBuf,
+    /// File holding the node's secp256k1 key. `None` means `<data_dir>/node.key`, created at
+    /// first start; a configured file must already exist (see `sphere keygen`).
+    pub key_file: Option<PathBuf>,
+    /// Log filter in `tracing` syntax, for example `info` or `sphere_node=debug,info`.
+    pub log: String,
+    /// Longest time in-flight requests get to finish after SIGINT or SIGTERM.
+    pub shutdown_grace_ms: u64,
+    /// The node-to-node gRPC server and client.
+    pub grpc: GrpcConfig,
+    /// The REST API.
+    pub http: HttpConfig,
+    /// The plugin that runs this node's tasks.
+    pub plugin: PluginConfig,
+    /// Files this node stores on others and objects it stores for others.
+    pub storage: StorageConfig,
+}
+
+/// The node-to-node gRPC server and the client this node uses to reach other nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Address the gRPC server listens on. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// How long connecting to another node may take before it counts as unreachable.
+    pub connect_timeout_ms: u64,
+    /// Deadline for a whole task run on another node, plugin included.
+    pub task_timeout_ms: u64,
+}
+
+/// The REST API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address the REST API listens on. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Largest accepted JSON request body (`POST /task`, `POST /file`); larger ones get 413.
+    /// Streaming uploads (`PUT /files/{name}`) have no such limit.
+    pub max_json_body_bytes: u64,
+}
+
+/// The plugin that runs this node's tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginConfig {
+    /// gRPC address of a plugin someone else runs, for example `http://127.0.0.1:50051`.
+    /// `None` means the node starts its built-in demo plugin as a child process.
+    pub address: Option<String>,
+    /// Longest time one task may take in the plugin.
+    pub timeout_ms: u64,
+}
+
+/// Files this node stores on others and objects it stores for others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Plaintext bytes per encrypted chunk of a file this node stores on others.
+    pub chunk_size_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("sphere-data"),
+            key_file: None,
+            log: "info".to_owned(),
+            shutdown_grace_ms: 10_000,
+            grpc: GrpcConfig::default(),
+            http: HttpConfig::default(),
+            plugin: PluginConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            connect_timeout_ms: 3_000,
+            task_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            max_json_body_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        Self {
+            address: None,
+            timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            chunk_size_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the field and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file, an environment variable or a flag could not be read or has the wrong type.
+    #[error("invalid configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A field has a value of the right type that the node cannot use.
+    #[error("invalid configuration: field `{field}` {problem}")]
+    Invalid {
+        /// Dotted path of the field, for example `storage.chunk_size_bytes`.
+        field: &'static str,
+        /// What is wrong with its value.
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Loads the configuration from the embedded defaults, then `file` (JSON) if given, then the
+    /// `SPHERE_*` variables of `environment`, then `overrides` (dotted field path to value, from
+    /// command-line flags), and checks it.
+    pub fn load(
+        file: Option<&Path>,
+        environment: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, String)],
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            builder = builder.add_source(
+                config::File::from(file)
+                    .format(config::FileFormat::Json)
+                    .required(true),
+            );
+        }
+        let environment: HashMap<String, String> = environment
+            .into_iter()
+            .filter(|(name, _)| is_config_variable(name))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(environment)),
+        );
+        for (field, value) in overrides {
+            builder = builder.set_override(*field, value.as_str())?;
+        }
+        let config: Config = builder.build()?.try_deserialize()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values that have the right type but that the node cannot use.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |field: &'static str, value: u64| {
+            if value == 0 {
+                Err(ConfigError::Invalid {
+                    field,
+                    problem: "must be greater than 0".to_owned(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("shutdown_grace_ms", self.shutdown_grace_ms)?;
+        positive("grpc.connect_timeout_ms", self.grpc.connect_timeout_ms)?;
+        positive("grpc.task_timeout_ms", self.grpc.task_timeout_ms)?;
+        positive("http.max_json_body_bytes", self.http.max_json_body_bytes)?;
+        positive("plugin.timeout_ms", self.plugin.timeout_ms)?;
+        if !CHUNK_SIZE_RANGE.contains(&self.storage.chunk_size_bytes) {
+            return Err(ConfigError::Invalid {
+                field: "storage.chunk_size_bytes",
+                problem: format!(
+                    "must be between {} and {}, got {}",
+                    CHUNK_SIZE_RANGE.start(),
+                    CHUNK_SIZE_RANGE.end(),
+                    self.storage.chunk_size_bytes
+                ),
+            });
+        }
+        if let Some(address) = &self.plugin.address {
+            address
+                .parse::<tonic::transport::Uri>()
+                .ok()
+                .filter(|uri| uri.scheme().is_some() && uri.host().is_some())
+                .ok_or_else(|| ConfigError::Invalid {
+                    field: "plugin.address",
+                    problem: format!(
+                        "must be an http:// URI such as http://127.0.0.1:50051, got {address:?}"
+                    ),
+                })?;
+        }
+        if self.log.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "log",
+                problem: "must not be empty (try \"info\")".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Returns the file that holds the node key, and whether it may be created when missing.
+    pub fn key_file(&self) -> (PathBuf, bool) {
+        match &self.key_file {
+            Some(path) => (path.clone(), false),
+            None => (self.data_dir.join("node.key"), true),
+        }
+    }
+
+    /// Returns the grace period for shutdown.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// Returns whether an environment variable is a configuration override. Variables of the plugin
+/// start-up handshake share the prefix but belong to plugins, not to the node.
+fn is_config_variable(name: &str) -> bool {
+    name.starts_with(&format!("{ENV_PREFIX}_")) && !name.starts_with("SPHERE_PLUGIN_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config-example.json")
+    }
+
+    #[test]
+    fn example_file_holds_every_default() {
+        let loaded = Config::load(Some(&example_path()), [], &[]).expect("example loads");
+        assert_eq!(loaded, Config::default());
+        let example: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(example_path()).expect("example readable"))
+                .expect("example is JSON");
+        let defaults = serde_json::to_value(Config::default()).expect("defaults serialise");
+        assert_eq!(
+            example, defaults,
+            "config-example.json must list every field with its default"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_file_and_flags_override_environment() {
+        let environment = [
+            ("SPHERE_HTTP__LISTEN".to_owned(), "0.0.0.0:4000".to_owned()),
+            ("SPHERE_GRPC__TASK_TIMEOUT_MS".to_owned(), "1234".to_owned()),
+            ("SPHERE_PLUGIN_LISTEN".to_owned(), "ignored".to_owned()),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ];
+        let overrides = [("grpc.task_timeout_ms", "99".to_owned())];
+        let config =
+            Config::load(Some(&example_path()), environment, &overrides).expect("config loads");
+        assert_eq!(config.http.listen, "0.0.0.0:4000".parse().expect("address"));
+        assert_eq!(config.grpc.task_timeout_ms, 99);
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let environment = [(
+            "SPHERE_HTTP__MAX_JSON_BODY_BYTES".to_owned(),
+            "lots".to_owned(),
+        )];
+        let error = Config::load(None, environment, &[]).expect_err("must refuse");
+        assert!(
+            error.to_string().contains("http.max_json_body_bytes"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_refused_by_name() {
+        let environment = [("SPHERE_HTTP__LISTN".to_owned(), "x".to_owned())];
+        let error = Config::load(None, environment, &[]).expect_err("must refuse");
+        assert!(error.to_string().contains("listn"), "{error}");
+    }
+
+    #[test]
+    fn unusable_values_name_the_field() {
+        let cases = [
+            ("storage.chunk_size_bytes", "12"),
+            ("plugin.address", "not a uri"),
+            ("grpc.task_timeout_ms", "0"),
+        ];
+        for (field, value) in cases {
+            let error =
+                Config::load(None, [], &[(field, value.to_owned())]).expect_err("must refuse");
+            assert!(error.to_string().contains(field), "{field}: {error}");
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The node's errors as its users see them, and the one place they are mapped to the wire.
+//!
+//! Lower layers have their own error enums ([`crate::storage::StorageError`],
+//! [`crate::plugin::PluginError`]); they become an [`Error`], which carries a stable
+//! [`ErrorCode`]. That code decides the HTTP status of a REST answer, the gRPC status of a
+//! node-to-node answer, and travels between nodes in the `sphere-error-code` trailer so that a
+//! requester can tell "the target's plugin timed out" from "the target did not answer".
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Name of the gRPC metadata entry carrying an [`ErrorCode`] between nodes.
+pub const ERROR_CODE_METADATA: &str = "sphere-error-code";
+
+/// What went wrong, in a form scripts can match on. The string forms are part of the public API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The request body is not valid JSON, or a field has the wrong type.
+    InvalidJson,
+    /// A required field is missing.
+    MissingField,
+    /// A field is present but its value cannot be used (bad base64, bad address, ...).
+    InvalidField,
+    /// The request body is larger than the configured limit.
+    PayloadTooLarge,
+    /// No file or object with that ID.
+    FileNotFound,
+    /// No route for that path.
+    RouteNotFound,
+    /// The route exists but not for that method.
+    MethodNotAllowed,
+    /// An object with that ID is already stored; stored objects are never overwritten.
+    AlreadyExists,
+    /// The target node could not be reached.
+    TargetUnreachable,
+    /// The target node did not answer in time.
+    TargetTimeout,
+    /// The target answered with something this node cannot use.
+    TargetError,
+    /// The plugin could not be reached.
+    PluginUnavailable,
+    /// The plugin did not finish the task in time.
+    PluginTimeout,
+    /// The plugin refused the task or failed while running it.
+    PluginFailed,
+    /// Stored data failed verification: it was changed or damaged, and is not returned.
+    IntegrityError,
+    /// This node could not read or write its own storage.
+    StorageFailure,
+    /// The node is shutting down and takes no new work.
+    ShuttingDown,
+    /// A bug: something that should not happen did.
+    Internal,
+}
+
+impl ErrorCode {
+    const ALL: [ErrorCode; 18] = [
+        Self::InvalidJson,
+        Self::MissingField,
+        Self::InvalidField,
+        Self::PayloadTooLarge,
+        Self::FileNotFound,
+        Self::RouteNotFound,
+        Self::MethodNotAllowed,
+        Self::AlreadyExists,
+        Self::TargetUnreachable,
+        Self::TargetTimeout,
+        Self::TargetError,
+        Self::PluginUnavailable,
+        Self::PluginTimeout,
+        Self::PluginFailed,
+        Self::IntegrityError,
+        Self::StorageFailure,
+        Self::ShuttingDown,
+        Self::Internal,
+    ];
+
+    /// Returns the stable string form, used in JSON bodies and between nodes.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::MissingField => "missing_field",
+            Self::InvalidField => "invalid_field",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::FileNotFound => "file_not_found",
+            Self::RouteNotFound => "route_not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::AlreadyExists => "already_exists",
+            Self::TargetUnreachable => "target_unreachable",
+            Self::TargetTimeout => "target_timeout",
+            Self::TargetError => "target_error",
+            Self::PluginUnavailable => "plugin_unavailable",
+            Self::PluginTimeout => "plugin_timeout",
+            Self::PluginFailed => "plugin_failed",
+            Self::IntegrityError => "integrity_error",
+            Self::StorageFailure => "storage_failure",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// Parses the string form; `None` for codes this version does not know.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|known| known.as_str() == code)
+    }
+
+    /// Returns the HTTP status a REST answer with this code gets.
+    pub const fn http_status(self) -> StatusCode {
+        match self {
+            Self::InvalidJson | Self::MissingField | Self::InvalidField => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::FileNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::AlreadyExists => StatusCode::CONFLICT,
+            Self::TargetUnreachable
+            | Self::TargetError
+            | Self::PluginUnavailable
+            | Self::PluginFailed
+            | Self::IntegrityError => StatusCode::BAD_GATEWAY,
+            Self::TargetTimeout | Self::PluginTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StorageFailure | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Returns the gRPC status code a node-to-node answer with this code gets.
+    pub const fn grpc_code(self) -> tonic::Code {
+        match self {
+            Self::InvalidJson | Self::MissingField | Self::InvalidField => {
+                tonic::Code::InvalidArgument
+            }
+            Self::PayloadTooLarge => tonic::Code::ResourceExhausted,
+            Self::FileNotFound | Self::RouteNotFound => tonic::Code::NotFound,
+            Self::MethodNotAllowed => tonic::Code::Unimplemented,
+            Self::AlreadyExists => tonic::Code::AlreadyExists,
+            Self::TargetUnreachable | Self::PluginUnavailable | Self::ShuttingDown => {
+                tonic::Code::Unavailable
+            }
+            Self::TargetTimeout | Self::PluginTimeout => tonic::Code::DeadlineExceeded,
+            Self::TargetError | Self::PluginFailed => tonic::Code::Aborted,
+            Self::IntegrityError => tonic::Code::DataLoss,
+            Self::StorageFailure | Self::Internal => tonic::Code::Internal,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// An error as the node reports it: a stable code and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Error {
+    /// What went wrong, for scripts.
+    pub code: ErrorCode,
+    /// What went wrong, for people: lowercase, and saying how to fix it where possible.
+    pub message: String,
+}
+
+impl Error {
+    /// Creates an error with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Returns the error for a required field that is missing from a request.
+    pub fn missing_field(field: &str) -> Self {
+        Self::new(
+            ErrorCode::MissingField,
+            format!("field `{field}` is required"),
+        )
+    }
+
+    /// Returns the error for a field whose value cannot be used.
+    pub fn invalid_field(field: &str, problem: impl std::fmt::Display) -> Self {
+        Self::new(
+            ErrorCode::InvalidField,
+            format!("field `{field}` {problem}"),
+        )
+    }
+
+    /// Interprets a gRPC status received from `target`. A status carrying a
+    /// `sphere-error-code` comes from a Sphere node and keeps its code and message; any other
+    /// status means the call did not get through to a node's handler.
+    pub fn from_remote_status(status: &tonic::Status, target: &str) -> Self {
+        let remote_code = status
+            .metadata()
+            .get(ERROR_CODE_METADATA)
+            .and_then(|value| value.to_str().ok())
+            .and_then(ErrorCode::parse);
+        if let Some(code) = remote_code {
+            return Self::new(code, status.message());
+        }
+        match status.code() {
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Self::new(
+                ErrorCode::TargetTimeout,
+                format!("target {target} did not answer in time"),
+            ),
+            tonic::Code::Unavailable => Self::new(
+                ErrorCode::TargetUnreachable,
+                format!("target {target} is unreachable: {}", status.message()),
+            ),
+            other => Self::new(
+                ErrorCode::TargetError,
+                format!("target {target} answered {other:?}: {}", status.message()),
+            ),
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        let mut status = tonic::Status::new(error.code.grpc_code(), error.message);
+        status.metadata_mut().insert(
+            ERROR_CODE_METADATA,
+            tonic::metadata::MetadataValue::from_static(error.code.as_str()),
+        );
+        status
+    }
+}
+
+/// The JSON body of every failed REST request: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorDetail<'a> {
+    code: &'static str,
+    message: &'a str,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str(),
+                message: &self.message,
+            },
+        };
+        let mut response = (self.code.http_status(), axum::Json(body)).into_response();
+        // Lets the request log show the code without parsing the body.
+        response.extensions_mut().insert(self.code);
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_round_trips_through_its_string_form() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+        }
+    }
+
+    #[test]
+    fn code_survives_a_trip_through_grpc() {
+        let original = Error::new(ErrorCode::PluginTimeout, "plugin took too long");
+        let status = tonic::Status::from(original.clone());
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(Error::from_remote_status(&status, "t"), original);
+    }
+
+    #[test]
+    fn plain_transport_statuses_blame_the_target() {
+        let unreachable = tonic::Status::unavailable("connection refused");
+        assert_eq!(
+            Error::from_remote_status(&unreachable, "t").code,
+            ErrorCode::TargetUnreachable
+        );
+        let late = tonic::Status::deadline_exceeded("timeout");
+        assert_eq!(
+            Error::from_remote_status(&late, "t").code,
+            ErrorCode::TargetTimeout
+        );
+    }
+}

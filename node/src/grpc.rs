@@ -1,0 +1,94 @@
+//! The node-to-node gRPC server: `NodeService`, `TaskService`, `StorageService` and the standard
+//! `grpc.health.v1` health service, all on one listener.
+
+mod node_info;
+mod storage;
+mod tasks;
+
+use std::future::Future;
+use std::time::Duration;
+
+use sphere_proto::v1::node_service_server::NodeServiceServer;
+use sphere_proto::v1::storage_service_server::StorageServiceServer;
+use sphere_proto::v1::task_service_server::TaskServiceServer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+use crate::node::NodeContext;
+use crate::peers::MAX_MESSAGE_BYTES;
+
+pub use storage::ProviderStorage;
+
+/// Serves every node-to-node service on `listener` until `shutdown` completes, then lets
+/// in-flight calls finish.
+pub async fn serve(
+    listener: TcpListener,
+    context: NodeContext,
+    provider: ProviderStorage,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<TaskServiceServer<tasks::TaskGrpc>>()
+        .await;
+    health_reporter
+        .set_serving::<StorageServiceServer<ProviderStorage>>()
+        .await;
+    let trace = tower_http::trace::TraceLayer::new_for_grpc()
+        .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO))
+        .on_request(())
+        .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO));
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(trace)
+        .add_service(health_service)
+        .add_service(NodeServiceServer::new(node_info::NodeInfoGrpc::new(
+            context.clone(),
+        )))
+        .add_service(TaskServiceServer::new(tasks::TaskGrpc::new(context)))
+        .add_service(
+            StorageServiceServer::new(provider)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await
+}
+
+/// Returns the deadline a caller set with the `grpc-timeout` header, if any.
+fn caller_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = amount.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header_is_understood() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        assert_eq!(caller_deadline(&metadata), None);
+        metadata.insert("grpc-timeout", "1500m".parse().expect("value"));
+        assert_eq!(
+            caller_deadline(&metadata),
+            Some(Duration::from_millis(1500))
+        );
+        metadata.insert("grpc-timeout", "2S".parse().expect("value"));
+        assert_eq!(caller_deadline(&metadata), Some(Duration::from_secs(2)));
+        metadata.insert("grpc-timeout", "x".parse().expect("value"));
+        assert_eq!(caller_deadline(&metadata), None);
+    }
+}

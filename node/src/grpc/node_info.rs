@@ -1,0 +1,31 @@
+//! `NodeService`: who this node is.
+
+use sphere_proto::v1::node_service_server::NodeService;
+use sphere_proto::v1::{GetInfoRequest, GetInfoResponse};
+use tonic::{Request, Response, Status};
+
+use crate::node::NodeContext;
+
+/// Answers `NodeService` calls.
+pub struct NodeInfoGrpc {
+    context: NodeContext,
+}
+
+impl NodeInfoGrpc {
+    pub fn new(context: NodeContext) -> Self {
+        Self { context }
+    }
+}
+
+#[tonic::async_trait]
+impl NodeService for NodeInfoGrpc {
+    async fn get_info(
+        &self,
+        _request: Request<GetInfoRequest>,
+    ) -> Result<Response<GetInfoResponse>, Status> {
+        Ok(Response::new(GetInfoResponse {
+            node_id: self.context.identity.node_id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+}

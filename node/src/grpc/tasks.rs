@@ -1,0 +1,55 @@
+//! `TaskService`: runs tasks from other nodes on this node's plugin.
+
+use sphere_proto::v1::task_service_server::TaskService;
+use sphere_proto::v1::{RunTaskRequest, RunTaskResponse};
+use tonic::{Request, Response, Status};
+
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// Time kept back from the caller's deadline for the answer to travel back.
+const ANSWER_MARGIN: Duration = Duration::from_millis(100);
+use crate::node::NodeContext;
+
+/// Answers `TaskService` calls.
+pub struct TaskGrpc {
+    context: NodeContext,
+}
+
+impl TaskGrpc {
+    pub fn new(context: NodeContext) -> Self {
+        Self { context }
+    }
+}
+
+#[tonic::async_trait]
+impl TaskService for TaskGrpc {
+    async fn run_task(
+        &self,
+        request: Request<RunTaskRequest>,
+    ) -> Result<Response<RunTaskResponse>, Status> {
+        // Finish early enough for a timeout answer to reach the caller before its own deadline.
+        let deadline = super::caller_deadline(request.metadata()).map(|deadline| {
+            deadline
+                .saturating_sub(ANSWER_MARGIN)
+                .max(Duration::from_millis(1))
+        });
+        let RunTaskRequest { task_id, input } = request.into_inner();
+        let plugin = &self.context.plugin;
+        let output = plugin
+            .execute(task_id.clone(), input, deadline)
+            .await
+            .map_err(Error::from)?;
+        let plugin_name = plugin
+            .description()
+            .await
+            .map(|description| description.name)
+            .unwrap_or_default();
+        Ok(Response::new(RunTaskResponse {
+            task_id,
+            output,
+            plugin: plugin_name,
+        }))
+    }
+}

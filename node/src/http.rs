@@ -1,0 +1,187 @@
+//! The REST API, how people and scripts drive a node.
+//!
+//! | route | what it does |
+//! |---|---|
+//! | `POST /task` | runs a task on a target node (or this one) and returns its output |
+//! | `POST /file` | stores a small file sent as base64 in JSON |
+//! | `GET /file` (JSON body) and `GET /file/{id}` | reads a small file back as base64 in JSON |
+//! | `PUT /files/{name}?target=` | stores a file of any size streamed as the raw body |
+//! | `GET /files/{id}` | streams a file of any size back as raw bytes |
+//! | `GET /health` | the node's identity and its plugin's health |
+//!
+//! Every failure answers `{"error": {"code": "...", "message": "..."}}` (see [`crate::error`]).
+
+mod extract;
+mod files;
+mod tasks;
+
+use std::future::Future;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+
+use crate::error::{Error, ErrorCode};
+use crate::node::NodeContext;
+use crate::plugin::PluginHealth;
+
+/// Serves the REST API on `listener` until `shutdown` completes, then lets in-flight requests
+/// finish.
+pub async fn serve(
+    listener: TcpListener,
+    context: NodeContext,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, router(context))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Returns the API's routes with their middleware.
+pub fn router(context: NodeContext) -> Router {
+    let json_limit = DefaultBodyLimit::max(context.max_json_body_bytes);
+    let json_routes = Router::new()
+        .route("/task", post(tasks::run_task))
+        .route("/file", post(files::store_json).get(files::read_json))
+        .route("/file/{id}", get(files::read_json_by_path))
+        .layer(json_limit);
+    let stream_routes = Router::new()
+        .route(
+            "/files/{name_or_id}",
+            put(files::store_stream).get(files::read_stream),
+        )
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .merge(json_routes)
+        .merge(stream_routes)
+        .route("/health", get(health))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(log_request))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(context)
+}
+
+/// The node's identity and whether its plugin is serving.
+async fn health(State(context): State<NodeContext>) -> Response {
+    let plugin_health = context.plugin.health().await;
+    let description = context.plugin.description().await;
+    let status = if plugin_health == PluginHealth::Serving {
+        "ok"
+    } else {
+        "degraded"
+    };
+    axum::Json(serde_json::json!({
+        "status": status,
+        "node_id": context.identity.node_id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "plugin": {
+            "address": context.plugin.address(),
+            "name": description.as_ref().map(|description| description.name.clone()),
+            "version": description.as_ref().map(|description| description.version.clone()),
+            "health": plugin_health,
+        },
+    }))
+    .into_response()
+}
+
+async fn route_not_found(request: Request) -> Error {
+    Error::new(
+        ErrorCode::RouteNotFound,
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> Error {
+    Error::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Logs one line per request: method, path, status, error code if any, and duration.
+async fn log_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match response.extensions().get::<ErrorCode>() {
+        Some(code) => {
+            tracing::info!(%method, path, status, error = %code, duration_ms, "request failed")
+        }
+        None => tracing::info!(%method, path, status, duration_ms, "request"),
+    }
+    response
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "request handler panicked");
+    Error::new(
+        ErrorCode::Internal,
+        "the node hit a bug while handling this request; it has been logged",
+    )
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_json_500_and_the_router_keeps_serving() {
+        async fn boom() -> &'static str {
+            panic!("handler bug")
+        }
+        let app = Router::new()
+            .route("/boom", get(boom))
+            .route("/fine", get(|| async { "fine" }))
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+                panic_response,
+            ));
+        let response = app
+            .clone()
+            .oneshot(Request::get("/boom").body(Body::empty()).expect("request"))
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 500);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["error"]["code"], "internal");
+        let response = app
+            .oneshot(Request::get("/fine").body(Body::empty()).expect("request"))
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 200);
+    }
+}

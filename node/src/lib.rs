@@ -1,0 +1,27 @@
+//! The Sphere node: runs tasks on plugins for other nodes, and stores encrypted files on other
+//! nodes (and theirs on its disk).
+//!
+//! See ARCHITECTURE.md at the top of the repository for how a task and a file flow through it.
+//!
+//! # Layout
+//! - [`node`]: start-up order, the shared [`node::NodeContext`], shutdown.
+//! - [`config`]: configuration from defaults, file, environment and flags.
+//! - [`identity`]: the node's secp256k1 key; its Ethereum address is the node ID.
+//! - [`error`]: the node's error codes and their one mapping to HTTP and gRPC.
+//! - [`http`]: the REST API (axum).
+//! - [`grpc`]: the node-to-node gRPC services (tonic).
+//! - [`peers`]: gRPC connections to other nodes.
+//! - [`plugin`]: the plugin client, and the plugin process the node runs itself.
+//! - [`files`]: the owner's file flow: chunk, encrypt, send; fetch, verify, decrypt.
+//! - [`storage`]: LevelDB, chunk files and encryption; knows nothing of the network.
+
+pub mod config;
+pub mod error;
+pub mod files;
+pub mod grpc;
+pub mod http;
+pub mod identity;
+pub mod node;
+pub mod peers;
+pub mod plugin;
+pub mod storage;

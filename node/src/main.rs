@@ -1,0 +1,161 @@
+//! The `sphere` command: runs a node, makes node keys, and runs the built-in demo plugin.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sphere_node::config::Config;
+use sphere_node::identity::NodeIdentity;
+use sphere_node::node::Node;
+
+/// Sphere: rent out spare compute and disk, or buy them.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a node until SIGINT or SIGTERM. Settings come from the embedded defaults, then
+    /// --config, then SPHERE_* environment variables, then these flags.
+    Node(NodeArgs),
+    /// Writes a new node key (a secp256k1 private key, mode 0600) and prints its node ID.
+    Keygen {
+        /// Where to write the key; an existing file is never replaced.
+        #[arg(long, default_value = "sphere-data/node.key")]
+        out: PathBuf,
+    },
+    /// Runs the built-in demo plugin ("hello" -> "world"); a node starts this itself.
+    #[command(name = "demo-plugin", hide = true)]
+    DemoPlugin,
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// JSON configuration file (see config-example.json).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory for the database, stored chunks and the default key (`data_dir`).
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// Node key file (`key_file`); by default <data_dir>/node.key, created at first start.
+    #[arg(long)]
+    key_file: Option<String>,
+    /// Address of the node-to-node gRPC server (`grpc.listen`).
+    #[arg(long)]
+    grpc_listen: Option<String>,
+    /// Address of the REST API (`http.listen`).
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// gRPC address of a plugin run by someone else (`plugin.address`), instead of the demo one.
+    #[arg(long)]
+    plugin_address: Option<String>,
+    /// Log filter (`log`), for example `info` or `debug`.
+    #[arg(long)]
+    log: Option<String>,
+}
+
+impl NodeArgs {
+    fn overrides(&self) -> Vec<(&'static str, String)> {
+        [
+            ("data_dir", &self.data_dir),
+            ("key_file", &self.key_file),
+            ("grpc.listen", &self.grpc_listen),
+            ("http.listen", &self.http_listen),
+            ("plugin.address", &self.plugin_address),
+            ("log", &self.log),
+        ]
+        .into_iter()
+        .filter_map(|(field, value)| value.clone().map(|value| (field, value)))
+        .collect()
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Node(args) => run_node(args),
+        Command::Keygen { out } => {
+            let identity = NodeIdentity::generate();
+            identity.write_new(&out)?;
+            println!("{}", identity.node_id());
+            eprintln!(
+                "wrote the key of node {} to {}",
+                identity.node_id(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::DemoPlugin => runtime()?
+            .block_on(sphere_plugin_hello::run())
+            .map_err(|error| anyhow::anyhow!("demo plugin failed: {error}")),
+    }
+}
+
+fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref(), std::env::vars(), &args.overrides())?;
+    init_logging(&config.log)?;
+    runtime()?.block_on(async {
+        // Watch the signals before anyone can see the node, so none arrives unhandled.
+        let shutdown_requested = shutdown_signal()?;
+        let node = Node::start(&config).await?;
+        tracing::info!(
+            node_id = node.node_id(),
+            grpc = %node.grpc_address(),
+            http = %node.http_address(),
+            plugin = node.plugin_address(),
+            data_dir = %config.data_dir.display(),
+            "node started"
+        );
+        // One line on stdout for people and scripts (the log goes to stderr).
+        println!(
+            "sphere node {} ready: grpc={} http={}",
+            node.node_id(),
+            node.grpc_address(),
+            node.http_address()
+        );
+        shutdown_requested.await;
+        tracing::info!("shutting down");
+        node.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")
+}
+
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(from_environment) => from_environment,
+        Err(_) => filter.to_owned(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).with_context(|| {
+        format!("invalid configuration: field `log` is not a valid filter: {filter:?}")
+    })?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    Ok(())
+}
+
+/// Starts watching SIGINT and SIGTERM; the returned future completes at the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("could not watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("could not watch SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
+}

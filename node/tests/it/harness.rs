@@ -1,0 +1,276 @@
+//! Starts, kills and restarts real node processes for the tests.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A `sphere node` process started by a test.
+pub struct TestNode {
+    child: Child,
+    pub node_id: String,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Extra `SPHERE_*` variables the node was started with, reused on restart.
+    environment: Vec<(String, String)>,
+    client: reqwest::Client,
+}
+
+/// How to start a test node.
+#[derive(Default, Clone)]
+pub struct NodeOptions {
+    /// Data directory; a fresh temporary one when `None`.
+    pub data_dir: Option<PathBuf>,
+    /// gRPC address; `127.0.0.1:0` when `None`.
+    pub grpc_listen: Option<SocketAddr>,
+    /// Extra environment variables (configuration overrides).
+    pub environment: Vec<(String, String)>,
+}
+
+impl TestNode {
+    /// Starts a node with defaults in a fresh data directory.
+    pub fn start() -> Self {
+        Self::start_with(NodeOptions::default())
+    }
+
+    /// Starts a node as `options` say, and waits for its ready line.
+    pub fn start_with(options: NodeOptions) -> Self {
+        let data_dir = options.data_dir.unwrap_or_else(|| {
+            tempfile::Builder::new()
+                .prefix("sphere-it-")
+                .tempdir()
+                .expect("temp dir")
+                .keep()
+        });
+        let grpc_listen = options
+            .grpc_listen
+            .map_or_else(|| "127.0.0.1:0".to_owned(), |address| address.to_string());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("node.log"))
+            .expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sphere"))
+            .args([
+                "node",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                &grpc_listen,
+            ])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .envs(options.environment.iter().cloned())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("sphere binary runs");
+        let stdout = child.stdout.take().expect("piped");
+        let mut ready_line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut ready_line)
+            .expect("read ready line");
+        assert!(
+            ready_line.starts_with("sphere node "),
+            "node did not start; its log:\n{}",
+            std::fs::read_to_string(data_dir.join("node.log")).unwrap_or_default()
+        );
+        let field = |name: &str| -> String {
+            ready_line
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name}= in {ready_line:?}"))
+                .to_owned()
+        };
+        let node_id = ready_line
+            .split_whitespace()
+            .nth(2)
+            .expect("node id in ready line")
+            .to_owned();
+        TestNode {
+            child,
+            node_id,
+            http: field("http").parse().expect("http address"),
+            grpc: field("grpc").parse().expect("grpc address"),
+            data_dir,
+            environment: options.environment,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Returns the process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Returns the node's gRPC address as a task or file target.
+    pub fn target(&self) -> String {
+        self.grpc.to_string()
+    }
+
+    /// Returns the URL of `path` on the node's REST API.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// Returns an HTTP client.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Sends `method path` with a raw body (as `curl -d` would) and returns status and JSON.
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .request(method, self.url(path))
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("node answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|error| panic!("answer is not JSON ({error}): {text:?}"));
+        (status, json)
+    }
+
+    /// `POST path` with a JSON value.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, &body.to_string())
+            .await
+    }
+
+    /// Kills the node with SIGKILL and waits for it to be gone.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        signal(self.pid(), libc::SIGTERM);
+        wait_with_timeout(&mut self.child, Duration::from_secs(30))
+    }
+
+    /// Starts the node again after it stopped: same data directory, same gRPC address, same
+    /// environment (the REST port may differ).
+    pub fn restart(&mut self) {
+        let restarted = TestNode::start_with(NodeOptions {
+            data_dir: Some(self.data_dir.clone()),
+            grpc_listen: Some(self.grpc),
+            environment: self.environment.clone(),
+        });
+        *self = restarted;
+    }
+
+    /// Returns the node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("node.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `signal` to process `pid`.
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: plain kill(2) on a pid this test started.
+    unsafe { libc::kill(pid as i32, signal) };
+}
+
+/// Waits for `child` to exit, killing it and failing the test after `timeout`.
+pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit within {timeout:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Returns the PIDs of the live (not zombie) children of `parent`, read from /proc.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command name: state, ppid, ...
+        let Some(after_name) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        let mut fields = after_name.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let ppid: u32 = fields
+            .next()
+            .and_then(|field| field.parse().ok())
+            .unwrap_or(0);
+        if ppid == parent && state != "Z" {
+            children.push(pid);
+        }
+    }
+    children
+}
+
+/// Returns whether process `pid` is alive (and not a zombie).
+pub fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Waits up to `timeout` for `condition` to hold, polling.
+pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
+/// Returns every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Base64 of `bytes`.
+pub fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}

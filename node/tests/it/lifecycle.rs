@@ -1,0 +1,104 @@
+//! Start-up, configuration, shutdown and the plugin child process.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{TestNode, children_of, eventually, is_alive};
+
+#[tokio::test]
+async fn sigterm_stops_the_node_with_status_0_and_no_orphan_plugin() {
+    let mut node = TestNode::start();
+    let plugins = children_of(node.pid());
+    assert_eq!(plugins.len(), 1, "the node runs its demo plugin as a child");
+    let status = node.terminate();
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        node.log()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || !is_alive(plugins[0])),
+        "plugin process {} outlived the node",
+        plugins[0]
+    );
+}
+
+#[tokio::test]
+async fn sigkill_of_the_node_leaves_no_orphan_plugin() {
+    let mut node = TestNode::start();
+    let plugins = children_of(node.pid());
+    assert_eq!(plugins.len(), 1);
+    node.kill9();
+    assert!(
+        eventually(Duration::from_secs(5), || !is_alive(plugins[0])),
+        "plugin process {} outlived the killed node",
+        plugins[0]
+    );
+}
+
+#[tokio::test]
+async fn health_reports_identity_and_plugin() {
+    let node = TestNode::start();
+    let (status, body) = node.call(reqwest::Method::GET, "/health", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["node_id"], node.node_id);
+    assert_eq!(body["plugin"]["name"], "hello");
+    assert_eq!(body["plugin"]["health"], "serving");
+}
+
+#[test]
+fn a_bad_configuration_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, r#"{"http": {"listen": "not-an-address"}}"#).expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_sphere"))
+        .args(["node", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("http.listen"), "{stderr}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_sphere"))
+        .args(["node", "--data-dir"])
+        .arg(dir.path())
+        .env("SPHERE_STORAGE__CHUNK_SIZE_BYTES", "3")
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("storage.chunk_size_bytes"), "{stderr}");
+}
+
+#[test]
+fn keygen_writes_the_identity_a_node_then_uses() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key_file = dir.path().join("my.key");
+    let output = Command::new(env!("CARGO_BIN_EXE_sphere"))
+        .args(["keygen", "--out"])
+        .arg(&key_file)
+        .output()
+        .expect("runs");
+    assert!(output.status.success());
+    let node_id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+
+    let node = TestNode::start_with(crate::harness::NodeOptions {
+        environment: vec![(
+            "SPHERE_KEY_FILE".to_owned(),
+            key_file.to_string_lossy().into_owned(),
+        )],
+        ..Default::default()
+    });
+    assert_eq!(node.node_id, node_id);
+
+    let again = Command::new(env!("CARGO_BIN_EXE_sphere"))
+        .args(["keygen", "--out"])
+        .arg(&key_file)
+        .output()
+        .expect("runs");
+    assert!(!again.status.success(), "keygen must not replace a key");
+}

@@ -1,0 +1,9 @@
+//! Integration tests: real `sphere` node processes, each with its real demo plugin process, on
+//! 127.0.0.1 with port 0.
+
+mod durability;
+mod errors;
+mod files;
+mod harness;
+mod lifecycle;
+mod tasks;

@@ -1,0 +1,78 @@
+//! Tasks between real nodes, through the real demo plugin.
+
+use serde_json::json;
+
+use crate::harness::TestNode;
+
+#[tokio::test]
+async fn readme_task_flow_between_two_nodes() {
+    let requester = TestNode::start();
+    let target = TestNode::start();
+
+    let (status, body) = requester
+        .post(
+            "/task",
+            &json!({"target": target.target(), "id": "1", "input": "hello"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], "1");
+    assert_eq!(body["output"], "world");
+    assert_eq!(body["plugin"], "hello");
+
+    let (status, body) = requester
+        .post(
+            "/task",
+            &json!({"target": target.target(), "id": "2", "input": "anything else"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["output"], "anything else");
+}
+
+#[tokio::test]
+async fn task_without_target_runs_on_this_node_and_binary_travels_as_base64() {
+    let node = TestNode::start();
+    let (status, body) = node.post("/task", &json!({"input": "hello"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["output"], "world");
+    assert!(
+        body["id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{body}"
+    );
+
+    // The demo plugin echoes: bytes that are not UTF-8 come back as base64.
+    let binary = [0xff, 0x00, 0xfe];
+    let (status, body) = node
+        .post(
+            "/task",
+            &json!({"target": node.target(), "input_base64": crate::harness::base64(&binary)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["output_base64"], crate::harness::base64(&binary));
+    assert!(body.get("output").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn the_request_line_is_logged_with_outcome_and_duration() {
+    let node = TestNode::start();
+    let (status, _) = node.post("/task", &json!({"input": "hello"})).await;
+    assert_eq!(status, 200);
+    // The line is written once the answer is sent, so it may trail the answer slightly.
+    let has_line = |log: &str| log.lines().any(|line| line.contains("path=\"/task\""));
+    assert!(
+        crate::harness::eventually(std::time::Duration::from_secs(5), || has_line(&node.log())),
+        "no request line in the log:\n{}",
+        node.log()
+    );
+    let log = node.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("path=\"/task\""))
+        .expect("found above");
+    assert!(
+        line.contains("status=200") && line.contains("duration_ms="),
+        "{line}"
+    );
+}
