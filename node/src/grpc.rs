@@ -39,7 +39,6 @@ pub async fn serve(
         .on_request(())
         .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO));
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(trace)
@@ -53,7 +52,10 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }
 

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Sphere benchmarks: task round trip through the REST API (wrk) and a 1 GiB file stored and read
+# back between two nodes (throughput and peak RSS of each node), next to dd on the same disk.
+# Usage: bench/run.sh [file size in MiB, default 1024]. Needs wrk (apt-get install wrk).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size_mib=${1:-1024}
+command -v wrk >/dev/null || { echo "wrk is required: apt-get install -y wrk" >&2; exit 1; }
+cargo build --release --quiet -p sphere-node
+sphere=target/release/sphere
+work=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}" sphere-bench.XXXXXX)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+start_node() { # name -> prints "pid http grpc"
+  local name=$1
+  "$sphere" node --data-dir "$work/$name" --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+    --log warn >"$work/$name.out" 2>"$work/$name.err" &
+  local pid=$!
+  pids+=("$pid")
+  for _ in $(seq 100); do grep -q ready "$work/$name.out" 2>/dev/null && break; sleep 0.1; done
+  local line; line=$(head -1 "$work/$name.out")
+  echo "$pid $(sed -E 's/.*http=([^ ]+).*/\1/' <<<"$line") $(sed -E 's/.*grpc=([^ ]+).*/\1/' <<<"$line")"
+}
+peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+read -r owner_pid owner_http owner_grpc < <(start_node owner)
+read -r provider_pid provider_http provider_grpc < <(start_node provider)
+
+echo "== task round trip: POST /task on one node, target the other (wrk, 10 s each)"
+for connections in 1 32; do
+  threads=$(( connections < 2 ? 1 : 2 ))
+  echo "-- concurrency $connections"
+  TARGET=$provider_grpc wrk -t"$threads" -c"$connections" -d10s -s bench/task.lua \
+    "http://$owner_http/task" | tail -3
+done
+
+echo
+echo "== files: ${size_mib} MiB stored and read back (owner -> provider)"
+head -c "$((size_mib * 1024 * 1024))" /dev/urandom >"$work/input"
+expected=$(sha256sum "$work/input" | cut -d' ' -f1)
+sync
+start=$(date +%s.%N)
+id=$(curl -sf -T "$work/input" "http://$owner_http/files/input?target=$provider_grpc" |
+  sed -E 's/.*"id":"([0-9a-f]+)".*/\1/')
+store_seconds=$(echo "$(date +%s.%N) - $start" | bc)
+start=$(date +%s.%N)
+actual=$(curl -sf "http://$owner_http/files/$id" | sha256sum | cut -d' ' -f1)
+read_seconds=$(echo "$(date +%s.%N) - $start" | bc)
+[ "$actual" = "$expected" ] || { echo "read back differs!" >&2; exit 1; }
+printf 'store: %.2f s, %.0f MiB/s\n' "$store_seconds" "$(echo "$size_mib / $store_seconds" | bc -l)"
+printf 'read:  %.2f s, %.0f MiB/s (byte-for-byte identical)\n' "$read_seconds" "$(echo "$size_mib / $read_seconds" | bc -l)"
+echo "peak RSS: owner $(peak_rss_mib "$owner_pid") MiB, provider $(peak_rss_mib "$provider_pid") MiB"
+
+echo
+echo "== disk reference: dd of the same size with conv=fdatasync, same directory"
+dd if=/dev/zero of="$work/dd.test" bs=1M count="$size_mib" conv=fdatasync 2>&1 | tail -1
