@@ -205,7 +205,7 @@ impl Error {
             ),
             tonic::Code::Unavailable => Self::new(
                 ErrorCode::TargetUnreachable,
-                format!("target {target} is unreachable: {}", status.message()),
+                format!("target {target} is unreachable: {}", with_causes(status)),
             ),
             other => Self::new(
                 ErrorCode::TargetError,
@@ -213,6 +213,21 @@ impl Error {
             ),
         }
     }
+}
+
+/// Returns a status's message followed by the chain of errors that caused it.
+fn with_causes(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        let message = error.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        cause = error.source();
+    }
+    text
 }
 
 impl From<Error> for tonic::Status {

@@ -102,3 +102,65 @@ fn keygen_writes_the_identity_a_node_then_uses() {
         .expect("runs");
     assert!(!again.status.success(), "keygen must not replace a key");
 }
+
+#[tokio::test]
+async fn an_upload_in_flight_at_sigterm_finishes_before_the_node_exits() {
+    let mut owner = TestNode::start();
+    let provider = TestNode::start();
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let upload = owner
+        .http()
+        .put(owner.url(&format!("/files/slow?target={}", provider.target())))
+        .body(reqwest::Body::wrap_stream(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        ))
+        .send();
+    let upload = tokio::spawn(upload);
+    sender
+        .send(Ok(vec![1u8; 1024 * 1024]))
+        .await
+        .expect("first part");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    crate::harness::signal(owner.pid(), libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sender
+        .send(Ok(vec![2u8; 1024 * 1024]))
+        .await
+        .expect("second part");
+    drop(sender);
+
+    let response = upload
+        .await
+        .expect("joined")
+        .expect("the in-flight upload is answered");
+    assert_eq!(response.status(), 201);
+    let stored: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(stored["size"], 2 * 1024 * 1024);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = owner.terminate();
+        (status, owner)
+    })
+    .await
+    .expect("joined");
+    assert!(status.0.success(), "exit status {:?}", status.0);
+}
+
+#[tokio::test]
+async fn a_crashed_plugin_fails_its_tasks_but_not_the_node() {
+    let node = TestNode::start();
+    let plugins = children_of(node.pid());
+    assert_eq!(plugins.len(), 1);
+    crate::harness::signal(plugins[0], libc::SIGKILL);
+    assert!(eventually(Duration::from_secs(5), || !is_alive(plugins[0])));
+
+    let (status, body) = node
+        .post("/task", &serde_json::json!({"input": "hello"}))
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "plugin_unavailable");
+    let (status, body) = node.call(reqwest::Method::GET, "/health", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["plugin"]["health"], "unreachable");
+}
