@@ -5,7 +5,7 @@
 //! repository holds every field with its default, and a test keeps the two in step with
 //! [`Config::default`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,8 +36,8 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// The REST API.
     pub http: HttpConfig,
-    /// The plugin that runs this node's tasks.
-    pub plugin: PluginConfig,
+    /// The plugins that run this node's tasks.
+    pub plugins: PluginsConfig,
     /// Files this node stores on others and objects it stores for others.
     pub storage: StorageConfig,
 }
@@ -65,15 +65,83 @@ pub struct HttpConfig {
     pub max_json_body_bytes: u64,
 }
 
-/// The plugin that runs this node's tasks.
+/// The plugins that run this node's tasks, and how the node watches them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Name of the plugin that runs tasks naming none; `None` means the first entry.
+    pub default: Option<String>,
+    /// How often each plugin's gRPC health service is asked whether it is serving.
+    pub health_interval_ms: u64,
+    /// Longest wait before restarting a managed plugin that keeps dying (the wait doubles from
+    /// 200 ms after each quick death).
+    pub restart_backoff_max_ms: u64,
+    /// The plugins. `None` runs the built-in demo plugin ("hello"); an empty list runs none
+    /// (a storage-only node).
+    pub entries: Option<Vec<PluginConfig>>,
+}
+
+/// One plugin: either an `address` someone else runs, or a `command` the node runs itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginConfig {
+    /// The name requesters use. Required for a managed plugin; for an `address`, `None` takes the
+    /// name the plugin gives in `Describe`. When set, `Describe` must give the same name, or the
+    /// plugin is refused.
+    pub name: Option<String>,
     /// gRPC address of a plugin someone else runs, for example `http://127.0.0.1:50051`.
-    /// `None` means the node starts its built-in demo plugin as a child process.
     pub address: Option<String>,
-    /// Longest time one task may take in the plugin.
+    /// Program the node starts, watches, restarts and stops (a managed plugin).
+    pub command: Option<String>,
+    /// Arguments of `command`.
+    pub args: Vec<String>,
+    /// Extra environment variables for `command`.
+    pub env: BTreeMap<String, String>,
+    /// Working directory of `command`; `None` is the node's.
+    pub working_dir: Option<PathBuf>,
+    /// Most tasks run at once (lowered to what the plugin's `Describe` allows).
+    pub max_concurrency: u32,
+    /// Most tasks waiting for a free slot; beyond that requests get 429 with `Retry-After`.
+    pub queue_size: u32,
+    /// Longest time one task may take, queueing included; a request's `timeout_ms` can only
+    /// shorten it.
     pub timeout_ms: u64,
+    /// Largest task input accepted (413 beyond).
+    pub max_input_bytes: u64,
+    /// Largest task output accepted from the plugin (413 beyond).
+    pub max_output_bytes: u64,
+    /// Memory limit of a managed plugin process; `None` is unlimited. See docs/configuration.md
+    /// for how it is enforced.
+    pub memory_limit_bytes: Option<u64>,
+    /// CPU limit of a managed plugin in percent of one core (cgroup v2 only); `None` is unlimited.
+    pub cpu_limit_percent: Option<u32>,
+}
+
+impl PluginConfig {
+    /// Returns the entry for a plugin someone else runs at `address`, with default limits.
+    pub fn external(address: String) -> Self {
+        Self {
+            address: Some(address),
+            ..Self::default()
+        }
+    }
+
+    /// Returns the entry for the built-in demo plugin, run as `program demo-plugin`.
+    pub fn builtin_demo(program: String) -> Self {
+        Self {
+            name: Some("hello".to_owned()),
+            command: Some(program),
+            args: vec!["demo-plugin".to_owned()],
+            ..Self::default()
+        }
+    }
+
+    /// Returns the name to show before the plugin has described itself.
+    pub fn display_name(&self, index: usize) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("plugin-{index}"))
+    }
 }
 
 /// Files this node stores on others and objects it stores for others.
@@ -93,7 +161,7 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             grpc: GrpcConfig::default(),
             http: HttpConfig::default(),
-            plugin: PluginConfig::default(),
+            plugins: PluginsConfig::default(),
             storage: StorageConfig::default(),
         }
     }
@@ -118,11 +186,33 @@ impl Default for HttpConfig {
     }
 }
 
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            default: None,
+            health_interval_ms: 1_000,
+            restart_backoff_max_ms: 10_000,
+            entries: None,
+        }
+    }
+}
+
 impl Default for PluginConfig {
     fn default() -> Self {
         Self {
+            name: None,
             address: None,
+            command: None,
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            working_dir: None,
+            max_concurrency: 16,
+            queue_size: 64,
             timeout_ms: 30_000,
+            max_input_bytes: 16 * 1024 * 1024,
+            max_output_bytes: 16 * 1024 * 1024,
+            memory_limit_bytes: None,
+            cpu_limit_percent: None,
         }
     }
 }
@@ -203,7 +293,15 @@ impl Config {
         positive("grpc.connect_timeout_ms", self.grpc.connect_timeout_ms)?;
         positive("grpc.task_timeout_ms", self.grpc.task_timeout_ms)?;
         positive("http.max_json_body_bytes", self.http.max_json_body_bytes)?;
-        positive("plugin.timeout_ms", self.plugin.timeout_ms)?;
+        positive(
+            "plugins.health_interval_ms",
+            self.plugins.health_interval_ms,
+        )?;
+        positive(
+            "plugins.restart_backoff_max_ms",
+            self.plugins.restart_backoff_max_ms,
+        )?;
+        self.validate_plugins()?;
         if !CHUNK_SIZE_RANGE.contains(&self.storage.chunk_size_bytes) {
             return Err(ConfigError::Invalid {
                 field: "storage.chunk_size_bytes",
@@ -215,18 +313,6 @@ impl Config {
                 ),
             });
         }
-        if let Some(address) = &self.plugin.address {
-            address
-                .parse::<tonic::transport::Uri>()
-                .ok()
-                .filter(|uri| uri.scheme().is_some() && uri.host().is_some())
-                .ok_or_else(|| ConfigError::Invalid {
-                    field: "plugin.address",
-                    problem: format!(
-                        "must be an http:// URI such as http://127.0.0.1:50051, got {address:?}"
-                    ),
-                })?;
-        }
         if self.log.trim().is_empty() {
             return Err(ConfigError::Invalid {
                 field: "log",
@@ -234,6 +320,103 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    fn validate_plugins(&self) -> Result<(), ConfigError> {
+        let invalid =
+            |field: &'static str, problem: String| ConfigError::Invalid { field, problem };
+        let entries = self.plugins.entries.as_deref().unwrap_or_default();
+        let mut names = std::collections::HashSet::new();
+        for (index, entry) in entries.iter().enumerate() {
+            let which = format!("entry {index} ({})", entry.display_name(index));
+            match (&entry.address, &entry.command) {
+                (Some(address), None) => {
+                    address
+                        .parse::<tonic::transport::Uri>()
+                        .ok()
+                        .filter(|uri| uri.scheme_str() == Some("http") && uri.host().is_some())
+                        .ok_or_else(|| {
+                            invalid(
+                                "plugins.entries[].address",
+                                format!("of {which} must be an http:// URI such as http://127.0.0.1:50051, got {address:?}"),
+                            )
+                        })?;
+                }
+                (None, Some(_)) if entry.name.is_none() => {
+                    return Err(invalid(
+                        "plugins.entries[].name",
+                        format!("of {which} is required with `command`"),
+                    ));
+                }
+                (None, Some(_)) => {}
+                _ => {
+                    return Err(invalid(
+                        "plugins.entries[]",
+                        format!(
+                            "{which} needs exactly one of `address` (a plugin someone else runs) or `command` (one the node runs)"
+                        ),
+                    ));
+                }
+            }
+            if let Some(name) = &entry.name
+                && (name.is_empty() || !names.insert(name.clone()))
+            {
+                return Err(invalid(
+                    "plugins.entries[].name",
+                    format!("of {which} must be non-empty and unique"),
+                ));
+            }
+            let positive = [
+                (
+                    "plugins.entries[].max_concurrency",
+                    u64::from(entry.max_concurrency),
+                ),
+                ("plugins.entries[].timeout_ms", entry.timeout_ms),
+                ("plugins.entries[].max_input_bytes", entry.max_input_bytes),
+                ("plugins.entries[].max_output_bytes", entry.max_output_bytes),
+            ];
+            for (field, value) in positive {
+                if value == 0 {
+                    return Err(invalid(field, format!("of {which} must be greater than 0")));
+                }
+            }
+            if entry.cpu_limit_percent == Some(0) || entry.memory_limit_bytes == Some(0) {
+                return Err(invalid(
+                    "plugins.entries[].memory_limit_bytes",
+                    format!("and cpu_limit_percent of {which} must be greater than 0 when set"),
+                ));
+            }
+        }
+        if let Some(default) = &self.plugins.default
+            && !entries
+                .iter()
+                .any(|entry| entry.name.as_ref() == Some(default))
+        {
+            return Err(invalid(
+                "plugins.default",
+                format!(
+                    "names {default:?}, which is not the `name` of any entry in plugins.entries"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Returns the plugins to run: the configured entries, or the built-in demo plugin run as
+    /// `demo_program demo-plugin` when none are configured.
+    pub fn plugin_entries(&self, demo_program: impl FnOnce() -> String) -> Vec<PluginConfig> {
+        match &self.plugins.entries {
+            Some(entries) => entries.clone(),
+            None => vec![PluginConfig::builtin_demo(demo_program())],
+        }
+    }
+
+    /// Replaces the plugins with one that someone else runs at `address` (the `--plugin-address`
+    /// flag).
+    pub fn use_plugin_address(&mut self, address: String) -> Result<(), ConfigError> {
+        self.plugins.entries = Some(vec![PluginConfig::external(address)]);
+        self.plugins.default = None;
+        self.validate()
     }
 
     /// Returns the file that holds the node key, and whether it may be created when missing.
@@ -314,10 +497,55 @@ mod tests {
     }
 
     #[test]
+    fn plugin_entries_are_checked() {
+        let mut config = Config::default();
+        assert!(
+            config
+                .use_plugin_address("http://127.0.0.1:1".to_owned())
+                .is_ok()
+        );
+        let error = config
+            .use_plugin_address("127.0.0.1:1".to_owned())
+            .expect_err("scheme required");
+        assert!(
+            error.to_string().contains("plugins.entries[].address"),
+            "{error}"
+        );
+
+        let mut both = PluginConfig::external("http://127.0.0.1:1".to_owned());
+        both.command = Some("x".to_owned());
+        config.plugins.entries = Some(vec![both]);
+        assert!(config.validate().is_err(), "address and command together");
+
+        let nameless_command = PluginConfig {
+            command: Some("x".to_owned()),
+            ..PluginConfig::default()
+        };
+        config.plugins.entries = Some(vec![nameless_command]);
+        let error = config.validate().expect_err("name required");
+        assert!(
+            error.to_string().contains("plugins.entries[].name"),
+            "{error}"
+        );
+
+        let demo = PluginConfig::builtin_demo("sphere".to_owned());
+        config.plugins.entries = Some(vec![demo.clone(), demo]);
+        assert!(config.validate().is_err(), "duplicate names");
+    }
+
+    #[test]
+    fn the_multi_plugin_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/config-plugins.json");
+        let config = Config::load(Some(&path), [], &[]).expect("example loads");
+        let entries = config.plugins.entries.expect("entries");
+        assert!(entries.len() >= 3);
+    }
+
+    #[test]
     fn unusable_values_name_the_field() {
         let cases = [
             ("storage.chunk_size_bytes", "12"),
-            ("plugin.address", "not a uri"),
+            ("plugins.default", "nobody"),
             ("grpc.task_timeout_ms", "0"),
         ];
         for (field, value) in cases {

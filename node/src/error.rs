@@ -12,6 +12,8 @@ use serde::Serialize;
 
 /// Name of the gRPC metadata entry carrying an [`ErrorCode`] between nodes.
 pub const ERROR_CODE_METADATA: &str = "sphere-error-code";
+/// Name of the binary gRPC metadata entry carrying an error's details (a JSON object).
+pub const ERROR_DETAILS_METADATA: &str = "sphere-error-details-bin";
 
 /// What went wrong, in a form scripts can match on. The string forms are part of the public API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +28,12 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// No file or object with that ID.
     FileNotFound,
+    /// The target has no plugin with that name; the details list the ones it has.
+    PluginNotFound,
+    /// The plugin's slots and queue are full; retry after the `Retry-After` seconds.
+    Overloaded,
+    /// The plugin refused the task's input as something it cannot work on.
+    TaskRejected,
     /// No route for that path.
     RouteNotFound,
     /// The route exists but not for that method.
@@ -55,12 +63,15 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 18] = [
+    const ALL: [ErrorCode; 21] = [
         Self::InvalidJson,
         Self::MissingField,
         Self::InvalidField,
         Self::PayloadTooLarge,
         Self::FileNotFound,
+        Self::PluginNotFound,
+        Self::Overloaded,
+        Self::TaskRejected,
         Self::RouteNotFound,
         Self::MethodNotAllowed,
         Self::AlreadyExists,
@@ -84,6 +95,9 @@ impl ErrorCode {
             Self::InvalidField => "invalid_field",
             Self::PayloadTooLarge => "payload_too_large",
             Self::FileNotFound => "file_not_found",
+            Self::PluginNotFound => "plugin_not_found",
+            Self::Overloaded => "overloaded",
+            Self::TaskRejected => "task_rejected",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::AlreadyExists => "already_exists",
@@ -110,7 +124,11 @@ impl ErrorCode {
         match self {
             Self::InvalidJson | Self::MissingField | Self::InvalidField => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::FileNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::FileNotFound | Self::RouteNotFound | Self::PluginNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            Self::TaskRejected => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::AlreadyExists => StatusCode::CONFLICT,
             Self::TargetUnreachable
@@ -131,7 +149,11 @@ impl ErrorCode {
                 tonic::Code::InvalidArgument
             }
             Self::PayloadTooLarge => tonic::Code::ResourceExhausted,
-            Self::FileNotFound | Self::RouteNotFound => tonic::Code::NotFound,
+            Self::FileNotFound | Self::RouteNotFound | Self::PluginNotFound => {
+                tonic::Code::NotFound
+            }
+            Self::Overloaded => tonic::Code::ResourceExhausted,
+            Self::TaskRejected => tonic::Code::FailedPrecondition,
             Self::MethodNotAllowed => tonic::Code::Unimplemented,
             Self::AlreadyExists => tonic::Code::AlreadyExists,
             Self::TargetUnreachable | Self::PluginUnavailable | Self::ShuttingDown => {
@@ -152,13 +174,15 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// An error as the node reports it: a stable code and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct Error {
     /// What went wrong, for scripts.
     pub code: ErrorCode,
     /// What went wrong, for people: lowercase, and saying how to fix it where possible.
     pub message: String,
+    /// Facts for scripts beyond the code (a JSON object), shown next to code and message.
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Error {
@@ -167,7 +191,16 @@ impl Error {
         Self {
             code,
             message: message.into(),
+            details: None,
         }
+    }
+
+    /// Adds details; `details` must be a JSON object (anything else is ignored).
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        if let serde_json::Value::Object(map) = details {
+            self.details = Some(map);
+        }
+        self
     }
 
     /// Returns the error for a required field that is missing from a request.
@@ -196,7 +229,16 @@ impl Error {
             .and_then(|value| value.to_str().ok())
             .and_then(ErrorCode::parse);
         if let Some(code) = remote_code {
-            return Self::new(code, status.message());
+            let details = status
+                .metadata()
+                .get_bin(ERROR_DETAILS_METADATA)
+                .and_then(|value| value.to_bytes().ok())
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            return Self {
+                code,
+                message: status.message().to_owned(),
+                details,
+            };
         }
         match status.code() {
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Self::new(
@@ -237,11 +279,19 @@ impl From<Error> for tonic::Status {
             ERROR_CODE_METADATA,
             tonic::metadata::MetadataValue::from_static(error.code.as_str()),
         );
+        if let Some(details) = &error.details {
+            let json = serde_json::to_vec(details).expect("JSON maps serialise");
+            status.metadata_mut().insert_bin(
+                ERROR_DETAILS_METADATA,
+                tonic::metadata::MetadataValue::from_bytes(&json),
+            );
+        }
         status
     }
 }
 
-/// The JSON body of every failed REST request: `{"error": {"code": "...", "message": "..."}}`.
+/// The JSON body of every failed REST request: `{"error": {"code": "...", "message": "..."}}`,
+/// with any details next to code and message.
 #[derive(Debug, Serialize)]
 struct ErrorBody<'a> {
     error: ErrorDetail<'a>,
@@ -251,6 +301,8 @@ struct ErrorBody<'a> {
 struct ErrorDetail<'a> {
     code: &'static str,
     message: &'a str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    details: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 impl IntoResponse for Error {
@@ -259,9 +311,21 @@ impl IntoResponse for Error {
             error: ErrorDetail {
                 code: self.code.as_str(),
                 message: &self.message,
+                details: self.details.as_ref(),
             },
         };
         let mut response = (self.code.http_status(), axum::Json(body)).into_response();
+        if self.code == ErrorCode::Overloaded {
+            let seconds = self
+                .details
+                .as_ref()
+                .and_then(|details| details.get("retry_after_seconds"))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(1);
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
         // Lets the request log show the code without parsing the body.
         response.extensions_mut().insert(self.code);
         response
@@ -284,6 +348,14 @@ mod tests {
         let original = Error::new(ErrorCode::PluginTimeout, "plugin took too long");
         let status = tonic::Status::from(original.clone());
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(Error::from_remote_status(&status, "t"), original);
+    }
+
+    #[test]
+    fn details_survive_a_trip_through_grpc() {
+        let original = Error::new(ErrorCode::PluginNotFound, "no plugin named x")
+            .with_details(serde_json::json!({"plugins": ["hello", "wörd"]}));
+        let status = tonic::Status::from(original.clone());
         assert_eq!(Error::from_remote_status(&status, "t"), original);
     }
 

@@ -58,39 +58,3 @@ pub async fn serve(
         )
         .await
 }
-
-/// Returns the deadline a caller set with the `grpc-timeout` header, if any.
-fn caller_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
-    let amount: u64 = amount.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount.saturating_mul(3600)),
-        "M" => Duration::from_secs(amount.saturating_mul(60)),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeout_header_is_understood() {
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        assert_eq!(caller_deadline(&metadata), None);
-        metadata.insert("grpc-timeout", "1500m".parse().expect("value"));
-        assert_eq!(
-            caller_deadline(&metadata),
-            Some(Duration::from_millis(1500))
-        );
-        metadata.insert("grpc-timeout", "2S".parse().expect("value"));
-        assert_eq!(caller_deadline(&metadata), Some(Duration::from_secs(2)));
-        metadata.insert("grpc-timeout", "x".parse().expect("value"));
-        assert_eq!(caller_deadline(&metadata), None);
-    }
-}

@@ -7,7 +7,8 @@
 //! | `GET /file` (JSON body) and `GET /file/{id}` | reads a small file back as base64 in JSON |
 //! | `PUT /files/{name}?target=` | stores a file of any size streamed as the raw body |
 //! | `GET /files/{id}` | streams a file of any size back as raw bytes |
-//! | `GET /health` | the node's identity and its plugin's health |
+//! | `GET /plugins` | the node's plugins: description, health, load, counters |
+//! | `GET /health` | the node's identity and its plugins' health |
 //!
 //! Every failure answers `{"error": {"code": "...", "message": "..."}}` (see [`crate::error`]).
 
@@ -28,7 +29,6 @@ use tokio::net::TcpListener;
 
 use crate::error::{Error, ErrorCode};
 use crate::node::NodeContext;
-use crate::plugin::PluginHealth;
 
 /// Serves the REST API on `listener` until `shutdown` completes, then lets in-flight requests
 /// finish.
@@ -65,6 +65,7 @@ pub fn router(context: NodeContext) -> Router {
         .merge(json_routes)
         .merge(stream_routes)
         .route("/health", get(health))
+        .route("/plugins", get(plugins))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(log_request))
@@ -74,27 +75,32 @@ pub fn router(context: NodeContext) -> Router {
         .with_state(context)
 }
 
-/// The node's identity and whether its plugin is serving.
+/// The node's identity and whether its plugins are serving: `status` is `ok` when every plugin
+/// is, `degraded` otherwise (the node still stores files and runs the healthy plugins' tasks).
 async fn health(State(context): State<NodeContext>) -> Response {
-    let plugin_health = context.plugin.health().await;
-    let description = context.plugin.description().await;
-    let status = if plugin_health == PluginHealth::Serving {
+    let status = if context.plugins.all_serving() {
         "ok"
     } else {
         "degraded"
     };
+    let plugins: Vec<_> = context
+        .plugins
+        .statuses()
+        .into_iter()
+        .map(|plugin| serde_json::json!({"name": plugin.name, "health": plugin.health}))
+        .collect();
     axum::Json(serde_json::json!({
         "status": status,
         "node_id": context.identity.node_id(),
         "version": env!("CARGO_PKG_VERSION"),
-        "plugin": {
-            "address": context.plugin.address(),
-            "name": description.as_ref().map(|description| description.name.clone()),
-            "version": description.as_ref().map(|description| description.version.clone()),
-            "health": plugin_health,
-        },
+        "plugins": plugins,
     }))
     .into_response()
+}
+
+/// Every plugin with its description, health, load and counters.
+async fn plugins(State(context): State<NodeContext>) -> Response {
+    axum::Json(serde_json::json!({ "plugins": context.plugins.statuses() })).into_response()
 }
 
 async fn route_not_found(request: Request) -> Error {

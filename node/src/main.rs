@@ -49,7 +49,8 @@ struct NodeArgs {
     /// Address of the REST API (`http.listen`).
     #[arg(long)]
     http_listen: Option<String>,
-    /// gRPC address of a plugin run by someone else (`plugin.address`), instead of the demo one.
+    /// gRPC address (http://host:port) of a plugin run by someone else, used instead of the
+    /// configured plugins (`plugins.entries`).
     #[arg(long)]
     plugin_address: Option<String>,
     /// Log filter (`log`), for example `info` or `debug`.
@@ -64,7 +65,6 @@ impl NodeArgs {
             ("key_file", &self.key_file),
             ("grpc.listen", &self.grpc_listen),
             ("http.listen", &self.http_listen),
-            ("plugin.address", &self.plugin_address),
             ("log", &self.log),
         ]
         .into_iter()
@@ -95,7 +95,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run_node(args: NodeArgs) -> anyhow::Result<()> {
-    let config = Config::load(args.config.as_deref(), std::env::vars(), &args.overrides())?;
+    let mut config = Config::load(args.config.as_deref(), std::env::vars(), &args.overrides())?;
+    if let Some(address) = args.plugin_address.clone() {
+        config.use_plugin_address(address)?;
+    }
     init_logging(&config.log)?;
     runtime()?.block_on(async {
         // Watch the signals before anyone can see the node, so none arrives unhandled.
@@ -105,7 +108,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             node_id = node.node_id(),
             grpc = %node.grpc_address(),
             http = %node.http_address(),
-            plugin = node.plugin_address(),
+            plugins = node.plugins().statuses().len(),
             data_dir = %config.data_dir.display(),
             "node started"
         );

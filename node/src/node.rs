@@ -3,11 +3,10 @@
 //! Tasks of a running node:
 //! - the gRPC server (node-to-node services), until the shutdown token is cancelled;
 //! - the HTTP server (REST API), until the shutdown token is cancelled;
-//! - the plugin child process, when the node runs its own, with two tasks copying its output
-//!   into the log.
+//! - per plugin, a health watcher and, for a managed plugin, a supervisor (see [`crate::plugin`]).
 //!
-//! [`Node::shutdown`] cancels the token, lets in-flight requests finish within the grace period,
-//! stops the plugin process, and closes the database.
+//! [`Node::shutdown`] stops the servers and lets in-flight requests finish within the grace
+//! period, then stops the plugins (managed processes get SIGTERM), then closes the database.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,24 +21,25 @@ use crate::files::Files;
 use crate::grpc::ProviderStorage;
 use crate::identity::{IdentityError, NodeIdentity};
 use crate::peers::Peers;
-use crate::plugin::PluginClient;
-use crate::plugin::process::{self, ManagedPlugin};
+use crate::plugin::Plugins;
+use crate::plugin::supervisor::{self, SupervisorOptions};
 use crate::storage::StorageError;
 use crate::storage::chunks::ChunkStore;
 use crate::storage::db::Db;
 use crate::storage::files::FileIndex;
 use crate::storage::objects::ObjectIndex;
 
-/// The subcommand of the `sphere` binary that runs the built-in demo plugin.
-pub const DEMO_PLUGIN_SUBCOMMAND: &str = "demo-plugin";
+/// Longest time start-up waits for plugins to come up before the node reports ready anyway
+/// (plugins that come up later join then).
+const PLUGIN_START_WAIT: Duration = Duration::from_secs(15);
 
 /// What request handlers share: cheap to clone.
 #[derive(Debug, Clone)]
 pub struct NodeContext {
     /// This node's key and ID.
     pub identity: NodeIdentity,
-    /// The plugin that runs this node's tasks.
-    pub plugin: PluginClient,
+    /// The plugins that run this node's tasks.
+    pub plugins: Plugins,
     /// Connections to other nodes.
     pub peers: Peers,
     /// The owner's file operations.
@@ -64,12 +64,9 @@ pub enum StartError {
         /// Why.
         source: StorageError,
     },
-    /// The demo plugin could not be started.
-    #[error(transparent)]
-    Plugin(#[from] process::StartError),
-    /// The plugin address is not usable.
-    #[error("plugin.address: {0}")]
-    PluginAddress(#[from] crate::plugin::PluginError),
+    /// The path of the running program is unknown, so the demo plugin cannot be started.
+    #[error("could not find the sphere program to run the demo plugin: {0}")]
+    DemoPlugin(std::io::Error),
     /// A listener could not be bound.
     #[error(
         "could not listen on {address} (`{field}`): {source}; choose another address with {flag}"
@@ -92,10 +89,11 @@ pub struct Node {
     identity: NodeIdentity,
     grpc_address: SocketAddr,
     http_address: SocketAddr,
-    plugin_address: String,
+    plugins: Plugins,
     shutdown_token: CancellationToken,
     servers: TaskTracker,
-    plugin_process: Option<ManagedPlugin>,
+    plugins_shutdown_token: CancellationToken,
+    plugin_tasks: TaskTracker,
     db: Db,
     shutdown_grace: Duration,
 }
@@ -116,40 +114,30 @@ impl Node {
         let db = Db::open(&config.data_dir.join("db")).map_err(storage_error)?;
         let chunks = ChunkStore::open(&config.data_dir.join("chunks")).map_err(storage_error)?;
 
-        let max_task_time = Duration::from_millis(config.plugin.timeout_ms);
-        let (plugin, plugin_process) = match &config.plugin.address {
-            Some(address) => (PluginClient::new(address, max_task_time)?, None),
-            None => {
-                let program =
-                    std::env::current_exe().map_err(|source| process::StartError::Spawn {
-                        program: "sphere".to_owned(),
-                        source,
-                    })?;
-                let process = ManagedPlugin::start(
-                    sphere_plugin_hello::NAME,
-                    &program.to_string_lossy(),
-                    &[DEMO_PLUGIN_SUBCOMMAND],
-                )
-                .await?;
-                (
-                    PluginClient::new(process.address(), max_task_time)?,
-                    Some(process),
-                )
-            }
+        let demo_program = match &config.plugins.entries {
+            Some(_) => String::new(),
+            None => std::env::current_exe()
+                .map_err(StartError::DemoPlugin)?
+                .to_string_lossy()
+                .into_owned(),
         };
-        match plugin.describe().await {
-            Ok(description) => tracing::info!(
-                name = description.name,
-                version = description.version,
-                address = plugin.address(),
-                "plugin ready"
-            ),
-            Err(error) => tracing::warn!(
-                address = plugin.address(),
-                %error,
-                "plugin is not answering yet; tasks fail until it does"
-            ),
-        }
+        let plugins = Plugins::new(
+            config.plugin_entries(|| demo_program),
+            config.plugins.default.as_deref(),
+        );
+        let plugins_shutdown_token = CancellationToken::new();
+        let plugin_tasks = TaskTracker::new();
+        supervisor::start(
+            &plugins,
+            SupervisorOptions {
+                health_interval: Duration::from_millis(config.plugins.health_interval_ms),
+                restart_backoff_max: Duration::from_millis(config.plugins.restart_backoff_max_ms),
+            },
+            &plugins_shutdown_token,
+            &plugin_tasks,
+        );
+        plugin_tasks.close();
+        supervisor::settled(&plugins, PLUGIN_START_WAIT).await;
 
         let grpc_listener = bind(config.grpc.listen, "grpc.listen", "--grpc-listen").await?;
         let http_listener = bind(config.http.listen, "http.listen", "--http-listen").await?;
@@ -159,7 +147,7 @@ impl Node {
         let peers = Peers::new(Duration::from_millis(config.grpc.connect_timeout_ms));
         let context = NodeContext {
             identity: identity.clone(),
-            plugin: plugin.clone(),
+            plugins: plugins.clone(),
             peers: peers.clone(),
             files: Files::new(
                 FileIndex::new(db.clone()),
@@ -196,10 +184,11 @@ impl Node {
             identity,
             grpc_address,
             http_address,
-            plugin_address: plugin.address().to_owned(),
+            plugins,
             shutdown_token,
             servers,
-            plugin_process,
+            plugins_shutdown_token,
+            plugin_tasks,
             db,
             shutdown_grace: config.shutdown_grace(),
         })
@@ -220,9 +209,9 @@ impl Node {
         self.http_address
     }
 
-    /// Returns the address of the plugin in use.
-    pub fn plugin_address(&self) -> &str {
-        &self.plugin_address
+    /// Returns the node's plugins.
+    pub fn plugins(&self) -> &Plugins {
+        &self.plugins
     }
 
     /// Stops the node: no new requests, in-flight ones finish (within the grace period), then the
@@ -238,9 +227,8 @@ impl Node {
                 "requests still running after the grace period are dropped"
             );
         }
-        if let Some(plugin_process) = self.plugin_process {
-            plugin_process.stop().await;
-        }
+        self.plugins_shutdown_token.cancel();
+        self.plugin_tasks.wait().await;
         if let Err(error) = self.db.close().await {
             tracing::error!(%error, "could not close the database cleanly");
         }

@@ -26,6 +26,7 @@ impl NodeService for NodeInfoGrpc {
         Ok(Response::new(GetInfoResponse {
             node_id: self.context.identity.node_id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            plugins: self.context.plugins.summaries(),
         }))
     }
 }

@@ -30,22 +30,23 @@ impl TaskService for TaskGrpc {
         request: Request<RunTaskRequest>,
     ) -> Result<Response<RunTaskResponse>, Status> {
         // Finish early enough for a timeout answer to reach the caller before its own deadline.
-        let deadline = super::caller_deadline(request.metadata()).map(|deadline| {
+        let deadline = sphere_plugin::grpc_timeout(request.metadata()).map(|deadline| {
             deadline
                 .saturating_sub(ANSWER_MARGIN)
                 .max(Duration::from_millis(1))
         });
-        let RunTaskRequest { task_id, input } = request.into_inner();
-        let plugin = &self.context.plugin;
-        let output = plugin
-            .execute(task_id.clone(), input, deadline)
+        let RunTaskRequest {
+            task_id,
+            input,
+            plugin,
+        } = request.into_inner();
+        let plugin = Some(plugin.as_str()).filter(|name| !name.is_empty());
+        let (output, plugin_name) = self
+            .context
+            .plugins
+            .run(plugin, task_id.clone(), input, deadline)
             .await
             .map_err(Error::from)?;
-        let plugin_name = plugin
-            .description()
-            .await
-            .map(|description| description.name)
-            .unwrap_or_default();
         Ok(Response::new(RunTaskResponse {
             task_id,
             output,

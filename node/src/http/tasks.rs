@@ -21,6 +21,8 @@ const STUCK_CALL_MARGIN: Duration = Duration::from_millis(500);
 pub struct TaskRequest {
     /// gRPC address of the node to run the task on; this node when absent.
     target: Option<String>,
+    /// Name of the plugin to run the task; the target's default plugin when absent.
+    plugin: Option<String>,
     /// The requester's identifier for the task, echoed back; a random one when absent.
     id: Option<String>,
     /// The input as text.
@@ -69,20 +71,22 @@ pub async fn run_task(
         None => context.task_timeout,
     };
 
+    let plugin = request.plugin.filter(|name| !name.is_empty());
     let (output, plugin) = match request.target {
         None => {
-            let output = context
-                .plugin
-                .execute(task_id.clone(), input, Some(deadline))
-                .await?;
-            let plugin = context
-                .plugin
-                .description()
-                .await
-                .map(|description| description.name);
-            (output, plugin.unwrap_or_default())
+            context
+                .plugins
+                .run(plugin.as_deref(), task_id.clone(), input, Some(deadline))
+                .await?
         }
-        Some(target) => run_on_target(&context, &target, task_id.clone(), input, deadline).await?,
+        Some(target) => {
+            let task = RunTaskRequest {
+                task_id: task_id.clone(),
+                input,
+                plugin: plugin.unwrap_or_default(),
+            };
+            run_on_target(&context, &target, task, deadline).await?
+        }
     };
     let (output, output_base64) = match std::str::from_utf8(&output) {
         Ok(text) => (Some(text.to_owned()), None),
@@ -100,12 +104,11 @@ pub async fn run_task(
 async fn run_on_target(
     context: &NodeContext,
     target: &str,
-    task_id: String,
-    input: Bytes,
+    task: RunTaskRequest,
     deadline: Duration,
 ) -> Result<(Bytes, String), Error> {
     let mut client = context.peers.tasks(target)?;
-    let mut request = tonic::Request::new(RunTaskRequest { task_id, input });
+    let mut request = tonic::Request::new(task);
     request.set_timeout(deadline);
     match tokio::time::timeout(deadline + STUCK_CALL_MARGIN, client.run_task(request)).await {
         Ok(Ok(response)) => {

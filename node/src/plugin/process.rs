@@ -4,6 +4,9 @@
 //! prints `SPHERE_PLUGIN_ADDR=<host:port>` on stdout. Everything else the plugin prints goes to
 //! the node's log, tagged with the plugin's name.
 //!
+//! Limits: `memory_limit_bytes` caps the process's address space (`RLIMIT_AS`), set in the child
+//! before it runs the plugin program.
+//!
 //! No orphans: the plugin gets its own process group (so the node decides when it stops, not the
 //! terminal's Ctrl-C), and the kernel kills it when the node dies, even by SIGKILL
 //! (`PR_SET_PDEATHSIG`). On shutdown the node sends SIGTERM to the group and SIGKILL after a grace
@@ -15,7 +18,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
-use sphere_plugin_hello::{ADDR_LINE_PREFIX, LISTEN_ENV};
+use sphere_plugin::{ADDR_LINE_PREFIX, LISTEN_ENV};
+
+use crate::config::PluginConfig;
 
 /// How long a starting plugin has to announce its address.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -54,28 +59,44 @@ pub struct ManagedPlugin {
 }
 
 impl ManagedPlugin {
-    /// Starts `program` with `args` as the plugin `name` and waits for its address.
+    /// Starts the managed plugin `name` as `config` says (`command`, `args`, `env`,
+    /// `working_dir`, `memory_limit_bytes`) and waits for its address.
     ///
     /// Must be called from a thread that outlives the plugin (a runtime thread, not the blocking
     /// pool): the kernel's parent-death signal fires when the spawning thread exits.
-    pub async fn start(name: &str, program: &str, args: &[&str]) -> Result<Self, StartError> {
+    pub async fn start(name: &str, config: &PluginConfig) -> Result<Self, StartError> {
+        let program = config.command.as_deref().unwrap_or_default();
         let mut command = Command::new(program);
+        if let Some(working_dir) = &config.working_dir {
+            command.current_dir(working_dir);
+        }
+        let memory_limit = config.memory_limit_bytes.map(|bytes| bytes as libc::rlim_t);
         command
-            .args(args)
+            .args(&config.args)
+            .envs(&config.env)
             .env(LISTEN_ENV, "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        // SAFETY: the closure runs in the forked child before exec and only makes two
-        // async-signal-safe system calls.
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe system calls, on values prepared before the fork.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 if libc::setpgid(0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(bytes) = memory_limit {
+                    let limit = libc::rlimit {
+                        rlim_cur: bytes,
+                        rlim_max: bytes,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -118,6 +139,25 @@ impl ManagedPlugin {
             child,
             address: format!("http://{address}"),
         })
+    }
+
+    /// Returns the process ID, while the process runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit and says how it did ("exited with status 3", "was killed
+    /// by signal 9").
+    pub async fn wait(&mut self) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        match self.child.wait().await {
+            Ok(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => format!("exited with status {code}"),
+                (None, Some(signal)) => format!("was killed by signal {signal}"),
+                (None, None) => format!("ended ({status})"),
+            },
+            Err(error) => format!("could not be waited for: {error}"),
+        }
     }
 
     /// Returns the plugin's gRPC address as an `http://` URI.

@@ -43,8 +43,8 @@ async fn health_reports_identity_and_plugin() {
     assert_eq!(status, 200);
     assert_eq!(body["status"], "ok");
     assert_eq!(body["node_id"], node.node_id);
-    assert_eq!(body["plugin"]["name"], "hello");
-    assert_eq!(body["plugin"]["health"], "serving");
+    assert_eq!(body["plugins"][0]["name"], "hello");
+    assert_eq!(body["plugins"][0]["health"], "serving");
 }
 
 #[test]
@@ -162,5 +162,6 @@ async fn a_crashed_plugin_fails_its_tasks_but_not_the_node() {
     let (status, body) = node.call(reqwest::Method::GET, "/health", "").await;
     assert_eq!(status, 200);
     assert_eq!(body["status"], "degraded");
-    assert_eq!(body["plugin"]["health"], "unreachable");
+    assert_eq!(body["plugins"][0]["name"], "hello");
+    assert_ne!(body["plugins"][0]["health"], "serving");
 }

@@ -1,6 +1,6 @@
-//! Runs the demo plugin on its own; see the crate documentation for the start-up handshake.
+//! Runs the demo plugin on its own.
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), sphere_plugin::BoxError> {
     sphere_plugin_hello::run().await
 }
