@@ -136,6 +136,11 @@ fn classify(status: &tonic::Status) -> CallError {
     match status.code() {
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => CallError::Timeout,
         tonic::Code::Unavailable => CallError::Unavailable(message),
+        // A status made here from a broken connection carries its cause; one the plugin sent
+        // does not.
+        tonic::Code::Unknown if std::error::Error::source(status).is_some() => {
+            CallError::Unavailable(format!("the connection broke: {message}"))
+        }
         tonic::Code::InvalidArgument => CallError::Rejected(message),
         tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
             if message.contains("too large") =>

@@ -131,6 +131,12 @@ async fn check(slot: &Slot) {
 
 async fn supervise(slot: Arc<Slot>, options: SupervisorOptions, shutdown: CancellationToken) {
     let name = slot.name();
+    if slot.config.cpu_limit_percent.is_some() {
+        tracing::warn!(
+            plugin = name,
+            "cpu_limit_percent is not enforced yet (it needs cgroups)"
+        );
+    }
     let mut backoff = INITIAL_BACKOFF;
     loop {
         let started_at = Instant::now();

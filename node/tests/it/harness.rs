@@ -17,6 +17,8 @@ pub struct TestNode {
     pub data_dir: PathBuf,
     /// Extra `SPHERE_*` variables the node was started with, reused on restart.
     environment: Vec<(String, String)>,
+    /// The configuration the node was started with, reused on restart.
+    config: Option<Value>,
     client: reqwest::Client,
 }
 
@@ -29,6 +31,9 @@ pub struct NodeOptions {
     pub grpc_listen: Option<SocketAddr>,
     /// Extra environment variables (configuration overrides).
     pub environment: Vec<(String, String)>,
+    /// A configuration file's content, written into the data directory and passed with
+    /// `--config`.
+    pub config: Option<Value>,
 }
 
 impl TestNode {
@@ -54,7 +59,8 @@ impl TestNode {
             .append(true)
             .open(data_dir.join("node.log"))
             .expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sphere"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sphere"));
+        command
             .args([
                 "node",
                 "--http-listen",
@@ -63,7 +69,13 @@ impl TestNode {
                 &grpc_listen,
             ])
             .arg("--data-dir")
-            .arg(&data_dir)
+            .arg(&data_dir);
+        if let Some(config) = &options.config {
+            let path = data_dir.join("config.json");
+            std::fs::write(&path, config.to_string()).expect("write config");
+            command.arg("--config").arg(path);
+        }
+        let mut child = command
             .envs(options.environment.iter().cloned())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -99,6 +111,7 @@ impl TestNode {
             grpc: field("grpc").parse().expect("grpc address"),
             data_dir,
             environment: options.environment,
+            config: options.config,
             client: reqwest::Client::new(),
         }
     }
@@ -164,6 +177,7 @@ impl TestNode {
             data_dir: Some(self.data_dir.clone()),
             grpc_listen: Some(self.grpc),
             environment: self.environment.clone(),
+            config: self.config.clone(),
         });
         *self = restarted;
     }
@@ -273,4 +287,87 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub fn base64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Returns the repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("node/ has a parent")
+        .to_owned()
+}
+
+/// Returns a directory holding the Python gRPC stubs of `proto/sphere/v1/plugin.proto`,
+/// generated once per test run with grpcio-tools (installed by `scripts/test-all`).
+pub fn python_stubs() -> &'static Path {
+    static STUBS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    STUBS.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("sphere-python-stubs-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        let proto = repo_root().join("proto");
+        let status = Command::new("python3")
+            .args(["-m", "grpc_tools.protoc", "-I"])
+            .arg(&proto)
+            .arg(format!("--python_out={}", dir.display()))
+            .arg(format!("--grpc_python_out={}", dir.display()))
+            .arg(proto.join("sphere/v1/plugin.proto"))
+            .status()
+            .expect("python3 runs");
+        assert!(
+            status.success(),
+            "generating Python stubs failed: install the test tools with scripts/test-all \
+             (pip install -r plugins/python-csv-stats/requirements.txt)"
+        );
+        dir
+    })
+}
+
+/// Returns a plugin entry running the test plugin `node/tests/plugins/misbehaving.py`, with
+/// `extra` fields merged in.
+pub fn misbehaving_plugin(name: &str, extra: Value) -> Value {
+    let mut entry = serde_json::json!({
+        "name": name,
+        "command": "python3",
+        "args": [repo_root().join("node/tests/plugins/misbehaving.py")],
+        "env": {"PYTHONPATH": python_stubs(), "PLUGIN_NAME": name},
+    });
+    merge(&mut entry, extra);
+    entry
+}
+
+/// Returns a plugin entry running the node's built-in demo plugin.
+pub fn hello_plugin() -> Value {
+    serde_json::json!({
+        "name": "hello",
+        "command": env!("CARGO_BIN_EXE_sphere"),
+        "args": ["demo-plugin"],
+    })
+}
+
+/// Merges the fields of `extra` (an object) into `target`, recursing into objects.
+pub fn merge(target: &mut Value, extra: Value) {
+    match (target, extra) {
+        (Value::Object(target), Value::Object(extra)) => {
+            for (key, value) in extra {
+                merge(target.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (target, extra) => *target = extra,
+    }
+}
+
+/// Returns a node configuration with these plugin entries, checked every 100 ms.
+pub fn plugins_config(entries: Vec<Value>) -> Value {
+    serde_json::json!({"plugins": {"health_interval_ms": 100, "entries": entries}})
+}
+
+/// Starts a node with these plugin entries.
+pub fn node_with_plugins(entries: Vec<Value>) -> TestNode {
+    TestNode::start_with(NodeOptions {
+        config: Some(plugins_config(entries)),
+        ..NodeOptions::default()
+    })
 }

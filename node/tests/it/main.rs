@@ -6,4 +6,5 @@ mod errors;
 mod files;
 mod harness;
 mod lifecycle;
+mod plugins;
 mod tasks;
