@@ -9,21 +9,10 @@ command -v wrk >/dev/null || { echo "wrk is required: apt-get install -y wrk" >&
 cargo build --release --quiet -p sphere-node
 sphere=target/release/sphere
 work=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}" sphere-bench.XXXXXX)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+source bench/lib.sh
+cleanup() { stop_nodes; rm -rf "$work"; }
 trap cleanup EXIT
 
-start_node() { # name -> prints "pid http grpc"
-  local name=$1
-  "$sphere" node --data-dir "$work/$name" --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
-    --log warn >"$work/$name.out" 2>"$work/$name.err" &
-  local pid=$!
-  pids+=("$pid")
-  for _ in $(seq 100); do grep -q ready "$work/$name.out" 2>/dev/null && break; sleep 0.1; done
-  local line; line=$(head -1 "$work/$name.out")
-  echo "$pid $(sed -E 's/.*http=([^ ]+).*/\1/' <<<"$line") $(sed -E 's/.*grpc=([^ ]+).*/\1/' <<<"$line")"
-}
-peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
 read -r owner_pid owner_http owner_grpc < <(start_node owner)
 read -r provider_pid provider_http provider_grpc < <(start_node provider)
@@ -33,7 +22,7 @@ for connections in 1 32; do
   threads=$(( connections < 2 ? 1 : 2 ))
   echo "-- concurrency $connections"
   TARGET=$provider_grpc wrk -t"$threads" -c"$connections" -d10s -s bench/task.lua \
-    "http://$owner_http/task" | tail -3
+    "http://$owner_http/task" | tail -3 | head -2
 done
 
 echo

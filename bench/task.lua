@@ -1,6 +1,19 @@
--- wrk script: POST /task with the README's body; the target comes from the TARGET variable.
+-- wrk script: POST /task. The body comes from the environment: TARGET (a node's gRPC address;
+-- absent: the node's own plugins), PLUGIN (absent: the default plugin) and INPUT (default "hello").
+local fields = {}
+local function add(name, value)
+  if value and value ~= "" then
+    local escaped = value:gsub("\\", "\\\\"):gsub('"', '\\"'):gsub("\n", "\\n")
+    table.insert(fields, string.format('"%s": "%s"', name, escaped))
+  end
+end
+add("target", os.getenv("TARGET"))
+add("plugin", os.getenv("PLUGIN"))
+add("id", "1")
+add("input", os.getenv("INPUT") or "hello")
+
 wrk.method = "POST"
-wrk.body = string.format('{"target": "%s", "id": "1", "input": "hello"}', os.getenv("TARGET"))
+wrk.body = "{" .. table.concat(fields, ", ") .. "}"
 wrk.headers["Content-Type"] = "application/json"
 
 function response(status, headers, body)
@@ -11,6 +24,7 @@ function response(status, headers, body)
 end
 
 done = function(summary, latency, requests)
+  io.write(string.format("requests: %d\n", summary.requests))
   io.write(string.format("requests/s: %.0f\n", summary.requests / (summary.duration / 1e6)))
   io.write(string.format("p50: %.2f ms  p99: %.2f ms\n", latency:percentile(50) / 1000, latency:percentile(99) / 1000))
   io.write(string.format("errors: %d\n", summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))

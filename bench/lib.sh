@@ -1,0 +1,28 @@
+# Helpers shared by the benchmark scripts; source it from the repository root.
+# Expects: $sphere (the binary) and $work (a scratch directory).
+
+# start_node NAME [extra sphere node args...] -> prints "pid http grpc" once the node is ready.
+start_node() {
+  local name=$1
+  shift
+  "$sphere" node --data-dir "$work/$name" --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+    --log warn "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  local pid=$!
+  for _ in $(seq 300); do grep -q ready "$work/$name.out" 2>/dev/null && break; sleep 0.1; done
+  local line
+  line=$(head -1 "$work/$name.out")
+  [ -n "$line" ] || { echo "node $name did not start:" >&2; cat "$work/$name.err" >&2; exit 1; }
+  echo "$pid $(sed -E 's/.*http=([^ ]+).*/\1/' <<<"$line") $(sed -E 's/.*grpc=([^ ]+).*/\1/' <<<"$line")"
+}
+
+# cpu_ticks PID -> user + system CPU time of the process so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# peak_rss_mib PID -> peak resident memory of the process, MiB.
+peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+# stop_nodes: stops every node started with start_node (their plugins stop with them).
+stop_nodes() {
+  pkill -TERM -f -- "--data-dir $work/" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
