@@ -10,10 +10,12 @@
 //! # Layout
 //! - [`client`]: gRPC calls to one plugin (`Execute`, `Describe`, health).
 //! - [`registry`]: the node's plugins by name: routing, limits, queueing, counters.
-//! - [`process`]: starting and stopping a plugin process (handshake, no orphans, limits).
+//! - [`process`]: starting and stopping a plugin process (handshake, no orphans).
+//! - [`limits`]: memory and CPU limits of plugin processes (cgroups, or `RLIMIT_AS`).
 //! - [`supervisor`]: the watcher and supervisor tasks.
 
 pub mod client;
+pub mod limits;
 pub mod process;
 pub mod registry;
 pub mod supervisor;

@@ -4,8 +4,8 @@
 //! prints `SPHERE_PLUGIN_ADDR=<host:port>` on stdout. Everything else the plugin prints goes to
 //! the node's log, tagged with the plugin's name.
 //!
-//! Limits: `memory_limit_bytes` caps the process's address space (`RLIMIT_AS`), set in the child
-//! before it runs the plugin program.
+//! Limits (`memory_limit_bytes`, `cpu_limit_percent`) are applied in the child before it runs the
+//! plugin program; see [`super::limits`].
 //!
 //! No orphans: the plugin gets its own process group (so the node decides when it stops, not the
 //! terminal's Ctrl-C), and the kernel kills it when the node dies, even by SIGKILL
@@ -20,6 +20,7 @@ use tokio::process::{Child, Command};
 
 use sphere_plugin::{ADDR_LINE_PREFIX, LISTEN_ENV};
 
+use super::limits::{LimitsApplied, PreparedLimits};
 use crate::config::PluginConfig;
 
 /// How long a starting plugin has to announce its address.
@@ -56,6 +57,8 @@ pub struct ManagedPlugin {
     name: String,
     child: Child,
     address: String,
+    /// The process's cgroups, removed when the process is gone.
+    limits: std::sync::Arc<PreparedLimits>,
 }
 
 impl ManagedPlugin {
@@ -70,7 +73,12 @@ impl ManagedPlugin {
         if let Some(working_dir) = &config.working_dir {
             command.current_dir(working_dir);
         }
-        let memory_limit = config.memory_limit_bytes.map(|bytes| bytes as libc::rlim_t);
+        let limits = std::sync::Arc::new(PreparedLimits::prepare(
+            name,
+            config.memory_limit_bytes,
+            config.cpu_limit_percent,
+        ));
+        let child_limits = std::sync::Arc::clone(&limits);
         command
             .args(&config.args)
             .envs(&config.env)
@@ -89,16 +97,7 @@ impl ManagedPlugin {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if let Some(bytes) = memory_limit {
-                    let limit = libc::rlimit {
-                        rlim_cur: bytes,
-                        rlim_max: bytes,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
+                child_limits.apply_in_child()
             });
         }
         let mut child = command.spawn().map_err(|source| StartError::Spawn {
@@ -138,7 +137,13 @@ impl ManagedPlugin {
             name: name.to_owned(),
             child,
             address: format!("http://{address}"),
+            limits,
         })
+    }
+
+    /// Returns how the process's limits are enforced.
+    pub fn limits(&self) -> LimitsApplied {
+        self.limits.applied
     }
 
     /// Returns the process ID, while the process runs.

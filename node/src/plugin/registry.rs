@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::PluginError;
 use super::client::{CallError, PluginClient};
+use super::limits::LimitsApplied;
 use crate::config::PluginConfig;
 
 /// Where a plugin stands.
@@ -58,6 +59,8 @@ pub struct PluginStatus {
     pub managed: bool,
     /// Process ID of a managed plugin while it runs.
     pub pid: Option<u32>,
+    /// How the memory and CPU limits of a managed plugin are enforced.
+    pub limits: Option<LimitsApplied>,
     /// Times a managed plugin was restarted after dying.
     pub restarts: u32,
     /// Health as the node last saw it.
@@ -193,6 +196,7 @@ struct SlotState {
     permits: Arc<Semaphore>,
     max_concurrency: u32,
     pid: Option<u32>,
+    limits: Option<LimitsApplied>,
 }
 
 impl Slot {
@@ -209,6 +213,7 @@ impl Slot {
                 permits: Arc::new(Semaphore::new(max_concurrency as usize)),
                 max_concurrency,
                 pid: None,
+                limits: None,
             }),
             admitted: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
@@ -246,10 +251,16 @@ impl Slot {
     }
 
     /// Connects the slot to a (re)started plugin; it takes tasks once checked healthy.
-    pub(super) fn attach(&self, client: PluginClient, pid: Option<u32>) {
+    pub(super) fn attach(
+        &self,
+        client: PluginClient,
+        pid: Option<u32>,
+        limits: Option<LimitsApplied>,
+    ) {
         let mut state = self.state();
         state.client = Some(client);
         state.pid = pid;
+        state.limits = limits;
         state.description = None;
         state.health = SlotHealth::Starting;
         state.problem = None;
@@ -327,6 +338,7 @@ impl Slot {
                 .or_else(|| self.config.address.clone()),
             managed: self.config.command.is_some(),
             pid: state.pid,
+            limits: state.limits,
             restarts: self.restarts.load(Ordering::Relaxed),
             health: state.health,
             problem: state.problem.clone(),

@@ -35,10 +35,11 @@ pub fn start(
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) {
+    super::limits::remove_stale_cgroups();
     for slot in plugins.slots() {
         if let Some(address) = &slot.config.address {
             match PluginClient::new(address, slot.config.max_output_bytes) {
-                Ok(client) => slot.attach(client, None),
+                Ok(client) => slot.attach(client, None, None),
                 Err(reason) => slot.detach(SlotHealth::Rejected, reason),
             }
         } else {
@@ -131,19 +132,13 @@ async fn check(slot: &Slot) {
 
 async fn supervise(slot: Arc<Slot>, options: SupervisorOptions, shutdown: CancellationToken) {
     let name = slot.name();
-    if slot.config.cpu_limit_percent.is_some() {
-        tracing::warn!(
-            plugin = name,
-            "cpu_limit_percent is not enforced yet (it needs cgroups)"
-        );
-    }
     let mut backoff = INITIAL_BACKOFF;
     loop {
         let started_at = Instant::now();
         match ManagedPlugin::start(&name, &slot.config).await {
             Ok(mut process) => {
                 match PluginClient::new(process.address(), slot.config.max_output_bytes) {
-                    Ok(client) => slot.attach(client, process.pid()),
+                    Ok(client) => slot.attach(client, process.pid(), Some(process.limits())),
                     Err(reason) => slot.detach(SlotHealth::Rejected, reason),
                 }
                 check(&slot).await;

@@ -442,21 +442,74 @@ async fn no_plugin_process_outlives_a_killed_node() {
 }
 
 #[tokio::test]
-async fn a_memory_limit_is_applied_to_a_managed_plugin() {
-    let limit: u64 = 2 * 1024 * 1024 * 1024;
+async fn memory_and_cpu_limits_are_applied_to_a_managed_plugin() {
+    let memory_limit: u64 = 1024 * 1024 * 1024;
     let node = node_with_plugins(vec![misbehaving_plugin(
         "limited",
-        json!({"memory_limit_bytes": limit}),
+        json!({"memory_limit_bytes": memory_limit, "cpu_limit_percent": 50}),
     )]);
     let status = wait_for_health(&node, "limited", "serving").await;
     let pid = status["pid"].as_u64().expect("pid");
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
-    let address_space = limits
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroups");
+    // The node says how each limit is enforced on this machine; check that it really is.
+    match status["limits"]["memory"].as_str() {
+        Some("cgroup") => {
+            let limit =
+                cgroup_setting(&cgroups, "memory", &["memory.max", "memory.limit_in_bytes"]);
+            assert_eq!(limit, memory_limit.to_string());
+        }
+        Some("rlimit") => {
+            let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+            let address_space = limits
+                .lines()
+                .find(|line| line.starts_with("Max address space"))
+                .expect("address space line");
+            assert!(
+                address_space.contains(&memory_limit.to_string()),
+                "{address_space}"
+            );
+        }
+        other => panic!("memory limit not enforced: {other:?} in {status}"),
+    }
+    match status["limits"]["cpu"].as_str() {
+        Some("cgroup") => {
+            let quota = cgroup_setting(&cgroups, "cpu", &["cpu.max", "cpu.cfs_quota_us"]);
+            assert!(quota == "50000" || quota == "50000 100000", "{quota}");
+        }
+        Some("not_enforced") => eprintln!("this machine offers no cgroup for the CPU limit"),
+        other => panic!("unexpected CPU enforcement {other:?} in {status}"),
+    }
+}
+
+/// Reads the first of `files` that exists in the plugin's own cgroup for `controller`, from the
+/// process's `/proc/<pid>/cgroup` listing.
+fn cgroup_setting(listing: &str, controller: &str, files: &[&str]) -> String {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let dir = listing
         .lines()
-        .find(|line| line.starts_with("Max address space"))
-        .expect("address space line");
+        .find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let relative = path.trim_start_matches('/');
+            if controllers.is_empty() {
+                Some(root.join(relative))
+            } else if controllers.split(',').any(|name| name == controller) {
+                Some(root.join(controllers).join(relative))
+            } else {
+                None
+            }
+        })
+        .unwrap_or_else(|| panic!("no {controller} cgroup in {listing}"));
     assert!(
-        address_space.contains(&limit.to_string()),
-        "{address_space}"
+        dir.file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with("sphere-")),
+        "the plugin is not in a cgroup of its own: {}",
+        dir.display()
     );
+    files
+        .iter()
+        .find_map(|file| std::fs::read_to_string(dir.join(file)).ok())
+        .unwrap_or_else(|| panic!("none of {files:?} in {}", dir.display()))
+        .trim()
+        .to_owned()
 }
