@@ -262,6 +262,26 @@ async fn deadlines_crashes_garbage_and_sizes_get_clear_errors() {
 }
 
 #[tokio::test]
+async fn what_a_plugin_prints_reaches_the_node_log_tagged_with_its_name() {
+    let node = node_with_plugins(vec![misbehaving_plugin("chatty", json!({}))]);
+    let (status, body) = run(&node, json!({"input": "say:a line from the plugin"})).await;
+    assert_eq!(
+        (status, body["output"].clone()),
+        (200, json!("said")),
+        "{body}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || node
+            .log()
+            .lines()
+            .any(|line| line.contains("a line from the plugin")
+                && line.contains("plugin=\"chatty\""))),
+        "the plugin's line is not in the node log:\n{}",
+        node.log()
+    );
+}
+
+#[tokio::test]
 async fn a_full_queue_answers_429_with_retry_after() {
     let node = node_with_plugins(vec![misbehaving_plugin(
         "slow",

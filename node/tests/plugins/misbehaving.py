@@ -7,6 +7,7 @@ Its input says what to do:
   big:<n>      answer n bytes
   reject       refuse the input (INVALID_ARGUMENT)
   pid          answer its process ID
+  say:<text>   print <text> on stderr and answer "said"
   anything else is echoed.
 Environment: PLUGIN_NAME (the name it describes itself with, default "misbehaving"),
 HEALTH_FILE (a file whose content, SERVING or NOT_SERVING, sets its health status, polled every
@@ -15,6 +16,7 @@ HEALTH_FILE (a file whose content, SERVING or NOT_SERVING, sets its health statu
 
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent import futures
@@ -40,6 +42,9 @@ def execute(request, context):
         return plugin_pb2.ExecuteResponse(output=b"x" * int(command.split(":", 1)[1]))
     if command == "reject":
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "this input is refused on purpose")
+    if command.startswith("say:"):
+        print(command.split(":", 1)[1], file=sys.stderr, flush=True)
+        return plugin_pb2.ExecuteResponse(output=b"said")
     if command == "pid":
         return plugin_pb2.ExecuteResponse(output=str(os.getpid()).encode())
     return plugin_pb2.ExecuteResponse(output=request.input)
