@@ -40,6 +40,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// Files this node stores on others and objects it stores for others.
     pub storage: StorageConfig,
+    /// gRPC addresses of other nodes this node may store files on (until discovery exists).
+    pub peers: Vec<String>,
 }
 
 /// The node-to-node gRPC server and the client this node uses to reach other nodes.
@@ -150,6 +152,15 @@ impl PluginConfig {
 pub struct StorageConfig {
     /// Plaintext bytes per encrypted chunk of a file this node stores on others.
     pub chunk_size_bytes: u64,
+    /// Replicas of a file when a request names neither `targets` nor `replicas`.
+    pub replicas: u32,
+    /// Bytes this node offers to store for others.
+    pub capacity_bytes: u64,
+    /// How often this node audits every replica of its files.
+    pub audit_interval_ms: u64,
+    /// How long a replica may fail audits (or not answer) before it counts as lost and is
+    /// repaired.
+    pub lost_after_ms: u64,
 }
 
 impl Default for Config {
@@ -163,6 +174,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             plugins: PluginsConfig::default(),
             storage: StorageConfig::default(),
+            peers: Vec::new(),
         }
     }
 }
@@ -221,6 +233,10 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             chunk_size_bytes: 1024 * 1024,
+            replicas: 2,
+            capacity_bytes: 100 * 1024 * 1024 * 1024,
+            audit_interval_ms: 10 * 60 * 1000,
+            lost_after_ms: 60 * 60 * 1000,
         }
     }
 }
@@ -297,6 +313,15 @@ impl Config {
             "plugins.health_interval_ms",
             self.plugins.health_interval_ms,
         )?;
+        positive("storage.replicas", u64::from(self.storage.replicas))?;
+        positive("storage.audit_interval_ms", self.storage.audit_interval_ms)?;
+        positive("storage.lost_after_ms", self.storage.lost_after_ms)?;
+        for peer in &self.peers {
+            crate::peers::target_uri(peer).map_err(|error| ConfigError::Invalid {
+                field: "peers",
+                problem: format!("holds {peer:?}: {}", error.message),
+            })?;
+        }
         positive(
             "plugins.restart_backoff_max_ms",
             self.plugins.restart_backoff_max_ms,

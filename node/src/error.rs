@@ -40,6 +40,12 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// An object with that ID is already stored; stored objects are never overwritten.
     AlreadyExists,
+    /// The request is not signed by the object's owner, or was replayed.
+    PermissionDenied,
+    /// The provider has no space left for the object.
+    ProviderFull,
+    /// Fewer providers are available than the file needs.
+    NotEnoughProviders,
     /// The target node could not be reached.
     TargetUnreachable,
     /// The target node did not answer in time.
@@ -63,7 +69,10 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 21] = [
+    const ALL: [ErrorCode; 24] = [
+        Self::PermissionDenied,
+        Self::ProviderFull,
+        Self::NotEnoughProviders,
         Self::InvalidJson,
         Self::MissingField,
         Self::InvalidField,
@@ -101,6 +110,9 @@ impl ErrorCode {
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::AlreadyExists => "already_exists",
+            Self::PermissionDenied => "permission_denied",
+            Self::ProviderFull => "provider_full",
+            Self::NotEnoughProviders => "not_enough_providers",
             Self::TargetUnreachable => "target_unreachable",
             Self::TargetTimeout => "target_timeout",
             Self::TargetError => "target_error",
@@ -131,6 +143,9 @@ impl ErrorCode {
             Self::TaskRejected => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::AlreadyExists => StatusCode::CONFLICT,
+            Self::PermissionDenied => StatusCode::FORBIDDEN,
+            Self::ProviderFull => StatusCode::INSUFFICIENT_STORAGE,
+            Self::NotEnoughProviders => StatusCode::SERVICE_UNAVAILABLE,
             Self::TargetUnreachable
             | Self::TargetError
             | Self::PluginUnavailable
@@ -156,6 +171,9 @@ impl ErrorCode {
             Self::TaskRejected => tonic::Code::FailedPrecondition,
             Self::MethodNotAllowed => tonic::Code::Unimplemented,
             Self::AlreadyExists => tonic::Code::AlreadyExists,
+            Self::PermissionDenied => tonic::Code::PermissionDenied,
+            Self::ProviderFull => tonic::Code::ResourceExhausted,
+            Self::NotEnoughProviders => tonic::Code::Unavailable,
             Self::TargetUnreachable | Self::PluginUnavailable | Self::ShuttingDown => {
                 tonic::Code::Unavailable
             }

@@ -1,98 +1,204 @@
-//! The owner's side of file storage: encrypt and send a file to a provider, fetch it back,
-//! verify and decrypt it.
+//! The owner's side of file storage: encrypt a file and spread it over providers, read it back
+//! from whichever replica answers, delete it; audits, repair and recovery live in the
+//! submodules.
 //!
 //! Both directions stream: a file passes through in chunks (1 MiB by default), with at most a few
 //! chunks in memory at a time, whatever its size.
 //!
-//! Storing: plaintext chunks → seal (AES-256-GCM STREAM, fresh key) → SHA-256 → `PutObject`
-//! stream to the provider → provider acknowledges after fsync → the owner's record (key, chunk
-//! hashes, replica) is written durably. Only then is the file reported stored.
+//! Storing: plaintext chunks → seal (AES-256-GCM STREAM, key derived for this file) → Merkle root
+//! → the same sealed chunk to every chosen provider's `PutObject` stream → each provider
+//! acknowledges after fsync → the encrypted manifest goes to every provider → the owner's record
+//! is written durably. Only then is the file reported stored; if any provider fails, what the
+//! others stored is deleted and the upload fails.
 //!
-//! Reading: `GetObject` stream → each chunk's hash checked against the owner's record → opened
-//! (authenticated decryption) → plaintext. Any mismatch stops the stream with an integrity error;
-//! no unverified byte is ever returned.
+//! Reading: `GetObject` stream from a replica → each chunk checked against its recorded address
+//! → opened (authenticated decryption) → plaintext. When a replica fails or sends a bad chunk,
+//! reading resumes at that chunk on the next replica; no unverified byte is ever returned.
+//!
+//! # Layout
+//! - [`maintenance`]: periodic audits of every replica, and repair of lost ones.
+//! - [`recovery`]: rebuilding the owner's records from the providers with the key file alone.
 
+pub mod maintenance;
+pub mod recovery;
+
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
 use sphere_proto::v1::put_object_request::Part;
-use sphere_proto::v1::{GetObjectRequest, ObjectHeader, ObjectTrailer, PutObjectRequest};
+use sphere_proto::v1::{
+    DeleteObjectRequest, GetCapacityRequest, GetObjectRequest, GetObjectResponse, ObjectHeader,
+    ObjectTrailer, PutObjectRequest,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::auth::{self, Operation};
 use crate::error::{Error, ErrorCode};
+use crate::identity::NodeIdentity;
 use crate::peers::Peers;
 use crate::storage::StorageError;
 use crate::storage::chunks::ChunkHash;
-use crate::storage::crypto::FileKey;
-use crate::storage::files::{FileIndex, FileRecord, Replica};
+use crate::storage::crypto::{ChunkCipher, FileKey};
+use crate::storage::files::{FileIndex, FileRecord, Manifest, Replica};
 
-/// Chunks sealed ahead of the network; bounds memory per transfer.
+/// Chunks sealed ahead of the slowest provider; bounds memory per transfer.
 const CHUNKS_IN_FLIGHT: usize = 4;
+/// How long choosing providers waits for each one's capacity answer.
+const CAPACITY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Object kinds, as providers list them back. DO NOT CHANGE: recovery looks for them.
+const KIND_DATA: &str = "data";
+const KIND_MANIFEST: &str = "manifest";
 
 /// A stream of plaintext bytes coming into or out of the node.
 pub type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, Error>> + Send>>;
 
-/// The owner's file operations.
+/// Where a new file goes.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// Providers named by the requester; when empty, the node picks among its peers.
+    pub targets: Vec<String>,
+    /// How many providers to pick when none are named; `None` is `storage.replicas`.
+    pub replicas: Option<u32>,
+}
+
+/// How the owner's file operations behave (from `storage.*` and `peers`).
+#[derive(Debug, Clone)]
+pub struct FileOptions {
+    /// Plaintext bytes per chunk.
+    pub chunk_size: usize,
+    /// Replicas of a file when the request names neither targets nor a number.
+    pub default_replicas: u32,
+    /// Providers the node may pick from (the `peers` setting, until discovery exists).
+    pub providers: Vec<String>,
+    /// How often every replica is audited.
+    pub audit_interval: Duration,
+    /// How long a replica may fail audits before it counts as lost and is repaired.
+    pub lost_after: Duration,
+}
+
+/// The owner's file operations. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Files {
     index: FileIndex,
     peers: Peers,
-    chunk_size: usize,
+    identity: NodeIdentity,
+    options: Arc<FileOptions>,
+    /// Serialises read-modify-write of records (audits, repair, delete), so that none undoes
+    /// another's change.
+    record_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Files {
-    /// Returns the file operations, keeping records in `index` and reaching providers through
-    /// `peers`; files are cut into chunks of `chunk_size` plaintext bytes.
-    pub fn new(index: FileIndex, peers: Peers, chunk_size: usize) -> Self {
+    /// Returns the file operations of `identity`, keeping records in `index` and reaching
+    /// providers through `peers`.
+    pub fn new(
+        index: FileIndex,
+        peers: Peers,
+        identity: NodeIdentity,
+        options: FileOptions,
+    ) -> Self {
         Self {
             index,
             peers,
-            chunk_size,
+            identity,
+            options: Arc::new(options),
+            record_lock: Arc::default(),
         }
     }
 
-    /// Encrypts `plaintext` and stores it on `target` under a new ID; returns the record once
-    /// the provider has it durably and the record is durable here.
+    /// Applies `change` to the current record of file `id` and stores it; returns the updated
+    /// record, or `None` if the file was deleted meanwhile.
+    async fn update_record(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut FileRecord),
+    ) -> Result<Option<FileRecord>, Error> {
+        let _guard = self.record_lock.lock().await;
+        let Some(mut record) = self.index.get(id).await? else {
+            return Ok(None);
+        };
+        change(&mut record);
+        self.index.put(&record).await?;
+        Ok(Some(record))
+    }
+
+    /// Returns the options in force.
+    pub fn options(&self) -> &FileOptions {
+        &self.options
+    }
+
+    /// Encrypts `plaintext` and stores it under a new ID on the providers `placement` names or
+    /// picks; returns the record once every provider has it durably and the record is durable
+    /// here.
     pub async fn store(
         &self,
-        target: &str,
         name: String,
+        placement: Placement,
         plaintext: ByteStream,
     ) -> Result<FileRecord, Error> {
-        let mut storage = self.peers.storage(target)?;
+        let targets = self.choose_providers(&placement).await?;
         let id = crate::storage::new_id();
-        let key = FileKey::generate();
-        let (sender, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
-        let sealing = seal_into(id.clone(), key.clone(), self.chunk_size, plaintext, sender);
-        let upload = storage.put_object(ReceiverStream::new(receiver));
-        let (sealed, uploaded) = tokio::join!(sealing, upload);
-        let (sealed, acknowledgement) = match (sealed, uploaded) {
-            (Ok(sealed), Ok(response)) => (sealed, response.into_inner()),
-            // When the source failed, that is the cause; the provider only saw a cut stream.
-            (Err(source_error), _) if source_error.code != ErrorCode::TargetError => {
-                return Err(source_error);
-            }
-            (_, Err(status)) => return Err(Error::from_remote_status(&status, target)),
-            (Err(error), Ok(_)) => return Err(error),
-        };
+        let cipher = Arc::new(self.data_key(&id).cipher(&id));
 
-        let record = FileRecord {
-            id,
-            name,
-            size: sealed.plaintext_size,
-            chunk_size: self.chunk_size as u64,
-            created_at_ms: now_ms(),
-            key: hex::encode(key.to_bytes()),
-            chunks: sealed.chunks.iter().map(|hash| hash.to_hex()).collect(),
-            replicas: vec![Replica {
-                address: target.to_owned(),
-                provider_id: acknowledgement.provider_id,
-            }],
+        let mut senders = Vec::new();
+        let mut uploads = Vec::new();
+        for target in &targets {
+            let (sender, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
+            senders.push(sender);
+            uploads.push(self.put_object(target, &id, KIND_DATA, ReceiverStream::new(receiver)));
+        }
+        let sealing = seal_into(cipher, self.options.chunk_size, plaintext, senders);
+        let (sealed, uploaded) = tokio::join!(sealing, futures_util::future::join_all(uploads));
+
+        let mut replicas = Vec::new();
+        let mut first_failure = None;
+        for (target, result) in targets.iter().zip(uploaded) {
+            match result {
+                Ok(provider_id) => replicas.push(Replica::new(target.clone(), provider_id)),
+                Err(error) => {
+                    first_failure.get_or_insert(error);
+                }
+            }
+        }
+        let failure = match (sealed, first_failure) {
+            // When the source failed, that is the cause; the providers only saw a cut stream.
+            (Err(source_error), _) if source_error.code != ErrorCode::TargetError => {
+                Some(source_error)
+            }
+            (_, Some(provider_error)) => Some(provider_error),
+            (Err(error), None) => Some(error),
+            (Ok(sealed), None) => {
+                let manifest = Manifest {
+                    id: id.clone(),
+                    name,
+                    size: sealed.plaintext_size,
+                    chunk_size: self.options.chunk_size as u64,
+                    created_at_ms: now_ms(),
+                    chunks: sealed.chunks.iter().map(|hash| hash.to_hex()).collect(),
+                };
+                match self.put_manifest(&manifest, &targets).await {
+                    Ok(()) => {
+                        let record = FileRecord {
+                            manifest,
+                            replicas_wanted: targets.len() as u32,
+                            replicas,
+                        };
+                        self.index.put(&record).await?;
+                        return Ok(record);
+                    }
+                    Err(error) => Some(error),
+                }
+            }
         };
-        self.index.put(&record).await?;
-        Ok(record)
+        // Leave nothing that looks stored: remove what the successful providers kept.
+        for replica in &replicas {
+            self.delete_objects(&replica.address, &id).await.ok();
+        }
+        Err(failure.expect("every other branch returned"))
     }
 
     /// Returns the record of file `id`, or a `file_not_found` error.
@@ -104,80 +210,306 @@ impl Files {
         self.index.get(id).await?.ok_or_else(not_found)
     }
 
-    /// Streams the plaintext of `record` back from `target` (by default its first replica).
-    /// Every chunk is verified before it is yielded; the stream ends with an error at the first
-    /// chunk that does not verify.
-    pub async fn read(
-        &self,
-        record: &FileRecord,
-        target: Option<&str>,
-    ) -> Result<ByteStream, Error> {
-        let target = match target {
-            Some(target) => target.to_owned(),
-            None => record
-                .replicas
-                .first()
-                .map(|replica| replica.address.clone())
-                .ok_or_else(|| {
-                    Error::new(ErrorCode::FileNotFound, "the file has no replica left")
-                })?,
-        };
-        let expected_chunks = record.chunk_hashes()?;
-        let cipher_key = record.file_key()?;
-        let mut storage = self.peers.storage(&target)?;
-        let mut remote_chunks = storage
-            .get_object(GetObjectRequest {
-                object_id: record.id.clone(),
-            })
-            .await
-            .map_err(|status| Error::from_remote_status(&status, &target))?
-            .into_inner();
+    /// Returns every file of this node, newest first.
+    pub async fn list(&self) -> Result<Vec<FileRecord>, Error> {
+        let mut records = self.index.all().await?;
+        records.sort_by_key(|record| std::cmp::Reverse(record.manifest.created_at_ms));
+        Ok(records)
+    }
 
-        let file_id = record.id.clone();
+    /// Deletes file `id` from every replica, then its record. A replica that cannot be reached
+    /// keeps the record in place (with an error), so the delete can be retried.
+    pub async fn delete(&self, id: &str) -> Result<FileRecord, Error> {
+        let _guard = self.record_lock.lock().await;
+        let record = self.record(id).await?;
+        for replica in &record.replicas {
+            self.delete_objects(&replica.address, id).await?;
+        }
+        self.index.remove(id).await?;
+        Ok(record)
+    }
+
+    /// Streams the plaintext of `record` back, from `preferred` first if given, then from the
+    /// replicas (those passing audits first). Every chunk is verified before it is yielded; the
+    /// stream ends with an error only when no replica can give a chunk that verifies.
+    pub fn read(&self, record: &FileRecord, preferred: Option<&str>) -> Result<ByteStream, Error> {
+        let mut sources: Vec<String> = preferred.map(str::to_owned).into_iter().collect();
+        let mut replicas = record.replicas.clone();
+        replicas.sort_by_key(|replica| replica.failing_since_ms.is_some());
+        for replica in replicas {
+            if !sources.contains(&replica.address) {
+                sources.push(replica.address);
+            }
+        }
+        if sources.is_empty() {
+            return Err(Error::new(
+                ErrorCode::FileNotFound,
+                "the file has no replica left",
+            ));
+        }
+        let expected = record.manifest.chunk_hashes()?;
+        let cipher = Arc::new(
+            self.data_key(&record.manifest.id)
+                .cipher(&record.manifest.id),
+        );
+        let files = self.clone();
+        let file_id = record.manifest.id.clone();
         let (sender, receiver) = mpsc::channel::<Result<Bytes, Error>>(CHUNKS_IN_FLIGHT);
         tokio::spawn(async move {
-            let cipher = std::sync::Arc::new(cipher_key.cipher(&file_id));
-            let last_index = expected_chunks.len() - 1;
-            for (index, expected) in expected_chunks.into_iter().enumerate() {
-                let chunk = match remote_chunks.message().await {
-                    Ok(Some(message)) => message.chunk,
-                    Ok(None) => {
-                        let _ = sender
-                            .send(Err(integrity(format!(
-                                "provider {target} sent {index} of {} chunks",
-                                last_index + 1
-                            ))))
-                            .await;
-                        return;
+            let mut next = 0usize;
+            let mut last_error = None;
+            for source in sources {
+                match files
+                    .read_from(&source, &file_id, &expected, &cipher, &mut next, &sender)
+                    .await
+                {
+                    Ok(()) => return,
+                    Err(ReadStop::ClientGone) => return,
+                    Err(ReadStop::Failed(error)) => {
+                        tracing::warn!(file_id, source, chunk = next, %error, "replica failed; trying the next one");
+                        last_error = Some(error);
                     }
-                    Err(status) => {
-                        let _ = sender
-                            .send(Err(Error::from_remote_status(&status, &target)))
-                            .await;
-                        return;
-                    }
-                };
-                let cipher = std::sync::Arc::clone(&cipher);
-                let opened = tokio::task::spawn_blocking(move || {
-                    open_chunk(
-                        &cipher,
-                        index,
-                        index == last_index,
-                        expected,
-                        Vec::from(chunk),
-                    )
-                })
-                .await
-                .unwrap_or_else(|join_error| {
-                    Err(Error::new(ErrorCode::Internal, join_error.to_string()))
-                });
-                let failed = opened.is_err();
-                if sender.send(opened).await.is_err() || failed {
-                    return;
                 }
             }
+            let error = last_error
+                .unwrap_or_else(|| Error::new(ErrorCode::Internal, "no replica was tried"));
+            let _ = sender.send(Err(error)).await;
         });
         Ok(Box::pin(ReceiverStream::new(receiver)))
+    }
+
+    /// Sends the verified plaintext of chunks `*next..` from `source`, advancing `*next`.
+    async fn read_from(
+        &self,
+        source: &str,
+        file_id: &str,
+        expected: &[ChunkHash],
+        cipher: &Arc<ChunkCipher>,
+        next: &mut usize,
+        sender: &mpsc::Sender<Result<Bytes, Error>>,
+    ) -> Result<(), ReadStop> {
+        let mut chunks = self.get_object(source, file_id, *next as u64).await?;
+        while *next < expected.len() {
+            let chunk = match chunks.message().await {
+                Ok(Some(message)) => message.chunk,
+                Ok(None) => {
+                    return Err(ReadStop::Failed(integrity(format!(
+                        "provider {source} sent {next} of {} chunks",
+                        expected.len()
+                    ))));
+                }
+                Err(status) => {
+                    return Err(ReadStop::Failed(Error::from_remote_status(&status, source)));
+                }
+            };
+            let index = *next;
+            let last = index + 1 == expected.len();
+            let expected_hash = expected[index];
+            let cipher = Arc::clone(cipher);
+            let opened = tokio::task::spawn_blocking(move || {
+                open_chunk(&cipher, index, last, expected_hash, chunk)
+            })
+            .await
+            .unwrap_or_else(|join_error| {
+                Err(Error::new(ErrorCode::Internal, join_error.to_string()))
+            })?;
+            if sender.send(Ok(opened)).await.is_err() {
+                return Err(ReadStop::ClientGone);
+            }
+            *next += 1;
+        }
+        Ok(())
+    }
+
+    /// Picks the providers of a new file.
+    async fn choose_providers(&self, placement: &Placement) -> Result<Vec<String>, Error> {
+        if !placement.targets.is_empty() {
+            let mut targets: Vec<String> = Vec::new();
+            for target in &placement.targets {
+                crate::peers::target_uri(target)?;
+                if !targets.contains(target) {
+                    targets.push(target.clone());
+                }
+            }
+            return Ok(targets);
+        }
+        let wanted = placement.replicas.unwrap_or(self.options.default_replicas) as usize;
+        if wanted == 0 {
+            return Err(Error::invalid_field("replicas", "must be at least 1"));
+        }
+        let not_enough = |found: usize| {
+            Error::new(
+                ErrorCode::NotEnoughProviders,
+                format!(
+                    "the file needs {wanted} providers but only {found} of the configured peers can take it; \
+                     name `targets`, ask for fewer `replicas`, or add peers"
+                ),
+            )
+        };
+        let probes = self.options.providers.iter().map(|provider| async move {
+            let free = self.free_space(provider).await.ok()?;
+            (free > 0).then(|| provider.clone())
+        });
+        let mut available: Vec<String> = futures_util::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if available.len() < wanted {
+            return Err(not_enough(available.len()));
+        }
+        use rand::seq::SliceRandom;
+        available.shuffle(&mut rand::rng());
+        available.truncate(wanted);
+        Ok(available)
+    }
+
+    /// Returns the free space `provider` reports.
+    async fn free_space(&self, provider: &str) -> Result<u64, Error> {
+        let mut request = tonic::Request::new(GetCapacityRequest {});
+        request.set_timeout(CAPACITY_PROBE_TIMEOUT);
+        let capacity = self
+            .peers
+            .storage(provider)?
+            .get_capacity(request)
+            .await
+            .map_err(|status| Error::from_remote_status(&status, provider))?
+            .into_inner();
+        Ok(capacity.capacity_bytes.saturating_sub(capacity.used_bytes))
+    }
+
+    /// Streams the sealed chunks and trailer coming from `parts` to `target` as object
+    /// `object_id`, preceded by a signed header; returns the provider's node ID once it has the
+    /// object durably.
+    async fn put_object(
+        &self,
+        target: &str,
+        object_id: &str,
+        kind: &str,
+        parts: impl Stream<Item = PutObjectRequest> + Send + 'static,
+    ) -> Result<String, Error> {
+        let mut client = self.peers.storage(target)?;
+        let header = PutObjectRequest {
+            part: Some(Part::Header(ObjectHeader {
+                object_id: object_id.to_owned(),
+                auth: Some(auth::sign(&self.identity, Operation::Put, object_id)),
+                kind: kind.to_owned(),
+            })),
+        };
+        let stream = futures_util::stream::once(async move { header }).chain(parts);
+        let response = client
+            .put_object(stream)
+            .await
+            .map_err(|status| Error::from_remote_status(&status, target))?;
+        Ok(response.into_inner().provider_id)
+    }
+
+    /// Opens a signed `GetObject` stream of `object_id` on `source` from chunk `start`.
+    async fn get_object(
+        &self,
+        source: &str,
+        object_id: &str,
+        start: u64,
+    ) -> Result<tonic::Streaming<GetObjectResponse>, Error> {
+        let request = GetObjectRequest {
+            object_id: object_id.to_owned(),
+            auth: Some(auth::sign(&self.identity, Operation::Get, object_id)),
+            start_chunk: start,
+        };
+        Ok(self
+            .peers
+            .storage(source)?
+            .get_object(request)
+            .await
+            .map_err(|status| Error::from_remote_status(&status, source))?
+            .into_inner())
+    }
+
+    /// Stores the encrypted manifest of a file on each of `targets`.
+    async fn put_manifest(&self, manifest: &Manifest, targets: &[String]) -> Result<(), Error> {
+        let object_id = manifest_object_id(&manifest.id);
+        let mut sealed = serde_json::to_vec(manifest).expect("manifests serialise");
+        self.manifest_key(&manifest.id)
+            .cipher(&object_id)
+            .seal(0, true, &mut sealed)?;
+        let sealed = Bytes::from(sealed);
+        let hash = ChunkHash::of(&sealed);
+        for target in targets {
+            let parts = vec![
+                PutObjectRequest {
+                    part: Some(Part::Chunk(sealed.clone())),
+                },
+                PutObjectRequest {
+                    part: Some(Part::Trailer(ObjectTrailer {
+                        chunk_count: 1,
+                        size: sealed.len() as u64,
+                        chunk_list_digest: Bytes::copy_from_slice(&ChunkHash::list_digest([&hash])),
+                    })),
+                },
+            ];
+            self.put_object(
+                target,
+                &object_id,
+                KIND_MANIFEST,
+                futures_util::stream::iter(parts),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the data and manifest objects of file `id` from `target`; objects already gone
+    /// count as deleted.
+    async fn delete_objects(&self, target: &str, id: &str) -> Result<(), Error> {
+        for object_id in [id.to_owned(), manifest_object_id(id)] {
+            let request = DeleteObjectRequest {
+                auth: Some(auth::sign(&self.identity, Operation::Delete, &object_id)),
+                object_id,
+            };
+            match self.peers.storage(target)?.delete_object(request).await {
+                Ok(_) => {}
+                Err(status) => {
+                    let error = Error::from_remote_status(&status, target);
+                    if error.code != ErrorCode::FileNotFound {
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns the key of the data of file `id`.
+    fn data_key(&self, id: &str) -> FileKey {
+        FileKey::from_secret(self.identity.derive_secret(format!("file:{id}").as_bytes()))
+    }
+
+    /// Returns the key of the manifest of file `id`.
+    fn manifest_key(&self, id: &str) -> FileKey {
+        FileKey::from_secret(
+            self.identity
+                .derive_secret(format!("manifest:{id}").as_bytes()),
+        )
+    }
+}
+
+/// Returns the object ID under which providers keep the manifest of file `id`.
+pub fn manifest_object_id(id: &str) -> String {
+    let digest = Sha256::digest(format!("sphere.v1 manifest {id}").as_bytes());
+    hex::encode(&digest[..16])
+}
+
+/// Why reading from one replica stopped.
+enum ReadStop {
+    /// The reader went away; nothing more to do.
+    ClientGone,
+    /// The replica failed; try the next one.
+    Failed(Error),
+}
+
+impl From<Error> for ReadStop {
+    fn from(error: Error) -> Self {
+        Self::Failed(error)
     }
 }
 
@@ -185,25 +517,25 @@ fn integrity(message: String) -> Error {
     Error::new(ErrorCode::IntegrityError, message)
 }
 
-/// Checks a chunk against the hash the owner recorded, then decrypts it.
+/// Checks a chunk against the address the owner recorded, then decrypts it.
 fn open_chunk(
-    cipher: &crate::storage::crypto::ChunkCipher,
+    cipher: &ChunkCipher,
     index: usize,
     last: bool,
     expected: ChunkHash,
-    chunk: Vec<u8>,
+    chunk: Bytes,
 ) -> Result<Bytes, Error> {
     if ChunkHash::of(&chunk) != expected {
         return Err(integrity(format!(
-            "chunk {index} does not match its recorded hash"
+            "chunk {index} does not match its recorded address"
         )));
     }
-    let mut chunk = chunk;
+    let mut chunk = Vec::from(chunk);
     let position =
         u32::try_from(index).map_err(|_| integrity(format!("chunk {index} is out of range")))?;
     cipher
         .open(position, last, &mut chunk)
-        .map_err(|error: StorageError| Error::from(error))?;
+        .map_err(Error::from)?;
     Ok(Bytes::from(chunk))
 }
 
@@ -213,40 +545,32 @@ struct Sealed {
     chunks: Vec<ChunkHash>,
 }
 
-/// Reads `plaintext`, seals it chunk by chunk and sends the `PutObject` stream (header, chunks,
-/// trailer) into `sender`. On any failure it stops without sending the trailer, so the provider
-/// stores nothing.
+/// Reads `plaintext`, seals it chunk by chunk and sends every chunk, then the trailer, to each of
+/// `senders`. On any failure it stops without sending the trailer, so no provider stores
+/// anything.
 async fn seal_into(
-    id: String,
-    key: FileKey,
+    cipher: Arc<ChunkCipher>,
     chunk_size: usize,
     mut plaintext: ByteStream,
-    sender: mpsc::Sender<PutObjectRequest>,
+    senders: Vec<mpsc::Sender<PutObjectRequest>>,
 ) -> Result<Sealed, Error> {
-    let provider_gone = || {
-        Error::new(
-            ErrorCode::TargetError,
-            "the provider stopped receiving the file",
-        )
-    };
-    let send = |part: Part| {
-        let sender = sender.clone();
+    let send_all = |part: Part| {
+        let senders = senders.clone();
         async move {
-            sender
-                .send(PutObjectRequest { part: Some(part) })
-                .await
-                .is_ok()
+            for sender in &senders {
+                let message = PutObjectRequest {
+                    part: Some(part.clone()),
+                };
+                if sender.send(message).await.is_err() {
+                    return Err(Error::new(
+                        ErrorCode::TargetError,
+                        "a provider stopped receiving the file",
+                    ));
+                }
+            }
+            Ok(())
         }
     };
-    if !send(Part::Header(ObjectHeader {
-        object_id: id.clone(),
-    }))
-    .await
-    {
-        return Err(provider_gone());
-    }
-
-    let cipher = std::sync::Arc::new(key.cipher(&id));
     let mut pending = BytesMut::new();
     let mut source_done = false;
     let mut chunks = Vec::new();
@@ -271,7 +595,7 @@ async fn seal_into(
                 "the file has more than 2^32 chunks",
             )
         })?;
-        let cipher = std::sync::Arc::clone(&cipher);
+        let cipher = Arc::clone(&cipher);
         let (sealed_chunk, hash) = tokio::task::spawn_blocking(move || {
             let mut chunk = plain_chunk;
             cipher.seal(index, last, &mut chunk)?;
@@ -282,21 +606,17 @@ async fn seal_into(
         .map_err(|join_error| Error::new(ErrorCode::Internal, join_error.to_string()))??;
         sealed_size += sealed_chunk.len() as u64;
         chunks.push(hash);
-        if !send(Part::Chunk(Bytes::from(sealed_chunk))).await {
-            return Err(provider_gone());
-        }
+        send_all(Part::Chunk(Bytes::from(sealed_chunk))).await?;
         if last {
             break;
         }
     }
-    let trailer = ObjectTrailer {
+    send_all(Part::Trailer(ObjectTrailer {
         chunk_count: chunks.len() as u64,
         size: sealed_size,
         chunk_list_digest: Bytes::copy_from_slice(&ChunkHash::list_digest(&chunks)),
-    };
-    if !send(Part::Trailer(trailer)).await {
-        return Err(provider_gone());
-    }
+    }))
+    .await?;
     Ok(Sealed {
         plaintext_size,
         chunks,

@@ -7,6 +7,10 @@
 //! | `GET /file` (JSON body) and `GET /file/{id}` | reads a small file back as base64 in JSON |
 //! | `PUT /files/{name}?target=` | stores a file of any size streamed as the raw body |
 //! | `GET /files/{id}` | streams a file of any size back as raw bytes |
+//! | `GET /files` | the owner's files with the health of each replica |
+//! | `DELETE /files/{id}` | deletes a file from every replica |
+//! | `POST /files/recover` | finds the node's files again on its peers after losing its database |
+//! | `GET /storage` | the space this node offers others, and each owner's use |
 //! | `GET /plugins` | the node's plugins: description, health, load, counters |
 //! | `GET /health` | the node's identity and its plugins' health |
 //!
@@ -58,12 +62,17 @@ pub fn router(context: NodeContext) -> Router {
     let stream_routes = Router::new()
         .route(
             "/files/{name_or_id}",
-            put(files::store_stream).get(files::read_stream),
+            put(files::store_stream)
+                .get(files::read_stream)
+                .delete(files::delete),
         )
         .layer(DefaultBodyLimit::disable());
     Router::new()
         .merge(json_routes)
         .merge(stream_routes)
+        .route("/files", get(files::list))
+        .route("/files/recover", post(files::recover))
+        .route("/storage", get(files::storage))
         .route("/health", get(health))
         .route("/plugins", get(plugins))
         .fallback(route_not_found)

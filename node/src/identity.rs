@@ -78,6 +78,20 @@ impl NodeIdentity {
         self.signer.address().to_checksum(None)
     }
 
+    /// Derives `N` secret bytes for `purpose` from the node key (HKDF-SHA256): the same key and
+    /// purpose always give the same bytes, so whatever is derived is recovered from the key file
+    /// alone.
+    pub fn derive_secret<const N: usize>(&self, purpose: &[u8]) -> [u8; N] {
+        let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(
+            Some(b"sphere.v1 derived secrets"),
+            &self.signer.to_bytes()[..],
+        );
+        let mut secret = [0u8; N];
+        hkdf.expand(purpose, &mut secret)
+            .expect("HKDF-SHA256 gives up to 8160 bytes");
+        secret
+    }
+
     /// Returns the signer for payments and signed requests.
     pub fn signer(&self) -> &PrivateKeySigner {
         &self.signer
@@ -190,6 +204,18 @@ mod tests {
         assert!(!was_created);
         assert_eq!(created.node_id(), loaded.node_id());
         assert!(created.node_id().starts_with("0x") && created.node_id().len() == 42);
+    }
+
+    #[test]
+    fn derived_secrets_depend_on_key_and_purpose_only() {
+        let identity = NodeIdentity::generate();
+        let first: [u8; 39] = identity.derive_secret(b"file:1");
+        assert_eq!(first, identity.derive_secret::<39>(b"file:1"));
+        assert_ne!(first, identity.derive_secret::<39>(b"file:2"));
+        assert_ne!(
+            first,
+            NodeIdentity::generate().derive_secret::<39>(b"file:1")
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`node`]: start-up order, the shared [`node::NodeContext`], shutdown.
 //! - [`config`]: configuration from defaults, file, environment and flags.
 //! - [`identity`]: the node's secp256k1 key; its Ethereum address is the node ID.
+//! - [`auth`]: owner signatures on storage requests, and their verification.
 //! - [`error`]: the node's error codes and their one mapping to HTTP and gRPC.
 //! - [`http`]: the REST API (axum).
 //! - [`grpc`]: the node-to-node gRPC services (tonic).
@@ -15,6 +16,7 @@
 //! - [`files`]: the owner's file flow: chunk, encrypt, send; fetch, verify, decrypt.
 //! - [`storage`]: LevelDB, chunk files and encryption; knows nothing of the network.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod files;

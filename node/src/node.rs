@@ -3,7 +3,8 @@
 //! Tasks of a running node:
 //! - the gRPC server (node-to-node services), until the shutdown token is cancelled;
 //! - the HTTP server (REST API), until the shutdown token is cancelled;
-//! - per plugin, a health watcher and, for a managed plugin, a supervisor (see [`crate::plugin`]).
+//! - per plugin, a health watcher and, for a managed plugin, a supervisor (see [`crate::plugin`]);
+//! - the audit and repair rounds of this node's files ([`crate::files::maintenance`]).
 //!
 //! [`Node::shutdown`] stops the servers and lets in-flight requests finish within the grace
 //! period, then stops the plugins (managed processes get SIGTERM), then closes the database.
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::files::Files;
+use crate::files::{FileOptions, Files};
 use crate::grpc::ProviderStorage;
 use crate::identity::{IdentityError, NodeIdentity};
 use crate::peers::Peers;
@@ -27,7 +28,7 @@ use crate::storage::StorageError;
 use crate::storage::chunks::ChunkStore;
 use crate::storage::db::Db;
 use crate::storage::files::FileIndex;
-use crate::storage::objects::ObjectIndex;
+use crate::storage::objects::ObjectStore;
 
 /// Longest time start-up waits for plugins to come up before the node reports ready anyway
 /// (plugins that come up later join then).
@@ -44,6 +45,8 @@ pub struct NodeContext {
     pub peers: Peers,
     /// The owner's file operations.
     pub files: Files,
+    /// The objects this node stores for others.
+    pub objects: ObjectStore,
     /// Longest deadline of a task sent to another node.
     pub task_timeout: Duration,
     /// Largest JSON request body.
@@ -144,22 +147,34 @@ impl Node {
         let grpc_address = local_address(&grpc_listener, config.grpc.listen);
         let http_address = local_address(&http_listener, config.http.listen);
 
+        let objects = ObjectStore::open(db.clone(), chunks, config.storage.capacity_bytes)
+            .await
+            .map_err(storage_error)?;
+        let provider = ProviderStorage::new(identity.node_id(), objects.clone());
         let peers = Peers::new(Duration::from_millis(config.grpc.connect_timeout_ms));
+        let files = Files::new(
+            FileIndex::new(db.clone()),
+            peers.clone(),
+            identity.clone(),
+            FileOptions {
+                chunk_size: usize::try_from(config.storage.chunk_size_bytes)
+                    .expect("validated to a few MiB"),
+                default_replicas: config.storage.replicas,
+                providers: config.peers.clone(),
+                audit_interval: Duration::from_millis(config.storage.audit_interval_ms),
+                lost_after: Duration::from_millis(config.storage.lost_after_ms),
+            },
+        );
         let context = NodeContext {
             identity: identity.clone(),
             plugins: plugins.clone(),
             peers: peers.clone(),
-            files: Files::new(
-                FileIndex::new(db.clone()),
-                peers,
-                usize::try_from(config.storage.chunk_size_bytes).expect("validated to a few MiB"),
-            ),
+            files: files.clone(),
+            objects: objects.clone(),
             task_timeout: Duration::from_millis(config.grpc.task_timeout_ms),
             max_json_body_bytes: usize::try_from(config.http.max_json_body_bytes)
                 .unwrap_or(usize::MAX),
         };
-        let provider =
-            ProviderStorage::new(identity.node_id(), chunks, ObjectIndex::new(db.clone()));
 
         let shutdown_token = CancellationToken::new();
         let servers = TaskTracker::new();
@@ -178,6 +193,10 @@ impl Node {
                 tracing::error!(%error, "HTTP server failed");
             }
         });
+        servers.spawn(crate::files::maintenance::run(
+            files,
+            shutdown_token.clone(),
+        ));
         servers.close();
 
         Ok(Self {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sphere_proto::v1::node_service_client::NodeServiceClient;
 use sphere_proto::v1::storage_service_client::StorageServiceClient;
 use sphere_proto::v1::task_service_client::TaskServiceClient;
 use tonic::transport::{Channel, Endpoint};
@@ -43,6 +44,11 @@ impl Peers {
     pub fn tasks(&self, target: &str) -> Result<TaskServiceClient<Channel>, Error> {
         Ok(TaskServiceClient::new(self.channel(target)?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Returns a node-information client for `target`.
+    pub fn node(&self, target: &str) -> Result<NodeServiceClient<Channel>, Error> {
+        Ok(NodeServiceClient::new(self.channel(target)?))
     }
 
     /// Returns a storage client for `target`.

@@ -4,19 +4,22 @@
 //! - as an **owner**, the node keeps a [`files::FileRecord`] per file it stored elsewhere: the
 //!   file's key, its chunk list and the providers holding it;
 //! - as a **provider**, the node keeps encrypted chunks for others in a [`chunks::ChunkStore`]
-//!   and, per stored object, an [`objects::ObjectRecord`] listing them.
+//!   and, per stored object, an [`objects::ObjectRecord`] listing them, within its capacity
+//!   ([`objects::ObjectStore`]).
 //!
 //! # Layout
 //! - [`db`]: the LevelDB handle, made durable (see ARCHITECTURE.md, "Durability").
 //! - [`crypto`]: AES-256-GCM in the STREAM construction, one fresh key per file.
 //! - [`chunks`]: content-addressed chunk files, fsynced before they count as stored.
-//! - [`objects`]: the provider's records of objects stored for owners.
+//! - [`merkle`]: chunk addresses and the segment proofs audits ask for.
+//! - [`objects`]: the provider's objects, chunk references and space.
 //! - [`files`]: the owner's records of its own files.
 
 pub mod chunks;
 pub mod crypto;
 pub mod db;
 pub mod files;
+pub mod merkle;
 pub mod objects;
 
 use std::path::Path;
@@ -46,6 +49,12 @@ pub enum StorageError {
     /// An object with this ID is stored already.
     #[error("object {0} already exists")]
     AlreadyExists(String),
+    /// The provider's capacity is used up.
+    #[error("this provider is full: it offers {capacity} bytes and they are taken")]
+    Full {
+        /// `storage.capacity_bytes`.
+        capacity: u64,
+    },
 }
 
 impl From<rusty_leveldb::Status> for StorageError {
@@ -59,6 +68,7 @@ impl From<StorageError> for Error {
         let code = match &error {
             StorageError::Integrity(_) => ErrorCode::IntegrityError,
             StorageError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            StorageError::Full { .. } => ErrorCode::ProviderFull,
             StorageError::Io(_)
             | StorageError::Database(_)
             | StorageError::CorruptRecord { .. } => {

@@ -1,8 +1,9 @@
-//! `StorageService`: keeps encrypted objects for other nodes.
+//! `StorageService`: keeps encrypted objects for other nodes, for their owners only.
 //!
 //! An object counts as stored only once every chunk file is synced, the chunk directories are
 //! synced, and its record is durably in the database; only then is the upload acknowledged.
-//! A stream that breaks off, or whose trailer does not match, leaves no record.
+//! A stream that breaks off, or whose trailer does not match, leaves no record, and the chunks it
+//! wrote are removed. Every request must be signed by the object's owner ([`crate::auth`]).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -13,16 +14,21 @@ use futures_util::stream::FuturesOrdered;
 use sphere_proto::v1::put_object_request::Part;
 use sphere_proto::v1::storage_service_server::StorageService;
 use sphere_proto::v1::{
-    GetObjectRequest, GetObjectResponse, ObjectTrailer, PutObjectRequest, PutObjectResponse,
+    AuditObjectRequest, AuditObjectResponse, DeleteObjectRequest, DeleteObjectResponse,
+    GetCapacityRequest, GetCapacityResponse, GetObjectRequest, GetObjectResponse,
+    ListObjectsRequest, ListObjectsResponse, ObjectSummary, ObjectTrailer, OwnerSignature,
+    PutObjectRequest, PutObjectResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Operation, RequestVerifier};
 use crate::error::{Error, ErrorCode};
 use crate::storage::StorageError;
 use crate::storage::chunks::{ChunkHash, ChunkStore};
-use crate::storage::objects::{ObjectIndex, ObjectRecord};
+use crate::storage::merkle;
+use crate::storage::objects::{ObjectRecord, ObjectStore};
 
 /// Chunk writes (or reads) running at once per transfer; bounds memory and keeps the disk busy.
 const CHUNK_IO_IN_FLIGHT: usize = 4;
@@ -31,20 +37,61 @@ const CHUNK_IO_IN_FLIGHT: usize = 4;
 #[derive(Debug, Clone)]
 pub struct ProviderStorage {
     node_id: String,
-    chunks: ChunkStore,
-    objects: ObjectIndex,
+    store: ObjectStore,
+    verifier: Arc<RequestVerifier>,
     /// Object IDs being uploaded now, so two uploads cannot claim the same ID.
     uploads_in_progress: Arc<Mutex<HashSet<String>>>,
 }
 
 impl ProviderStorage {
     /// Returns the provider storage of node `node_id`.
-    pub fn new(node_id: String, chunks: ChunkStore, objects: ObjectIndex) -> Self {
+    pub fn new(node_id: String, store: ObjectStore) -> Self {
         Self {
             node_id,
-            chunks,
-            objects,
+            store,
+            verifier: Arc::default(),
             uploads_in_progress: Arc::default(),
+        }
+    }
+
+    /// Checks the owner's signature and returns the owner's node ID.
+    fn authorize(
+        &self,
+        auth: Option<&OwnerSignature>,
+        operation: Operation,
+        object_id: &str,
+    ) -> Result<String, Error> {
+        Ok(self
+            .verifier
+            .verify(auth, operation, object_id)?
+            .to_checksum(None))
+    }
+
+    /// Returns the record of `object_id` if `auth` proves the caller owns it. A stranger learns
+    /// nothing: an object of someone else's looks like no object at all.
+    async fn owned_object(
+        &self,
+        object_id: &str,
+        auth: Option<&OwnerSignature>,
+        operation: Operation,
+    ) -> Result<ObjectRecord, Error> {
+        let caller = self.authorize(auth, operation, object_id)?;
+        let not_found = || {
+            Error::new(
+                ErrorCode::FileNotFound,
+                format!("no object with id {object_id:?}"),
+            )
+        };
+        if !crate::storage::is_valid_id(object_id) {
+            return Err(not_found());
+        }
+        match self.store.get(object_id).await? {
+            Some(record) if record.owner == caller => Ok(record),
+            Some(_) => Err(Error::new(
+                ErrorCode::PermissionDenied,
+                "request refused: only the object's owner may do this",
+            )),
+            None => Err(not_found()),
         }
     }
 
@@ -52,10 +99,12 @@ impl ProviderStorage {
         &self,
         mut stream: Streaming<PutObjectRequest>,
     ) -> Result<PutObjectResponse, Error> {
-        let object_id = match next_part(&mut stream).await? {
-            Some(Part::Header(header)) => header.object_id,
+        let header = match next_part(&mut stream).await? {
+            Some(Part::Header(header)) => header,
             _ => return Err(bad_stream("the first message must be a header")),
         };
+        let object_id = header.object_id;
+        let owner = self.authorize(header.auth.as_ref(), Operation::Put, &object_id)?;
         if !crate::storage::is_valid_id(&object_id) {
             return Err(Error::invalid_field(
                 "object_id",
@@ -63,20 +112,23 @@ impl ProviderStorage {
             ));
         }
         let _reservation = self.reserve(&object_id).await?;
+        let mut upload = self
+            .store
+            .begin_upload(object_id.clone(), owner, header.kind);
 
         let mut writes = FuturesOrdered::new();
-        let mut hashes = Vec::new();
         let mut size = 0u64;
         let trailer: ObjectTrailer = loop {
             match next_part(&mut stream).await? {
                 Some(Part::Chunk(chunk)) => {
+                    upload.reserve(chunk.len() as u64)?;
                     size += chunk.len() as u64;
-                    let chunks = self.chunks.clone();
+                    let chunks = self.store.chunks().clone();
                     writes.push_back(tokio::task::spawn_blocking(move || {
                         chunks.write_blocking(&chunk)
                     }));
                     if writes.len() >= CHUNK_IO_IN_FLIGHT {
-                        hashes.push(joined(writes.next().await)?);
+                        upload.wrote(joined(writes.next().await)?);
                     }
                 }
                 Some(Part::Trailer(trailer)) => break trailer,
@@ -89,30 +141,26 @@ impl ProviderStorage {
             }
         };
         while let Some(write) = writes.next().await {
-            hashes.push(joined(Some(write))?);
+            upload.wrote(joined(Some(write))?);
         }
+        let hashes = upload.written();
         if trailer.chunk_count != hashes.len() as u64
             || trailer.size != size
-            || trailer.chunk_list_digest[..] != ChunkHash::list_digest(&hashes)
+            || trailer.chunk_list_digest[..] != ChunkHash::list_digest(hashes)
         {
             return Err(Error::new(
                 ErrorCode::IntegrityError,
                 "the chunks received do not match the trailer; nothing was stored",
             ));
         }
-        let chunks = self.chunks.clone();
-        let synced_hashes = hashes.clone();
-        tokio::task::spawn_blocking(move || chunks.sync_dirs(&synced_hashes))
-            .await
-            .map_err(|join_error| Error::new(ErrorCode::Internal, join_error.to_string()))??;
-        let record = ObjectRecord {
-            object_id: object_id.clone(),
-            chunks: hashes.iter().map(|hash| hash.to_hex()).collect(),
+        let record = upload.commit(size).await?;
+        tracing::info!(
+            object_id,
             size,
-            stored_at_ms: crate::files::now_ms(),
-        };
-        self.objects.put(&record).await?;
-        tracing::info!(object_id, size, chunks = hashes.len(), "object stored");
+            chunks = record.chunks.len(),
+            owner = record.owner,
+            "object stored"
+        );
         Ok(PutObjectResponse {
             object_id,
             provider_id: self.node_id.clone(),
@@ -122,7 +170,7 @@ impl ProviderStorage {
     /// Claims `object_id` for one upload, refusing IDs that are stored or being uploaded.
     async fn reserve(&self, object_id: &str) -> Result<Reservation, Error> {
         let already = || Error::from(StorageError::AlreadyExists(object_id.to_owned()));
-        if self.objects.get(object_id).await?.is_some() {
+        if self.store.get(object_id).await?.is_some() {
             return Err(already());
         }
         let mut in_progress = self
@@ -199,38 +247,29 @@ impl StorageService for ProviderStorage {
         &self,
         request: Request<GetObjectRequest>,
     ) -> Result<Response<Self::GetObjectStream>, Status> {
-        let object_id = request.into_inner().object_id;
-        let not_found = || {
-            Error::new(
-                ErrorCode::FileNotFound,
-                format!("no object with id {object_id:?}"),
-            )
-        };
-        if !crate::storage::is_valid_id(&object_id) {
-            return Err(not_found().into());
-        }
+        let request = request.into_inner();
         let record = self
-            .objects
-            .get(&object_id)
-            .await
-            .map_err(Error::from)?
-            .ok_or_else(not_found)?;
+            .owned_object(&request.object_id, request.auth.as_ref(), Operation::Get)
+            .await?;
         let hashes = record.chunk_hashes().map_err(Error::from)?;
+        let start = usize::try_from(request.start_chunk)
+            .unwrap_or(usize::MAX)
+            .min(hashes.len());
         let (sender, receiver) = mpsc::channel(CHUNK_IO_IN_FLIGHT);
-        let chunks = self.chunks.clone();
+        let chunks = self.store.chunks().clone();
         tokio::spawn(async move {
-            let mut reads =
-                futures_util::stream::iter(hashes.into_iter().enumerate().map(|(index, hash)| {
-                    let chunks = chunks.clone();
-                    async move {
-                        tokio::task::spawn_blocking(move || read_verified(&chunks, index, hash))
-                            .await
-                            .unwrap_or_else(|join_error| {
-                                Err(Error::new(ErrorCode::Internal, join_error.to_string()))
-                            })
-                    }
-                }))
-                .buffered(CHUNK_IO_IN_FLIGHT);
+            let wanted = hashes.into_iter().enumerate().skip(start);
+            let mut reads = futures_util::stream::iter(wanted.map(|(index, hash)| {
+                let chunks = chunks.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || read_verified(&chunks, index, hash))
+                        .await
+                        .unwrap_or_else(|join_error| {
+                            Err(Error::new(ErrorCode::Internal, join_error.to_string()))
+                        })
+                }
+            }))
+            .buffered(CHUNK_IO_IN_FLIGHT);
             while let Some(read) = reads.next().await {
                 let failed = read.is_err();
                 let message = read
@@ -242,6 +281,93 @@ impl StorageService for ProviderStorage {
             }
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn delete_object(
+        &self,
+        request: Request<DeleteObjectRequest>,
+    ) -> Result<Response<DeleteObjectResponse>, Status> {
+        let request = request.into_inner();
+        let record = self
+            .owned_object(&request.object_id, request.auth.as_ref(), Operation::Delete)
+            .await?;
+        let freed_bytes = self.store.delete(&record).await.map_err(Error::from)?;
+        tracing::info!(object_id = record.object_id, freed_bytes, "object deleted");
+        Ok(Response::new(DeleteObjectResponse { freed_bytes }))
+    }
+
+    async fn audit_object(
+        &self,
+        request: Request<AuditObjectRequest>,
+    ) -> Result<Response<AuditObjectResponse>, Status> {
+        let request = request.into_inner();
+        let record = self
+            .owned_object(&request.object_id, request.auth.as_ref(), Operation::Audit)
+            .await?;
+        let hashes = record.chunk_hashes().map_err(Error::from)?;
+        let hash = usize::try_from(request.chunk_index)
+            .ok()
+            .and_then(|index| hashes.get(index).copied())
+            .ok_or_else(|| {
+                Error::invalid_field("chunk_index", "is past the object's last chunk")
+            })?;
+        let segment_index = usize::try_from(request.segment_index).unwrap_or(usize::MAX);
+        let chunks = self.store.chunks().clone();
+        let proven = tokio::task::spawn_blocking(move || {
+            let chunk = chunks.read_blocking(hash)?;
+            Ok::<_, StorageError>((
+                merkle::segment_count(chunk.len()),
+                merkle::prove(&chunk, segment_index),
+            ))
+        })
+        .await
+        .map_err(|join_error| Error::new(ErrorCode::Internal, join_error.to_string()))?
+        .map_err(Error::from)?;
+        let (segment_count, Some((segment, proof))) = proven else {
+            return Err(
+                Error::invalid_field("segment_index", "is past the chunk's last segment").into(),
+            );
+        };
+        Ok(Response::new(AuditObjectResponse {
+            segment: Bytes::from(segment),
+            proof: proof
+                .into_iter()
+                .map(|hash| Bytes::copy_from_slice(&hash))
+                .collect(),
+            segment_count: segment_count as u64,
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        request: Request<ListObjectsRequest>,
+    ) -> Result<Response<ListObjectsResponse>, Status> {
+        let owner = self.authorize(request.get_ref().auth.as_ref(), Operation::List, "")?;
+        let objects = self
+            .store
+            .list(&owner)
+            .await
+            .map_err(Error::from)?
+            .into_iter()
+            .map(|record| ObjectSummary {
+                object_id: record.object_id,
+                kind: record.kind,
+                size: record.size,
+                stored_at_ms: record.stored_at_ms,
+            })
+            .collect();
+        Ok(Response::new(ListObjectsResponse { objects }))
+    }
+
+    async fn get_capacity(
+        &self,
+        _request: Request<GetCapacityRequest>,
+    ) -> Result<Response<GetCapacityResponse>, Status> {
+        let (capacity_bytes, used_bytes) = self.store.capacity();
+        Ok(Response::new(GetCapacityResponse {
+            capacity_bytes,
+            used_bytes,
+        }))
     }
 }
 

@@ -1,4 +1,5 @@
-//! The provider's chunk store: each encrypted chunk in its own file, named by its SHA-256.
+//! The provider's chunk store: each encrypted chunk in its own file, named by its address (the
+//! Merkle root of its segments, see [`super::merkle`]).
 //!
 //! A chunk is written to a temporary file, synced, and renamed into place, so a chunk file that
 //! exists under its final name is complete. Directory entries are synced by
@@ -12,14 +13,14 @@ use sha2::{Digest, Sha256};
 
 use super::StorageError;
 
-/// SHA-256 of a chunk's bytes: its address in the store.
+/// A chunk's address: the Merkle root of its 4 KiB segments ([`super::merkle`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkHash(pub [u8; 32]);
 
 impl ChunkHash {
-    /// Returns the hash of `bytes`.
+    /// Returns the address of the chunk `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
-        Self(Sha256::digest(bytes).into())
+        Self(super::merkle::root(bytes))
     }
 
     /// Parses 64 hex characters.
@@ -35,7 +36,7 @@ impl ChunkHash {
     }
 
     /// Returns the SHA-256 over the concatenation of `hashes`: what both ends of a transfer
-    /// compute to agree on the whole chunk list.
+    /// compute to agree on the whole chunk list (the object's root).
     pub fn list_digest<'a>(hashes: impl IntoIterator<Item = &'a ChunkHash>) -> [u8; 32] {
         let mut digest = Sha256::new();
         for hash in hashes {
@@ -101,6 +102,15 @@ impl ChunkStore {
     /// Reads the chunk stored under `hash`. Blocks: call from a blocking thread.
     pub fn read_blocking(&self, hash: ChunkHash) -> Result<Bytes, StorageError> {
         Ok(Bytes::from(std::fs::read(self.path_of(hash))?))
+    }
+
+    /// Removes the chunk stored under `hash`, if present. Blocks: call from a blocking thread.
+    pub fn remove_blocking(&self, hash: ChunkHash) -> Result<(), StorageError> {
+        match std::fs::remove_file(self.path_of(hash)) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Returns where the chunk with `hash` lives.

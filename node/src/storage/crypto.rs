@@ -1,6 +1,8 @@
 //! Encryption of a file before it leaves its owner: AES-256-GCM in the STREAM construction.
 //!
-//! Every file gets a fresh random 256-bit key and a random 7-byte nonce prefix. Chunk `i` is
+//! Every file gets its own 256-bit key and 7-byte nonce prefix, derived from the owner's node key
+//! and the file's random 128-bit ID (so no two files share a key, and the key file alone recovers
+//! every file's key). Chunk `i` is
 //! sealed under the nonce `prefix ‖ i (32-bit big endian) ‖ last-chunk flag`, with the file ID as
 //! associated data, so a chunk cannot be moved to another position, another file, or be made to
 //! look like the end of the file: reordering, dropping or truncating chunks fails to decrypt.
@@ -33,22 +35,16 @@ impl std::fmt::Debug for FileKey {
 impl FileKey {
     /// Returns a fresh random key; never reuse one for two files.
     pub fn generate() -> Self {
+        Self::from_secret(rand::random())
+    }
+
+    /// Returns the key made of 39 secret bytes: 32 of key, 7 of nonce prefix.
+    pub fn from_secret(secret: [u8; 39]) -> Self {
+        let (key, nonce_prefix) = secret.split_at(32);
         Self {
-            key: rand::random(),
-            nonce_prefix: rand::random(),
+            key: key.try_into().expect("32 bytes"),
+            nonce_prefix: nonce_prefix.try_into().expect("7 bytes"),
         }
-    }
-
-    /// Rebuilds a key from the bytes [`FileKey::to_bytes`] gave.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let key = bytes.get(..32)?.try_into().ok()?;
-        let nonce_prefix = bytes.get(32..)?.try_into().ok()?;
-        Some(Self { key, nonce_prefix })
-    }
-
-    /// Returns key and nonce prefix as 39 bytes, for the owner's own records.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        [self.key.as_slice(), self.nonce_prefix.as_slice()].concat()
     }
 
     /// Returns the sealer for the file `file_id`.
@@ -128,10 +124,8 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_fresh_and_survive_serialisation() {
-        let first = FileKey::generate();
-        assert_ne!(first, FileKey::generate());
-        assert_eq!(FileKey::from_bytes(&first.to_bytes()), Some(first));
-        assert_eq!(FileKey::from_bytes(&[0; 12]), None);
+    fn keys_are_fresh_or_follow_their_secret() {
+        assert_ne!(FileKey::generate(), FileKey::generate());
+        assert_eq!(FileKey::from_secret([3; 39]), FileKey::from_secret([3; 39]));
     }
 }

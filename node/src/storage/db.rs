@@ -60,6 +60,69 @@ impl Db {
         .await
     }
 
+    /// Applies `changes` (a value to store, or `None` to delete) atomically, and returns once
+    /// they are on the disk.
+    pub async fn write_durable(
+        &self,
+        changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), StorageError> {
+        self.run(move |db| {
+            let mut batch = WriteBatch::default();
+            for (key, value) in &changes {
+                match value {
+                    Some(value) => batch.put(key, value),
+                    None => batch.delete(key),
+                }
+            }
+            Ok(db.write(batch, true)?)
+        })
+        .await
+    }
+
+    /// Returns the JSON record stored under `key`, failing if it does not decode.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
+        let Some(bytes) = self.get(key.as_bytes().to_vec()).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|error| StorageError::CorruptRecord {
+                key: key.to_owned(),
+                reason: error.to_string(),
+            })
+    }
+
+    /// Stores `record` as JSON under `key`, durably.
+    pub async fn put_json_durable<T: serde::Serialize>(
+        &self,
+        key: &str,
+        record: &T,
+    ) -> Result<(), StorageError> {
+        let value = serde_json::to_vec(record).expect("records serialise to JSON");
+        self.put_durable(key.as_bytes().to_vec(), value).await
+    }
+
+    /// Returns every JSON record whose key starts with `prefix`, failing on one that does not
+    /// decode.
+    pub async fn scan_json<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<T>, StorageError> {
+        self.scan_prefix(prefix.as_bytes().to_vec())
+            .await?
+            .into_iter()
+            .map(|(key, value)| {
+                serde_json::from_slice(&value).map_err(|error| StorageError::CorruptRecord {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason: error.to_string(),
+                })
+            })
+            .collect()
+    }
+
     /// Returns every entry whose key starts with `prefix`, in key order.
     pub async fn scan_prefix(
         &self,

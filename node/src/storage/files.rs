@@ -1,28 +1,60 @@
-//! The owner's records of its own files: the only place a file's key is kept.
+//! The owner's records of its own files, and the manifest each provider keeps encrypted.
 
 use serde::{Deserialize, Serialize};
 
 use super::StorageError;
 use super::chunks::ChunkHash;
-use super::crypto::FileKey;
 use super::db::Db;
 
 /// Key prefix of file records in the database. DO NOT CHANGE: on-disk format.
 const FILE_PREFIX: &str = "file/";
 
-/// A provider holding a copy of a file.
+/// A provider holding a copy of a file, and what the owner's audits found there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replica {
-    /// The provider's gRPC address, as the requester named it.
+    /// The provider's gRPC address.
     pub address: String,
     /// The provider's node ID, as it reported it when it acknowledged the upload.
     pub provider_id: String,
+    /// When the last audit of this replica ended, in milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub last_audit_ms: Option<u64>,
+    /// Whether the last audit passed.
+    #[serde(default)]
+    pub last_audit_ok: Option<bool>,
+    /// Why the last audit failed.
+    #[serde(default)]
+    pub last_audit_error: Option<String>,
+    /// Since when audits have been failing without a pass in between.
+    #[serde(default)]
+    pub failing_since_ms: Option<u64>,
 }
 
-/// Everything the owner knows of one of its files.
+impl Replica {
+    /// Returns a replica that has not been audited yet.
+    pub fn new(address: String, provider_id: String) -> Self {
+        Self {
+            address,
+            provider_id,
+            last_audit_ms: None,
+            last_audit_ok: None,
+            last_audit_error: None,
+            failing_since_ms: None,
+        }
+    }
+
+    /// Returns whether the replica counts as lost: failing for longer than `grace_ms`.
+    pub fn is_lost(&self, now_ms: u64, grace_ms: u64) -> bool {
+        self.failing_since_ms
+            .is_some_and(|since| now_ms.saturating_sub(since) >= grace_ms)
+    }
+}
+
+/// What the owner must keep of a file to read it back; also stored, encrypted, on every provider
+/// holding the file, so that the owner's key file alone recovers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileRecord {
-    /// The file's ID, also the object ID on every provider.
+pub struct Manifest {
+    /// The file's ID, also the ID of its data object on every provider.
     pub id: String,
     /// The name the requester gave; several files may share a name.
     pub name: String,
@@ -32,39 +64,45 @@ pub struct FileRecord {
     pub chunk_size: u64,
     /// When the file was stored, in milliseconds since the Unix epoch.
     pub created_at_ms: u64,
-    /// The file's key and nonce prefix, hex ([`FileKey::to_bytes`]).
-    pub key: String,
-    /// Hex SHA-256 of each encrypted chunk, in order.
+    /// Address (Merkle root) of each encrypted chunk, in order.
     pub chunks: Vec<String>,
+}
+
+/// Everything the owner knows of one of its files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// The file itself.
+    #[serde(flatten)]
+    pub manifest: Manifest,
+    /// How many replicas the file should have; repair restores this number.
+    pub replicas_wanted: u32,
     /// The providers holding the file.
     pub replicas: Vec<Replica>,
 }
 
-impl FileRecord {
-    /// Returns the file's key, failing if the record was damaged.
-    pub fn file_key(&self) -> Result<FileKey, StorageError> {
-        hex::decode(&self.key)
-            .ok()
-            .and_then(|bytes| FileKey::from_bytes(&bytes))
-            .ok_or_else(|| self.damaged("bad key".to_owned()))
-    }
-
-    /// Returns the chunk hashes, failing if the record was damaged.
+impl Manifest {
+    /// Returns the chunk addresses, failing if the record was damaged.
     pub fn chunk_hashes(&self) -> Result<Vec<ChunkHash>, StorageError> {
         self.chunks
             .iter()
             .map(|hex| {
-                ChunkHash::from_hex(hex)
-                    .ok_or_else(|| self.damaged(format!("bad chunk hash {hex:?}")))
+                ChunkHash::from_hex(hex).ok_or_else(|| StorageError::CorruptRecord {
+                    key: file_key(&self.id),
+                    reason: format!("bad chunk address {hex:?}"),
+                })
             })
             .collect()
     }
 
-    fn damaged(&self, reason: String) -> StorageError {
-        StorageError::CorruptRecord {
-            key: file_key(&self.id),
-            reason,
-        }
+    /// Returns the length of encrypted chunk `index` (plaintext plus tag).
+    pub fn sealed_chunk_len(&self, index: usize) -> u64 {
+        let last = self.chunks.len().saturating_sub(1);
+        let plain = if index < last {
+            self.chunk_size
+        } else {
+            self.size - self.chunk_size * last as u64
+        };
+        plain + super::crypto::TAG_LEN as u64
     }
 }
 
@@ -82,27 +120,54 @@ impl FileIndex {
 
     /// Returns the record of file `id`, if this node owns such a file.
     pub async fn get(&self, id: &str) -> Result<Option<FileRecord>, StorageError> {
-        let key = file_key(id);
-        let Some(bytes) = self.db.get(key.clone().into_bytes()).await? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|error| StorageError::CorruptRecord {
-                key,
-                reason: error.to_string(),
-            })
+        self.db.get_json(&file_key(id)).await
+    }
+
+    /// Returns every file record.
+    pub async fn all(&self) -> Result<Vec<FileRecord>, StorageError> {
+        self.db.scan_json(FILE_PREFIX).await
     }
 
     /// Stores `record` durably.
     pub async fn put(&self, record: &FileRecord) -> Result<(), StorageError> {
-        let value = serde_json::to_vec(record).expect("file records serialise");
         self.db
-            .put_durable(file_key(&record.id).into_bytes(), value)
+            .put_json_durable(&file_key(&record.manifest.id), record)
+            .await
+    }
+
+    /// Removes the record of file `id`, durably.
+    pub async fn remove(&self, id: &str) -> Result<(), StorageError> {
+        self.db
+            .write_durable(vec![(file_key(id).into_bytes(), None)])
             .await
     }
 }
 
 fn file_key(id: &str) -> String {
     format!("{FILE_PREFIX}{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_chunk_lengths_follow_size_and_chunk_size() {
+        let manifest = Manifest {
+            id: "x".to_owned(),
+            name: "n".to_owned(),
+            size: 2500,
+            chunk_size: 1000,
+            created_at_ms: 0,
+            chunks: vec![String::new(); 3],
+        };
+        assert_eq!(manifest.sealed_chunk_len(0), 1016);
+        assert_eq!(manifest.sealed_chunk_len(2), 516);
+        let empty = Manifest {
+            size: 0,
+            chunks: vec![String::new()],
+            ..manifest
+        };
+        assert_eq!(empty.sealed_chunk_len(0), 16);
+    }
 }

@@ -1,20 +1,35 @@
-//! The provider's records of objects it stores for owners.
+//! The provider's side of storage: objects kept for owners, their chunks, and the space they use.
+//!
+//! Records in the database (DO NOT CHANGE the key prefixes: on-disk format):
+//! - `object/<id>`: an [`ObjectRecord`] (owner, kind, chunk addresses, size);
+//! - `chunkref/<address>`: how many objects use a chunk, so a chunk file is deleted exactly when
+//!   its last object goes.
+//!
+//! Space is counted per object (what owners are charged for) against `storage.capacity_bytes`;
+//! an upload that would pass it is refused as it arrives, and what it had written is removed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use super::StorageError;
-use super::chunks::ChunkHash;
+use super::chunks::{ChunkHash, ChunkStore};
 use super::db::Db;
 
-/// Key prefix of object records in the database. DO NOT CHANGE: on-disk format.
 const OBJECT_PREFIX: &str = "object/";
+const CHUNK_REF_PREFIX: &str = "chunkref/";
 
-/// What a provider knows of an object it stores: which chunks, in which order.
+/// What a provider knows of an object it stores: whose it is and which chunks, in which order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectRecord {
     /// The object's ID, chosen by its owner.
     pub object_id: String,
-    /// Hex SHA-256 of each chunk, in order.
+    /// The owner's node ID; only it may read, audit or delete the object.
+    pub owner: String,
+    /// What the object is to its owner ("data", "manifest"), opaque here.
+    pub kind: String,
+    /// Addresses of the chunks, in order.
     pub chunks: Vec<String>,
     /// Total bytes of all chunks.
     pub size: u64,
@@ -23,55 +38,272 @@ pub struct ObjectRecord {
 }
 
 impl ObjectRecord {
-    /// Returns the chunk hashes, failing if the record was damaged.
+    /// Returns the chunk addresses, failing if the record was damaged.
     pub fn chunk_hashes(&self) -> Result<Vec<ChunkHash>, StorageError> {
         self.chunks
             .iter()
             .map(|hex| {
                 ChunkHash::from_hex(hex).ok_or_else(|| StorageError::CorruptRecord {
                     key: object_key(&self.object_id),
-                    reason: format!("bad chunk hash {hex:?}"),
+                    reason: format!("bad chunk address {hex:?}"),
                 })
             })
             .collect()
     }
 }
 
-/// The provider's object records in the database.
-#[derive(Debug, Clone)]
-pub struct ObjectIndex {
-    db: Db,
+/// Space in use, in bytes.
+#[derive(Debug, Default)]
+struct Usage {
+    total: u64,
+    /// Bytes of uploads under way, not yet counted in `total`.
+    reserved: u64,
+    per_owner: HashMap<String, u64>,
 }
 
-impl ObjectIndex {
-    /// Returns the index kept in `db`.
-    pub fn new(db: Db) -> Self {
-        Self { db }
+/// The provider's objects, chunks and space. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ObjectStore {
+    db: Db,
+    chunks: ChunkStore,
+    capacity_bytes: u64,
+    usage: Arc<Mutex<Usage>>,
+}
+
+impl ObjectStore {
+    /// Opens the store, counting the space its objects use.
+    pub async fn open(
+        db: Db,
+        chunks: ChunkStore,
+        capacity_bytes: u64,
+    ) -> Result<Self, StorageError> {
+        let mut usage = Usage::default();
+        for record in db.scan_json::<ObjectRecord>(OBJECT_PREFIX).await? {
+            usage.total += record.size;
+            *usage.per_owner.entry(record.owner).or_default() += record.size;
+        }
+        Ok(Self {
+            db,
+            chunks,
+            capacity_bytes,
+            usage: Arc::new(Mutex::new(usage)),
+        })
+    }
+
+    fn usage(&self) -> std::sync::MutexGuard<'_, Usage> {
+        self.usage.lock().expect("usage lock is never poisoned")
+    }
+
+    /// Returns (capacity, bytes used).
+    pub fn capacity(&self) -> (u64, u64) {
+        (self.capacity_bytes, self.usage().total)
+    }
+
+    /// Returns the bytes each owner's objects use.
+    pub fn usage_by_owner(&self) -> std::collections::BTreeMap<String, u64> {
+        self.usage()
+            .per_owner
+            .iter()
+            .filter(|(_, bytes)| **bytes > 0)
+            .map(|(owner, bytes)| (owner.clone(), *bytes))
+            .collect()
     }
 
     /// Returns the record of `object_id`, if stored.
     pub async fn get(&self, object_id: &str) -> Result<Option<ObjectRecord>, StorageError> {
-        let key = object_key(object_id);
-        let Some(bytes) = self.db.get(key.clone().into_bytes()).await? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|error| StorageError::CorruptRecord {
-                key,
-                reason: error.to_string(),
-            })
+        self.db.get_json(&object_key(object_id)).await
     }
 
-    /// Stores `record` durably. Callers check first that the ID is free.
-    pub async fn put(&self, record: &ObjectRecord) -> Result<(), StorageError> {
-        let value = serde_json::to_vec(record).expect("object records serialise");
-        self.db
-            .put_durable(object_key(&record.object_id).into_bytes(), value)
+    /// Returns the objects of `owner`.
+    pub async fn list(&self, owner: &str) -> Result<Vec<ObjectRecord>, StorageError> {
+        let mut records: Vec<ObjectRecord> = self.db.scan_json(OBJECT_PREFIX).await?;
+        records.retain(|record| record.owner == owner);
+        Ok(records)
+    }
+
+    /// Returns the chunk store, to read chunks from.
+    pub fn chunks(&self) -> &ChunkStore {
+        &self.chunks
+    }
+
+    /// Starts receiving an object; its chunks count against the capacity as they arrive.
+    pub fn begin_upload(&self, object_id: String, owner: String, kind: String) -> Upload {
+        Upload {
+            store: self.clone(),
+            object_id,
+            owner,
+            kind,
+            written: Vec::new(),
+            reserved: 0,
+            committed: false,
+        }
+    }
+
+    /// Deletes `object_id`; returns the bytes freed.
+    pub async fn delete(&self, record: &ObjectRecord) -> Result<u64, StorageError> {
+        let hashes = record.chunk_hashes()?;
+        let mut changes = vec![(object_key(&record.object_id).into_bytes(), None)];
+        let (ref_changes, unreferenced) = self.change_refs(&hashes, -1).await?;
+        changes.extend(ref_changes);
+        self.db.write_durable(changes).await?;
+        self.remove_chunk_files(unreferenced).await?;
+        let mut usage = self.usage();
+        usage.total = usage.total.saturating_sub(record.size);
+        if let Some(owned) = usage.per_owner.get_mut(&record.owner) {
+            *owned = owned.saturating_sub(record.size);
+        }
+        Ok(record.size)
+    }
+
+    /// Computes new reference counts of `hashes` changed by `delta`; returns the database
+    /// changes and the chunks no object uses any more.
+    async fn change_refs(
+        &self,
+        hashes: &[ChunkHash],
+        delta: i64,
+    ) -> Result<(Vec<(Vec<u8>, Option<Vec<u8>>)>, Vec<ChunkHash>), StorageError> {
+        let mut counts: HashMap<ChunkHash, i64> = HashMap::new();
+        for hash in hashes {
+            *counts.entry(*hash).or_default() += delta;
+        }
+        let mut changes = Vec::new();
+        let mut unreferenced = Vec::new();
+        for (hash, change) in counts {
+            let key = chunk_ref_key(hash);
+            let current: i64 = self.db.get_json(&key).await?.unwrap_or(0);
+            let updated = (current + change).max(0);
+            if updated == 0 {
+                changes.push((key.into_bytes(), None));
+                unreferenced.push(hash);
+            } else {
+                changes.push((key.into_bytes(), Some(updated.to_string().into_bytes())));
+            }
+        }
+        Ok((changes, unreferenced))
+    }
+
+    async fn remove_chunk_files(&self, hashes: Vec<ChunkHash>) -> Result<(), StorageError> {
+        let chunks = self.chunks.clone();
+        tokio::task::spawn_blocking(move || {
+            for hash in hashes {
+                chunks.remove_blocking(hash)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|join_error| StorageError::Database(join_error.to_string()))?
+    }
+}
+
+/// An object being received. Dropped without [`Upload::commit`], it removes the chunks it wrote
+/// that no stored object uses, and gives back its reserved space.
+#[derive(Debug)]
+pub struct Upload {
+    store: ObjectStore,
+    object_id: String,
+    owner: String,
+    kind: String,
+    written: Vec<ChunkHash>,
+    reserved: u64,
+    committed: bool,
+}
+
+impl Upload {
+    /// Reserves space for `size` more bytes, or fails if the provider would be full.
+    pub fn reserve(&mut self, size: u64) -> Result<(), StorageError> {
+        let mut usage = self.store.usage();
+        if usage.total + usage.reserved + size > self.store.capacity_bytes {
+            return Err(StorageError::Full {
+                capacity: self.store.capacity_bytes,
+            });
+        }
+        usage.reserved += size;
+        self.reserved += size;
+        Ok(())
+    }
+
+    /// Records that chunk `hash` was written for this upload.
+    pub fn wrote(&mut self, hash: ChunkHash) {
+        self.written.push(hash);
+    }
+
+    /// Returns the addresses of the chunks written so far, in order.
+    pub fn written(&self) -> &[ChunkHash] {
+        &self.written
+    }
+
+    /// Makes the object durable: chunk directories synced, then record and chunk references
+    /// written in one synced batch.
+    pub async fn commit(mut self, size: u64) -> Result<ObjectRecord, StorageError> {
+        let chunks = self.store.chunks.clone();
+        let written = self.written.clone();
+        tokio::task::spawn_blocking(move || chunks.sync_dirs(&written))
             .await
+            .map_err(|join_error| StorageError::Database(join_error.to_string()))??;
+        let record = ObjectRecord {
+            object_id: self.object_id.clone(),
+            owner: self.owner.clone(),
+            kind: self.kind.clone(),
+            chunks: self.written.iter().map(|hash| hash.to_hex()).collect(),
+            size,
+            stored_at_ms: crate::files::now_ms(),
+        };
+        let (mut changes, _) = self.store.change_refs(&self.written, 1).await?;
+        changes.push((
+            object_key(&record.object_id).into_bytes(),
+            Some(serde_json::to_vec(&record).expect("records serialise")),
+        ));
+        self.store.db.write_durable(changes).await?;
+        self.committed = true;
+        let mut usage = self.store.usage();
+        usage.reserved = usage.reserved.saturating_sub(self.reserved);
+        usage.total += size;
+        *usage.per_owner.entry(record.owner.clone()).or_default() += size;
+        Ok(record)
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        {
+            let mut usage = self.store.usage();
+            usage.reserved = usage.reserved.saturating_sub(self.reserved);
+        }
+        // Remove what the failed upload wrote, unless a stored object uses it too.
+        let store = self.store.clone();
+        let written = std::mem::take(&mut self.written);
+        let object_id = self.object_id.clone();
+        tokio::spawn(async move {
+            let mut orphans = Vec::new();
+            for hash in written {
+                match store.db.get(chunk_ref_key(hash).into_bytes()).await {
+                    Ok(None) => orphans.push(hash),
+                    Ok(Some(_)) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "could not check a chunk of a failed upload")
+                    }
+                }
+            }
+            let removed = orphans.len();
+            match store.remove_chunk_files(orphans).await {
+                Ok(()) => {
+                    tracing::info!(object_id, removed, "removed the chunks of a failed upload")
+                }
+                Err(error) => {
+                    tracing::warn!(object_id, %error, "could not remove the chunks of a failed upload")
+                }
+            }
+        });
     }
 }
 
 fn object_key(object_id: &str) -> String {
     format!("{OBJECT_PREFIX}{object_id}")
+}
+
+fn chunk_ref_key(hash: ChunkHash) -> String {
+    format!("{CHUNK_REF_PREFIX}{}", hash.to_hex())
 }

@@ -84,8 +84,8 @@ async fn bad_requests_get_400_404_405_with_codes() {
             Method::POST,
             "/file",
             json!({"name": "x", "data": base64(b"x")}).to_string(),
-            400,
-            "missing_field",
+            503,
+            "not_enough_providers",
         ),
         (
             Method::GET,
@@ -126,8 +126,30 @@ async fn bad_requests_get_400_404_405_with_codes() {
             Method::PUT,
             "/files/name",
             "data".to_owned(),
+            503,
+            "not_enough_providers",
+        ),
+        (
+            Method::POST,
+            "/file",
+            json!({"targets": [], "name": "x", "data": base64(b"x")}).to_string(),
             400,
-            "missing_field",
+            "invalid_field",
+        ),
+        (
+            Method::POST,
+            "/file",
+            json!({"target": provider, "replicas": 2, "name": "x", "data": base64(b"x")})
+                .to_string(),
+            400,
+            "invalid_field",
+        ),
+        (
+            Method::DELETE,
+            "/files/0123456789abcdef0123456789abcdef",
+            String::new(),
+            404,
+            "file_not_found",
         ),
         (
             Method::GET,

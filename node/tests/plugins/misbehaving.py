@@ -72,7 +72,8 @@ def follow_health_file(servicer, path, stop):
                 wanted = file.read().strip()
         except OSError:
             wanted = "SERVING"
-        if wanted != last:
+        # A file caught half-written reads as something else: keep the last status then.
+        if wanted != last and wanted in ("SERVING", "NOT_SERVING"):
             status = health_pb2.HealthCheckResponse.ServingStatus.Value(wanted)
             servicer.set("", status)
             last = wanted

@@ -1,0 +1,301 @@
+//! Audits and repair: the owner's periodic check that every provider still holds every file, and
+//! the copy of a lost replica to a new provider.
+//!
+//! An audit asks a replica for one random 4 KiB segment of one random chunk with its Merkle
+//! proof, and checks it against the chunk address the owner recorded: a few KiB per audit,
+//! whatever the file's size, and a provider cannot answer without the data. A replica whose audits
+//! fail (wrong data, or no answer) for longer than `storage.lost_after_ms` is lost; a brief outage
+//! is not. Repair copies the ciphertext of a healthy replica to a provider that does not hold the
+//! file yet (every chunk verified on the way, never decrypted), until the file is back at its
+//! replica count, and deletes what is left on the lost provider.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sphere_proto::v1::put_object_request::Part;
+use sphere_proto::v1::{AuditObjectRequest, ObjectTrailer, PutObjectRequest};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{CHUNKS_IN_FLIGHT, Files, KIND_DATA, now_ms};
+use crate::auth::{self, Operation};
+use crate::error::{Error, ErrorCode};
+use crate::storage::chunks::ChunkHash;
+use crate::storage::files::{FileRecord, Manifest, Replica};
+use crate::storage::merkle;
+
+/// Runs a round of audits and repairs every `storage.audit_interval_ms`, until `shutdown`.
+pub async fn run(files: Files, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(files.options.audit_interval) => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Err(error) = files.maintain().await {
+            tracing::warn!(%error, "audit round failed");
+        }
+    }
+}
+
+impl Files {
+    /// Audits every replica of every file once, then repairs the files that lost replicas.
+    pub async fn maintain(&self) -> Result<(), Error> {
+        for record in self.index.all().await? {
+            let outcomes = futures_util::future::join_all(
+                record
+                    .replicas
+                    .iter()
+                    .map(|replica| self.audit_replica(&record.manifest, replica)),
+            )
+            .await;
+            let now = now_ms();
+            let updated = self
+                .update_record(&record.manifest.id, |current| {
+                    for (replica, outcome) in record.replicas.iter().zip(&outcomes) {
+                        let Some(current) = current
+                            .replicas
+                            .iter_mut()
+                            .find(|r| r.address == replica.address)
+                        else {
+                            continue;
+                        };
+                        current.last_audit_ms = Some(now);
+                        current.last_audit_ok = Some(outcome.is_ok());
+                        match outcome {
+                            Ok(()) => {
+                                current.last_audit_error = None;
+                                current.failing_since_ms = None;
+                            }
+                            Err(error) => {
+                                current.last_audit_error = Some(error.message.clone());
+                                current.failing_since_ms.get_or_insert(now);
+                            }
+                        }
+                    }
+                })
+                .await?;
+            if let Some(updated) = updated {
+                self.repair(updated).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Challenges `replica` for a random segment of a random chunk and checks the proof.
+    async fn audit_replica(&self, manifest: &Manifest, replica: &Replica) -> Result<(), Error> {
+        let roots = manifest.chunk_hashes()?;
+        let chunk_index = rand::random_range(0..roots.len());
+        let segment_count = merkle::segment_count(manifest.sealed_chunk_len(chunk_index) as usize);
+        let segment_index = rand::random_range(0..segment_count);
+        let request = AuditObjectRequest {
+            object_id: manifest.id.clone(),
+            auth: Some(auth::sign(&self.identity, Operation::Audit, &manifest.id)),
+            chunk_index: chunk_index as u64,
+            segment_index: segment_index as u64,
+        };
+        let answer = self
+            .peers
+            .storage(&replica.address)?
+            .audit_object(request)
+            .await
+            .map_err(|status| Error::from_remote_status(&status, &replica.address))?
+            .into_inner();
+        let proof: Option<Vec<[u8; 32]>> = answer
+            .proof
+            .iter()
+            .map(|hash| hash[..].try_into().ok())
+            .collect();
+        let verified = answer.segment_count == segment_count as u64
+            && proof.is_some_and(|proof| {
+                merkle::verify(
+                    &roots[chunk_index].0,
+                    segment_index,
+                    segment_count,
+                    &answer.segment,
+                    &proof,
+                )
+            });
+        if verified {
+            Ok(())
+        } else {
+            tracing::warn!(
+                file_id = manifest.id,
+                provider = replica.address,
+                chunk_index,
+                "audit failed: bad proof"
+            );
+            Err(Error::new(
+                ErrorCode::IntegrityError,
+                format!(
+                    "segment {segment_index} of chunk {chunk_index} does not match the file's record"
+                ),
+            ))
+        }
+    }
+
+    /// Replaces the lost replicas of `record` (and makes up missing ones) with copies on new
+    /// providers. Failures are logged; the next round tries again.
+    async fn repair(&self, record: FileRecord) {
+        let now = now_ms();
+        let grace = self.options.lost_after.as_millis() as u64;
+        let (lost, kept): (Vec<Replica>, Vec<Replica>) = record
+            .replicas
+            .iter()
+            .cloned()
+            .partition(|replica| replica.is_lost(now, grace));
+        let missing = (record.replicas_wanted as usize).saturating_sub(kept.len());
+        if missing == 0 {
+            return;
+        }
+        let file_id = &record.manifest.id;
+        let Some(source) = kept
+            .iter()
+            .find(|replica| replica.failing_since_ms.is_none())
+        else {
+            tracing::error!(file_id, "no healthy replica left to repair from");
+            return;
+        };
+        let holders: Vec<&str> = record
+            .replicas
+            .iter()
+            .map(|replica| replica.address.as_str())
+            .collect();
+        let mut added = Vec::new();
+        for candidate in self
+            .options
+            .providers
+            .iter()
+            .filter(|p| !holders.contains(&p.as_str()))
+        {
+            if added.len() == missing {
+                break;
+            }
+            match self
+                .copy_replica(&record.manifest, &source.address, candidate)
+                .await
+            {
+                Ok(provider_id) => {
+                    tracing::info!(
+                        file_id,
+                        from = source.address,
+                        to = candidate,
+                        "replica repaired"
+                    );
+                    added.push(Replica::new(candidate.clone(), provider_id));
+                }
+                Err(error) => tracing::warn!(file_id, to = candidate, %error, "repair copy failed"),
+            }
+        }
+        if added.is_empty() {
+            tracing::warn!(file_id, missing, "no provider could take a repair copy");
+            return;
+        }
+        let lost_addresses: Vec<String> =
+            lost.iter().map(|replica| replica.address.clone()).collect();
+        let replaced = added.len().min(lost_addresses.len());
+        let dropped: Vec<String> = lost_addresses.into_iter().take(replaced).collect();
+        let result = self
+            .update_record(file_id, |current| {
+                current
+                    .replicas
+                    .retain(|replica| !dropped.contains(&replica.address));
+                current.replicas.extend(added.iter().cloned());
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::error!(file_id, %error, "could not record repaired replicas");
+            return;
+        }
+        for address in &dropped {
+            // The lost provider may be gone or damaged; removing its copy is a courtesy.
+            if let Err(error) = self.delete_objects(address, file_id).await {
+                tracing::debug!(file_id, address, %error, "could not delete a lost replica");
+            }
+        }
+    }
+
+    /// Copies the ciphertext of a file from `source` to `target`, checking every chunk on the
+    /// way, then stores the manifest there; returns `target`'s node ID.
+    async fn copy_replica(
+        &self,
+        manifest: &Manifest,
+        source: &str,
+        target: &str,
+    ) -> Result<String, Error> {
+        let expected = Arc::new(manifest.chunk_hashes()?);
+        let mut incoming = self.get_object(source, &manifest.id, 0).await?;
+        let (sender, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let source_name = source.to_owned();
+        let forward = async move {
+            let mut size = 0u64;
+            for (index, expected_hash) in expected.iter().enumerate() {
+                let chunk: Bytes = match incoming.message().await {
+                    Ok(Some(message)) => message.chunk,
+                    Ok(None) => {
+                        return Err(Error::new(
+                            ErrorCode::IntegrityError,
+                            "the source sent too few chunks",
+                        ));
+                    }
+                    Err(status) => return Err(Error::from_remote_status(&status, &source_name)),
+                };
+                let checked = chunk.clone();
+                let actual = tokio::task::spawn_blocking(move || ChunkHash::of(&checked))
+                    .await
+                    .map_err(|join_error| {
+                        Error::new(ErrorCode::Internal, join_error.to_string())
+                    })?;
+                if actual != *expected_hash {
+                    return Err(Error::new(
+                        ErrorCode::IntegrityError,
+                        format!(
+                            "chunk {index} from {source_name} does not match the file's record"
+                        ),
+                    ));
+                }
+                size += chunk.len() as u64;
+                let message = PutObjectRequest {
+                    part: Some(Part::Chunk(chunk)),
+                };
+                if sender.send(message).await.is_err() {
+                    return Err(Error::new(
+                        ErrorCode::TargetError,
+                        "the new provider stopped receiving",
+                    ));
+                }
+            }
+            let trailer = PutObjectRequest {
+                part: Some(Part::Trailer(ObjectTrailer {
+                    chunk_count: expected.len() as u64,
+                    size,
+                    chunk_list_digest: Bytes::copy_from_slice(&ChunkHash::list_digest(
+                        expected.iter(),
+                    )),
+                })),
+            };
+            sender.send(trailer).await.map_err(|_| {
+                Error::new(ErrorCode::TargetError, "the new provider stopped receiving")
+            })
+        };
+        let upload = self.put_object(
+            target,
+            &manifest.id,
+            KIND_DATA,
+            ReceiverStream::new(receiver),
+        );
+        let (forwarded, uploaded) = tokio::join!(forward, upload);
+        let provider_id = match (forwarded, uploaded) {
+            (Ok(()), Ok(provider_id)) => provider_id,
+            (Err(error), _) | (Ok(()), Err(error)) => {
+                self.delete_objects(target, &manifest.id).await.ok();
+                return Err(error);
+            }
+        };
+        if let Err(error) = self.put_manifest(manifest, &[target.to_owned()]).await {
+            self.delete_objects(target, &manifest.id).await.ok();
+            return Err(error);
+        }
+        Ok(provider_id)
+    }
+}

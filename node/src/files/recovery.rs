@@ -1,0 +1,159 @@
+//! Recovery from the key file alone: after losing its database, a node finds its files again on
+//! the providers it knows.
+//!
+//! Each provider lists the objects the node's key owns ([`crate::auth`] signs the listing). Every
+//! data object's ID is a file ID; the manifest object next to it has an ID derived from the file
+//! ID and is encrypted under a key derived from the node key and the file ID, so the key file is
+//! all it takes to read it. Files found on several providers get all of them as replicas.
+
+use std::collections::BTreeMap;
+
+use sphere_proto::v1::{GetInfoRequest, ListObjectsRequest};
+
+use super::{Files, KIND_DATA, KIND_MANIFEST, manifest_object_id};
+use crate::auth::{self, Operation};
+use crate::error::Error;
+use crate::storage::files::{FileRecord, Manifest, Replica};
+
+/// What recovery found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RecoveryReport {
+    /// Providers asked.
+    pub providers_asked: usize,
+    /// Providers that answered.
+    pub providers_answered: usize,
+    /// Files found on the providers.
+    pub files_found: usize,
+    /// Files this node had no record of, now recorded again.
+    pub files_restored: usize,
+}
+
+impl Files {
+    /// Asks every configured peer (and `extra_providers`) for this node's objects and records
+    /// again every file whose manifest can be read. Files the node already has a record of are
+    /// left as they are.
+    pub async fn recover(&self, extra_providers: &[String]) -> Result<RecoveryReport, Error> {
+        let mut providers = self.options.providers.clone();
+        for provider in extra_providers {
+            if !providers.contains(provider) {
+                providers.push(provider.clone());
+            }
+        }
+        let mut report = RecoveryReport {
+            providers_asked: providers.len(),
+            ..RecoveryReport::default()
+        };
+        let mut found: BTreeMap<String, (Manifest, Vec<Replica>)> = BTreeMap::new();
+        for provider in &providers {
+            match self.manifests_on(provider).await {
+                Ok((provider_id, manifests)) => {
+                    report.providers_answered += 1;
+                    for manifest in manifests {
+                        let replica = Replica::new(provider.clone(), provider_id.clone());
+                        found
+                            .entry(manifest.id.clone())
+                            .or_insert_with(|| (manifest, Vec::new()))
+                            .1
+                            .push(replica);
+                    }
+                }
+                Err(error) => tracing::warn!(provider, %error, "provider did not answer recovery"),
+            }
+        }
+        report.files_found = found.len();
+        for (id, (manifest, replicas)) in found {
+            if self.index.get(&id).await?.is_some() {
+                continue;
+            }
+            let record = FileRecord {
+                manifest,
+                replicas_wanted: replicas.len() as u32,
+                replicas,
+            };
+            self.index.put(&record).await?;
+            report.files_restored += 1;
+        }
+        Ok(report)
+    }
+
+    /// Returns `provider`'s node ID and the manifests of this node's files it holds.
+    async fn manifests_on(&self, provider: &str) -> Result<(String, Vec<Manifest>), Error> {
+        let provider_id = self
+            .peers
+            .node(provider)?
+            .get_info(GetInfoRequest {})
+            .await
+            .map_err(|status| Error::from_remote_status(&status, provider))?
+            .into_inner()
+            .node_id;
+        let listing = self
+            .peers
+            .storage(provider)?
+            .list_objects(ListObjectsRequest {
+                auth: Some(auth::sign(&self.identity, Operation::List, "")),
+            })
+            .await
+            .map_err(|status| Error::from_remote_status(&status, provider))?
+            .into_inner();
+        let manifest_ids: Vec<&str> = listing
+            .objects
+            .iter()
+            .filter(|object| object.kind == KIND_MANIFEST)
+            .map(|object| object.object_id.as_str())
+            .collect();
+        let mut manifests = Vec::new();
+        for data in listing
+            .objects
+            .iter()
+            .filter(|object| object.kind == KIND_DATA)
+        {
+            let file_id = &data.object_id;
+            let manifest_id = manifest_object_id(file_id);
+            if !manifest_ids.contains(&manifest_id.as_str()) {
+                continue;
+            }
+            match self.read_manifest(provider, file_id, &manifest_id).await {
+                Ok(manifest) => manifests.push(manifest),
+                Err(error) => tracing::warn!(provider, file_id, %error, "unreadable manifest"),
+            }
+        }
+        Ok((provider_id, manifests))
+    }
+
+    async fn read_manifest(
+        &self,
+        provider: &str,
+        file_id: &str,
+        manifest_id: &str,
+    ) -> Result<Manifest, Error> {
+        let mut stream = self.get_object(provider, manifest_id, 0).await?;
+        let sealed = stream
+            .message()
+            .await
+            .map_err(|status| Error::from_remote_status(&status, provider))?
+            .ok_or_else(|| {
+                Error::new(
+                    crate::error::ErrorCode::IntegrityError,
+                    "empty manifest object",
+                )
+            })?
+            .chunk;
+        let mut plain = Vec::from(sealed);
+        self.manifest_key(file_id)
+            .cipher(manifest_id)
+            .open(0, true, &mut plain)?;
+        let manifest: Manifest = serde_json::from_slice(&plain).map_err(|error| {
+            Error::new(
+                crate::error::ErrorCode::IntegrityError,
+                format!("manifest does not decode: {error}"),
+            )
+        })?;
+        if manifest.id != file_id {
+            return Err(Error::new(
+                crate::error::ErrorCode::IntegrityError,
+                "manifest of another file",
+            ));
+        }
+        Ok(manifest)
+    }
+}
