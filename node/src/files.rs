@@ -155,23 +155,37 @@ impl Files {
         let (sealed, uploaded) = tokio::join!(sealing, futures_util::future::join_all(uploads));
 
         let mut replicas = Vec::new();
-        let mut first_failure = None;
+        let mut failures = Vec::new();
         for (target, result) in targets.iter().zip(uploaded) {
             match result {
                 Ok(provider_id) => replicas.push(Replica::new(target.clone(), provider_id)),
-                Err(error) => {
-                    first_failure.get_or_insert(error);
-                }
+                Err(error) => failures.push((target.clone(), error)),
             }
         }
-        let failure = match (sealed, first_failure) {
-            // When the source failed, that is the cause; the providers only saw a cut stream.
-            (Err(source_error), _) if source_error.code != ErrorCode::TargetError => {
-                Some(source_error)
+        let provider_failure = |target: &str, cause: Error| {
+            Error::new(
+                cause.code,
+                format!("storing on provider {target} failed: {}", cause.message),
+            )
+        };
+        let failure = match sealed {
+            // A provider that stopped receiving is the cause; the others only saw a cut stream.
+            Err(SealError::ProviderStopped(index)) => {
+                let target = &targets[index];
+                let cause = failures
+                    .into_iter()
+                    .find(|(failed, _)| failed == target)
+                    .map(|(_, error)| error)
+                    .unwrap_or_else(|| Error::new(ErrorCode::TargetError, "it stopped receiving"));
+                Some(provider_failure(target, cause))
             }
-            (_, Some(provider_error)) => Some(provider_error),
-            (Err(error), None) => Some(error),
-            (Ok(sealed), None) => {
+            // When the source failed, that is the cause; the providers only saw a cut stream.
+            Err(SealError::Source(error)) => Some(error),
+            Ok(_) if !failures.is_empty() => {
+                let (target, cause) = failures.remove(0);
+                Some(provider_failure(&target, cause))
+            }
+            Ok(sealed) => {
                 let manifest = Manifest {
                     id: id.clone(),
                     name,
@@ -539,6 +553,20 @@ fn open_chunk(
     Ok(Bytes::from(chunk))
 }
 
+/// Why sealing stopped.
+enum SealError {
+    /// Reading or sealing the plaintext failed.
+    Source(Error),
+    /// The provider with this index in the target list stopped receiving.
+    ProviderStopped(usize),
+}
+
+impl From<Error> for SealError {
+    fn from(error: Error) -> Self {
+        Self::Source(error)
+    }
+}
+
 /// What sealing a file produced.
 struct Sealed {
     plaintext_size: u64,
@@ -553,19 +581,16 @@ async fn seal_into(
     chunk_size: usize,
     mut plaintext: ByteStream,
     senders: Vec<mpsc::Sender<PutObjectRequest>>,
-) -> Result<Sealed, Error> {
+) -> Result<Sealed, SealError> {
     let send_all = |part: Part| {
         let senders = senders.clone();
         async move {
-            for sender in &senders {
+            for (index, sender) in senders.iter().enumerate() {
                 let message = PutObjectRequest {
                     part: Some(part.clone()),
                 };
                 if sender.send(message).await.is_err() {
-                    return Err(Error::new(
-                        ErrorCode::TargetError,
-                        "a provider stopped receiving the file",
-                    ));
+                    return Err(SealError::ProviderStopped(index));
                 }
             }
             Ok(())
@@ -581,7 +606,7 @@ async fn seal_into(
         while !source_done && pending.len() <= chunk_size {
             match plaintext.next().await {
                 Some(Ok(bytes)) => pending.extend_from_slice(&bytes),
-                Some(Err(error)) => return Err(error),
+                Some(Err(error)) => return Err(SealError::Source(error)),
                 None => source_done = true,
             }
         }
@@ -603,7 +628,8 @@ async fn seal_into(
             Ok::<_, StorageError>((chunk, hash))
         })
         .await
-        .map_err(|join_error| Error::new(ErrorCode::Internal, join_error.to_string()))??;
+        .map_err(|join_error| Error::new(ErrorCode::Internal, join_error.to_string()))?
+        .map_err(Error::from)?;
         sealed_size += sealed_chunk.len() as u64;
         chunks.push(hash);
         send_all(Part::Chunk(Bytes::from(sealed_chunk))).await?;

@@ -118,30 +118,45 @@ impl ProviderStorage {
 
         let mut writes = FuturesOrdered::new();
         let mut size = 0u64;
-        let trailer: ObjectTrailer = loop {
-            match next_part(&mut stream).await? {
-                Some(Part::Chunk(chunk)) => {
-                    upload.reserve(chunk.len() as u64)?;
-                    size += chunk.len() as u64;
-                    let chunks = self.store.chunks().clone();
-                    writes.push_back(tokio::task::spawn_blocking(move || {
-                        chunks.write_blocking(&chunk)
-                    }));
-                    if writes.len() >= CHUNK_IO_IN_FLIGHT {
-                        upload.wrote(joined(writes.next().await)?);
+        let received: Result<ObjectTrailer, Error> = async {
+            loop {
+                match next_part(&mut stream).await? {
+                    Some(Part::Chunk(chunk)) => {
+                        upload.reserve(chunk.len() as u64)?;
+                        size += chunk.len() as u64;
+                        let chunks = self.store.chunks().clone();
+                        writes.push_back(tokio::task::spawn_blocking(move || {
+                            chunks.write_blocking(&chunk)
+                        }));
+                        if writes.len() >= CHUNK_IO_IN_FLIGHT {
+                            upload.wrote(joined(writes.next().await)?);
+                        }
+                    }
+                    Some(Part::Trailer(trailer)) => return Ok(trailer),
+                    Some(Part::Header(_)) => return Err(bad_stream("a second header arrived")),
+                    None => {
+                        return Err(bad_stream(
+                            "the stream ended without a trailer; nothing was stored",
+                        ));
                     }
                 }
-                Some(Part::Trailer(trailer)) => break trailer,
-                Some(Part::Header(_)) => return Err(bad_stream("a second header arrived")),
-                None => {
-                    return Err(bad_stream(
-                        "the stream ended without a trailer; nothing was stored",
-                    ));
+            }
+        }
+        .await;
+        // Every write started is waited for and accounted, so that the chunks of a failed upload
+        // are known and removed.
+        let mut write_failure = None;
+        while let Some(write) = writes.next().await {
+            match joined(Some(write)) {
+                Ok(hash) => upload.wrote(hash),
+                Err(error) => {
+                    write_failure.get_or_insert(error);
                 }
             }
-        };
-        while let Some(write) = writes.next().await {
-            upload.wrote(joined(Some(write))?);
+        }
+        let trailer = received?;
+        if let Some(error) = write_failure {
+            return Err(error);
         }
         let hashes = upload.written();
         if trailer.chunk_count != hashes.len() as u64

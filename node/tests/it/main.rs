@@ -7,4 +7,5 @@ mod files;
 mod harness;
 mod lifecycle;
 mod plugins;
+mod storage;
 mod tasks;

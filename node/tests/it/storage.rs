@@ -1,0 +1,477 @@
+//! Files spread over several real provider nodes: replicas, failover, audits, repair, owner-only
+//! access, capacity, deletion and recovery from the key file alone.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sphere_node::auth::{self, Operation};
+use sphere_node::identity::NodeIdentity;
+use sphere_proto::v1::GetObjectRequest;
+use sphere_proto::v1::storage_service_client::StorageServiceClient;
+
+use crate::harness::{NodeOptions, TestNode, base64, files_under};
+
+/// Starts `count` provider nodes.
+fn providers(count: usize) -> Vec<TestNode> {
+    (0..count).map(|_| TestNode::start()).collect()
+}
+
+/// Starts an owner whose peers are `providers`, auditing every 200 ms and counting a replica lost
+/// after one second of failures.
+fn owner_of(providers: &[TestNode], replicas: u32) -> TestNode {
+    TestNode::start_with(NodeOptions {
+        config: Some(json!({
+            "peers": providers.iter().map(TestNode::target).collect::<Vec<_>>(),
+            "storage": {"replicas": replicas, "audit_interval_ms": 200, "lost_after_ms": 1000},
+        })),
+        ..NodeOptions::default()
+    })
+}
+
+fn pattern(size: usize, seed: u8) -> Vec<u8> {
+    (0..size)
+        .map(|index| (index as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+async fn store(owner: &TestNode, body: Value) -> Value {
+    let (status, stored) = owner.post("/file", &body).await;
+    assert_eq!(status, 200, "{stored}");
+    stored
+}
+
+async fn read_back(owner: &TestNode, id: &str) -> (u16, Value) {
+    owner.call(Method::GET, &format!("/file/{id}"), "").await
+}
+
+async fn file_entry(owner: &TestNode, id: &str) -> Value {
+    let (status, listing) = owner.call(Method::GET, "/files", "").await;
+    assert_eq!(status, 200, "{listing}");
+    listing["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|file| file["id"] == id)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn replica_targets(entry: &Value) -> Vec<String> {
+    entry["replicas"]
+        .as_array()
+        .map(|replicas| {
+            replicas
+                .iter()
+                .map(|r| r["target"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Returns the chunk files a node keeps for others.
+fn chunk_files(node: &TestNode) -> Vec<std::path::PathBuf> {
+    files_under(&node.data_dir.join("chunks"))
+        .into_iter()
+        .filter(|path| !path.starts_with(node.data_dir.join("chunks/tmp")))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_1_gib_file_at_two_replicas_reads_back_identical() {
+    const BLOCK: usize = 1 << 20;
+    const BLOCKS: usize = 1024;
+    let providers = providers(2);
+    let owner = owner_of(&providers, 2);
+    let block = |index: usize| {
+        let mut block = pattern(BLOCK, (index % 251) as u8);
+        block[..8].copy_from_slice(&(index as u64).to_le_bytes());
+        block
+    };
+    let mut expected = Sha256::new();
+    for index in 0..BLOCKS {
+        expected.update(block(index));
+    }
+    let expected = expected.finalize();
+    let upload = futures_util::stream::iter(0..BLOCKS)
+        .map(move |index| Ok::<_, std::io::Error>(block(index)));
+    let response = owner
+        .http()
+        .put(owner.url("/files/big.bin?replicas=2"))
+        .body(reqwest::Body::wrap_stream(upload))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 201);
+    let stored: Value = response.json().await.expect("json");
+    assert_eq!(stored["size"], (BLOCK * BLOCKS) as u64);
+    assert_eq!(
+        stored["replicas"].as_array().map(Vec::len),
+        Some(2),
+        "{stored}"
+    );
+    let id = stored["id"].as_str().expect("id").to_owned();
+
+    // Read back from each replica in turn.
+    for provider in &providers {
+        let response = owner
+            .http()
+            .get(owner.url(&format!("/files/{id}?target={}", provider.target())))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 200);
+        let mut received = Sha256::new();
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            received.update(chunk.expect("streams"));
+        }
+        assert_eq!(
+            received.finalize(),
+            expected,
+            "differs when read from {}",
+            provider.target()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_provider_killed_during_upload_leaves_nothing_that_looks_stored() {
+    let mut providers = providers(2);
+    let owner = owner_of(&providers, 2);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    let upload = tokio::spawn(
+        owner
+            .http()
+            .put(owner.url(&format!(
+                "/files/doomed?targets={},{}",
+                providers[0].target(),
+                providers[1].target()
+            )))
+            .body(reqwest::Body::wrap_stream(
+                tokio_stream::wrappers::ReceiverStream::new(receiver),
+            ))
+            .send(),
+    );
+    for part in 0..6u8 {
+        sender.send(Ok(pattern(1 << 20, part))).await.expect("send");
+    }
+    wait_until(
+        "the provider has received chunks",
+        Duration::from_secs(10),
+        || {
+            let count = chunk_files(&providers[1]).len();
+            async move { count > 0 }
+        },
+    )
+    .await;
+    providers[1].kill9();
+    for part in 6..12u8 {
+        if sender.send(Ok(pattern(1 << 20, part))).await.is_err() {
+            break;
+        }
+    }
+    drop(sender);
+    let response = upload.await.expect("joined").expect("answered");
+    assert_eq!(response.status(), 502, "the upload must fail clearly");
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+
+    let (_, listing) = owner.call(Method::GET, "/files", "").await;
+    assert_eq!(listing["files"], json!([]), "a failed upload is not listed");
+    // The surviving provider keeps nothing of it: no object, and its chunks are collected.
+    let survivor = &providers[0];
+    wait_until(
+        "the partial chunks are removed",
+        Duration::from_secs(10),
+        || {
+            let count = chunk_files(survivor).len();
+            async move { count == 0 }
+        },
+    )
+    .await;
+    let (_, storage) = survivor.call(Method::GET, "/storage", "").await;
+    assert_eq!(storage["used_bytes"], 0, "{storage}");
+}
+
+#[tokio::test]
+async fn a_killed_provider_is_replaced_and_reads_go_on() {
+    let mut providers = providers(3);
+    let owner = owner_of(&providers, 2);
+    let contents = pattern(3 * 1024 * 1024 + 17, 9);
+    let stored = store(
+        &owner,
+        json!({"name": "photos.tar", "data": base64(&contents)}),
+    )
+    .await;
+    let id = stored["id"].as_str().expect("id").to_owned();
+    let holders = replica_targets(&stored);
+    assert_eq!(holders.len(), 2, "{stored}");
+
+    let victim_index = providers
+        .iter()
+        .position(|p| p.target() == holders[0])
+        .expect("a holder");
+    let victim = providers[victim_index].target();
+    providers[victim_index].kill9();
+
+    // The file reads at once, from the other replica.
+    let (status, read) = read_back(&owner, &id).await;
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["data"], base64(&contents));
+
+    // Audits find the replica gone; after the grace period it is repaired on the third node.
+    wait_until(
+        "the lost replica is replaced",
+        Duration::from_secs(30),
+        || {
+            let owner = &owner;
+            let id = id.clone();
+            let victim = victim.clone();
+            async move {
+                let entry = file_entry(owner, &id).await;
+                let targets = replica_targets(&entry);
+                targets.len() == 2
+                    && !targets.contains(&victim)
+                    && entry["replicas"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().all(|r| r["health"] != "lost"))
+            }
+        },
+    )
+    .await;
+    let (status, read) = read_back(&owner, &id).await;
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["data"], base64(&contents));
+}
+
+#[tokio::test]
+async fn a_corrupted_chunk_is_caught_by_audits_and_repaired_and_never_read() {
+    let providers = providers(3);
+    let owner = owner_of(&providers, 2);
+    let contents = pattern(300_000, 3);
+    let stored = store(&owner, json!({"name": "doc", "data": base64(&contents)})).await;
+    let id = stored["id"].as_str().expect("id").to_owned();
+    let holders = replica_targets(&stored);
+    let victim = providers
+        .iter()
+        .find(|p| p.target() == holders[0])
+        .expect("a holder");
+
+    // Overwrite the data chunk (the larger of the two objects' chunks) with other bytes.
+    let mut chunks = chunk_files(victim);
+    chunks.sort_by_key(|path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0));
+    let data_chunk = chunks.last().expect("a chunk");
+    let length = std::fs::metadata(data_chunk).expect("meta").len() as usize;
+    std::fs::write(data_chunk, pattern(length, 200)).expect("corrupt");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // Reads never return wrong bytes while the damage is there.
+        let (status, read) = owner
+            .call(
+                Method::GET,
+                &format!("/file/{id}?target={}", victim.target()),
+                "",
+            )
+            .await;
+        assert_eq!(status, 200, "the other replica serves the read: {read}");
+        assert_eq!(read["data"], base64(&contents));
+        let entry = file_entry(&owner, &id).await;
+        let targets = replica_targets(&entry);
+        if targets.len() == 2 && !targets.contains(&victim.target()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the damaged replica was never replaced: {entry}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn only_the_owner_may_read_and_a_replayed_request_is_refused() {
+    let providers = providers(1);
+    let owner = owner_of(&providers, 1);
+    let stored = store(
+        &owner,
+        json!({"name": "secret", "data": base64(b"top secret")}),
+    )
+    .await;
+    let id = stored["id"].as_str().expect("id").to_owned();
+    let owner_key = NodeIdentity::load(&owner.data_dir.join("node.key")).expect("owner key");
+
+    let mut client = StorageServiceClient::connect(format!("http://{}", providers[0].target()))
+        .await
+        .expect("connect");
+    let signed = GetObjectRequest {
+        object_id: id.clone(),
+        auth: Some(auth::sign(&owner_key, Operation::Get, &id)),
+        start_chunk: 0,
+    };
+    let mut stream = client
+        .get_object(signed.clone())
+        .await
+        .expect("the owner may read")
+        .into_inner();
+    assert!(stream.message().await.expect("chunk").is_some());
+
+    let replayed = client
+        .get_object(signed)
+        .await
+        .expect_err("a replay is refused");
+    assert_eq!(
+        replayed.code(),
+        tonic::Code::PermissionDenied,
+        "{replayed:?}"
+    );
+    assert!(replayed.message().contains("replayed"), "{replayed:?}");
+
+    let stranger = NodeIdentity::generate();
+    let foreign = GetObjectRequest {
+        object_id: id.clone(),
+        auth: Some(auth::sign(&stranger, Operation::Get, &id)),
+        start_chunk: 0,
+    };
+    let refused = client
+        .get_object(foreign)
+        .await
+        .expect_err("a stranger is refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    let mut impersonation = auth::sign(&stranger, Operation::Get, &id);
+    impersonation.owner = owner_key.node_id();
+    let impersonated = GetObjectRequest {
+        object_id: id.clone(),
+        auth: Some(impersonation),
+        start_chunk: 0,
+    };
+    let refused = client
+        .get_object(impersonated)
+        .await
+        .expect_err("a forged owner is refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    let unsigned = GetObjectRequest {
+        object_id: id,
+        auth: None,
+        start_chunk: 0,
+    };
+    assert_eq!(
+        client
+            .get_object(unsigned)
+            .await
+            .expect_err("unsigned")
+            .code(),
+        tonic::Code::PermissionDenied
+    );
+}
+
+#[tokio::test]
+async fn a_full_provider_refuses_clearly_loses_nothing_and_deleting_frees_space() {
+    let provider = TestNode::start_with(NodeOptions {
+        environment: vec![(
+            "SPHERE_STORAGE__CAPACITY_BYTES".to_owned(),
+            (3 << 20).to_string(),
+        )],
+        ..NodeOptions::default()
+    });
+    let owner = owner_of(std::slice::from_ref(&provider), 1);
+    let first = pattern(2 << 20, 1);
+    let stored = store(&owner, json!({"name": "first", "data": base64(&first)})).await;
+    let first_id = stored["id"].as_str().expect("id").to_owned();
+
+    let (status, refused) = owner
+        .post(
+            "/file",
+            &json!({"name": "second", "data": base64(&pattern(2 << 20, 2))}),
+        )
+        .await;
+    assert_eq!(status, 507, "{refused}");
+    assert_eq!(refused["error"]["code"], "provider_full");
+    let (status, read) = read_back(&owner, &first_id).await;
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["data"], base64(&first));
+    let (_, listing) = owner.call(Method::GET, "/files", "").await;
+    assert_eq!(
+        listing["files"].as_array().map(Vec::len),
+        Some(1),
+        "{listing}"
+    );
+
+    let (status, deleted) = owner
+        .call(Method::DELETE, &format!("/files/{first_id}"), "")
+        .await;
+    assert_eq!(status, 200, "{deleted}");
+    let (status, _) = read_back(&owner, &first_id).await;
+    assert_eq!(status, 404);
+    let (_, storage) = provider.call(Method::GET, "/storage", "").await;
+    assert_eq!(storage["used_bytes"], 0, "{storage}");
+    assert!(
+        chunk_files(&provider).is_empty(),
+        "deleting removes the chunk files"
+    );
+
+    store(
+        &owner,
+        json!({"name": "second", "data": base64(&pattern(2 << 20, 2))}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_key_file_alone_recovers_every_file() {
+    let providers = providers(2);
+    let mut owner = owner_of(&providers, 2);
+    let mut originals = Vec::new();
+    for (name, size) in [("a.txt", 10_000), ("b.bin", 2_500_000)] {
+        let contents = pattern(size, size as u8);
+        let stored = store(&owner, json!({"name": name, "data": base64(&contents)})).await;
+        originals.push((
+            stored["id"].as_str().expect("id").to_owned(),
+            name,
+            contents,
+        ));
+    }
+
+    owner.kill9();
+    std::fs::remove_dir_all(owner.data_dir.join("db")).expect("lose the database");
+    owner.restart();
+    let (_, listing) = owner.call(Method::GET, "/files", "").await;
+    assert_eq!(listing["files"], json!([]), "the database is gone");
+
+    let (status, report) = owner.call(Method::POST, "/files/recover", "").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["files_restored"], 2, "{report}");
+    for (id, name, contents) in &originals {
+        let entry = file_entry(&owner, id).await;
+        assert_eq!(entry["name"], *name);
+        assert_eq!(replica_targets(&entry).len(), 2, "{entry}");
+        let (status, read) = read_back(&owner, id).await;
+        assert_eq!(status, 200, "{read}");
+        assert_eq!(read["data"], base64(contents));
+    }
+}
