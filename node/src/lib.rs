@@ -13,10 +13,13 @@
 //! - [`grpc`]: the node-to-node gRPC services (tonic).
 //! - [`peers`]: gRPC connections to other nodes.
 //! - [`plugin`]: the plugin client, and the plugin process the node runs itself.
-//! - [`files`]: the owner's file flow: chunk, encrypt, send; fetch, verify, decrypt.
+//! - [`files`]: the owner's file flow: chunk, encrypt, spread; fetch, verify, decrypt; audits,
+//!   repair, recovery.
+//! - [`client`]: the `sphere file` commands, a client of a node's REST API.
 //! - [`storage`]: LevelDB, chunk files and encryption; knows nothing of the network.
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod files;

@@ -27,9 +27,68 @@ enum Command {
         #[arg(long, default_value = "sphere-data/node.key")]
         out: PathBuf,
     },
+    /// Stores, reads, lists and deletes files through a running node.
+    #[command(subcommand)]
+    File(FileCommand),
     /// Runs the built-in demo plugin ("hello" -> "world"); a node starts this itself.
     #[command(name = "demo-plugin", hide = true)]
     DemoPlugin,
+}
+
+#[derive(Debug, Subcommand)]
+enum FileCommand {
+    /// Stores a file (encrypted on the node, spread over providers); prints its ID.
+    Put {
+        /// The file to store.
+        path: PathBuf,
+        /// Name to store it under (default: the file's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Provider to store it on (gRPC address); repeat for several replicas.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Number of providers the node picks among its peers, when no --target is given.
+        #[arg(long)]
+        replicas: Option<u32>,
+        #[command(flatten)]
+        node: NodeAddress,
+    },
+    /// Reads a file back into PATH, verified and decrypted.
+    Get {
+        /// The file's ID.
+        id: String,
+        /// Where to write it.
+        path: PathBuf,
+        #[command(flatten)]
+        node: NodeAddress,
+    },
+    /// Lists the node's files with the health of each replica.
+    Ls {
+        /// Print the node's JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        node: NodeAddress,
+    },
+    /// Deletes a file from every provider.
+    Rm {
+        /// The file's ID.
+        id: String,
+        #[command(flatten)]
+        node: NodeAddress,
+    },
+    /// Finds the node's files again on its peers, after it lost its database.
+    Recover {
+        #[command(flatten)]
+        node: NodeAddress,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeAddress {
+    /// REST address of the node to use.
+    #[arg(long = "node", default_value = "http://127.0.0.1:3000")]
+    url: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +147,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::File(command) => runtime()?.block_on(run_file_command(command)),
         Command::DemoPlugin => runtime()?
             .block_on(sphere_plugin_hello::run())
             .map_err(|error| anyhow::anyhow!("demo plugin failed: {error}")),
@@ -125,6 +185,49 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+async fn run_file_command(command: FileCommand) -> anyhow::Result<()> {
+    use sphere_node::client::{FileClient, PutOptions, files_table};
+    match command {
+        FileCommand::Put {
+            path,
+            name,
+            targets,
+            replicas,
+            node,
+        } => {
+            let options = PutOptions {
+                name,
+                targets,
+                replicas,
+            };
+            let stored = FileClient::new(&node.url).put(&path, &options).await?;
+            println!("{}", stored["id"].as_str().unwrap_or_default());
+            eprintln!("{}", serde_json::to_string_pretty(&stored)?);
+        }
+        FileCommand::Get { id, path, node } => {
+            let bytes = FileClient::new(&node.url).get(&id, &path).await?;
+            eprintln!("wrote {bytes} bytes to {}", path.display());
+        }
+        FileCommand::Ls { json, node } => {
+            let listing = FileClient::new(&node.url).list().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+            } else {
+                println!("{}", files_table(&listing));
+            }
+        }
+        FileCommand::Rm { id, node } => {
+            FileClient::new(&node.url).remove(&id).await?;
+            eprintln!("deleted {id}");
+        }
+        FileCommand::Recover { node } => {
+            let report = FileClient::new(&node.url).recover().await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -475,3 +475,56 @@ async fn the_key_file_alone_recovers_every_file() {
         assert_eq!(read["data"], base64(contents));
     }
 }
+
+#[tokio::test]
+async fn the_file_commands_put_list_get_and_remove() {
+    let providers = providers(2);
+    let owner = owner_of(&providers, 2);
+    let work = tempfile::tempdir().expect("temp dir");
+    let original = work.path().join("holiday photos.bin");
+    let contents = pattern(3 * 1024 * 1024 + 5, 42);
+    std::fs::write(&original, &contents).expect("write");
+    let node = owner.url("");
+    let sphere = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sphere"))
+            .args(args)
+            .args(["--node", &node])
+            .output()
+            .expect("sphere runs");
+        assert!(
+            output.status.success(),
+            "sphere {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("UTF-8")
+    };
+
+    let path = original.to_string_lossy().into_owned();
+    let id = sphere(&["file", "put", &path]).trim().to_owned();
+    assert_eq!(id.len(), 32, "{id:?}");
+
+    let table = sphere(&["file", "ls"]);
+    assert!(
+        table.contains(&id) && table.contains("holiday photos.bin"),
+        "{table}"
+    );
+    let listing: Value = serde_json::from_str(&sphere(&["file", "ls", "--json"])).expect("JSON");
+    assert_eq!(
+        listing["files"][0]["replicas"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    let copy = work.path().join("copy.bin");
+    sphere(&["file", "get", &id, &copy.to_string_lossy()]);
+    assert_eq!(std::fs::read(&copy).expect("read"), contents);
+
+    sphere(&["file", "rm", &id]);
+    let (status, _) = read_back(&owner, &id).await;
+    assert_eq!(status, 404);
+    let failed = std::process::Command::new(env!("CARGO_BIN_EXE_sphere"))
+        .args(["file", "get", &id, &copy.to_string_lossy(), "--node", &node])
+        .output()
+        .expect("sphere runs");
+    assert!(!failed.status.success());
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("file_not_found"));
+}

@@ -1,0 +1,261 @@
+//! The `sphere file` commands: a client of a node's REST API, with progress bars on transfers.
+//!
+//! Progress goes to stderr and results to stdout, so `id=$(sphere file put photo.jpg)` works.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+/// Where a new file goes, as the command line says.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// Name to store the file under; the file name of the path by default.
+    pub name: Option<String>,
+    /// Providers to store on.
+    pub targets: Vec<String>,
+    /// How many providers the node picks, when none are named.
+    pub replicas: Option<u32>,
+}
+
+/// A client of one node's REST API.
+#[derive(Debug, Clone)]
+pub struct FileClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl FileClient {
+    /// Returns a client of the node at `base` (for example `http://127.0.0.1:3000`).
+    pub fn new(base: &str) -> Self {
+        let base = if base.contains("://") {
+            base.trim_end_matches('/').to_owned()
+        } else {
+            format!("http://{}", base.trim_end_matches('/'))
+        };
+        Self {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Streams the file at `path` to the node; returns the stored file's JSON.
+    pub async fn put(&self, path: &Path, options: &PutOptions) -> anyhow::Result<Value> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let size = file.metadata().await?.len();
+        let name = match &options.name {
+            Some(name) => name.clone(),
+            None => path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .context("the path has no file name; give one with --name")?,
+        };
+        let progress = transfer_bar(size, "storing");
+        let counted = progress.clone();
+        let body =
+            tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).inspect(move |chunk| {
+                if let Ok(chunk) = chunk {
+                    counted.inc(chunk.len() as u64);
+                }
+            });
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if !options.targets.is_empty() {
+            query.push(("targets", options.targets.join(",")));
+        }
+        if let Some(replicas) = options.replicas {
+            query.push(("replicas", replicas.to_string()));
+        }
+        let url = format!("{}/files/{}", self.base, encode_path_segment(&name));
+        let response = self
+            .http
+            .put(url)
+            .query(&query)
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node at {}", self.base))?;
+        progress.finish_and_clear();
+        json_or_error(response).await
+    }
+
+    /// Streams file `id` into `path` (through `<path>.part`, renamed when complete).
+    pub async fn get(&self, id: &str, path: &Path) -> anyhow::Result<u64> {
+        let response = self
+            .http
+            .get(format!("{}/files/{}", self.base, encode_path_segment(id)))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node at {}", self.base))?;
+        if !response.status().is_success() {
+            json_or_error(response).await?;
+            bail!("unexpected answer");
+        }
+        let size = response.content_length().unwrap_or(0);
+        let progress = transfer_bar(size, "reading");
+        let partial = partial_path(path);
+        let mut output = tokio::fs::File::create(&partial)
+            .await
+            .with_context(|| format!("cannot create {}", partial.display()))?;
+        let mut body = response.bytes_stream();
+        let mut written = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    drop(output);
+                    tokio::fs::remove_file(&partial).await.ok();
+                    bail!("the transfer broke off after {written} of {size} bytes: {error}");
+                }
+            };
+            output.write_all(&chunk).await?;
+            written += chunk.len() as u64;
+            progress.set_position(written);
+        }
+        output.sync_all().await?;
+        progress.finish_and_clear();
+        if written != size {
+            tokio::fs::remove_file(&partial).await.ok();
+            bail!("the node sent {written} of {size} bytes");
+        }
+        tokio::fs::rename(&partial, path).await?;
+        Ok(written)
+    }
+
+    /// Returns the node's files.
+    pub async fn list(&self) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, "/files").await
+    }
+
+    /// Deletes file `id` everywhere.
+    pub async fn remove(&self, id: &str) -> anyhow::Result<Value> {
+        self.call(
+            reqwest::Method::DELETE,
+            &format!("/files/{}", encode_path_segment(id)),
+        )
+        .await
+    }
+
+    /// Asks the node to find its files again on its peers.
+    pub async fn recover(&self) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::POST, "/files/recover").await
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node at {}", self.base))?;
+        json_or_error(response).await
+    }
+}
+
+/// Returns the JSON body of a successful answer, or the node's error as an error.
+async fn json_or_error(response: reqwest::Response) -> anyhow::Result<Value> {
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .context("the node's answer is not JSON")?;
+    if status.is_success() {
+        return Ok(body);
+    }
+    let code = body["error"]["code"].as_str().unwrap_or("unknown");
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    bail!("{status}: {code}: {message}")
+}
+
+fn transfer_bar(size: u64, verb: &str) -> ProgressBar {
+    let bar = ProgressBar::new(size).with_message(verb.to_owned());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".part");
+    path.with_file_name(name)
+}
+
+/// Percent-encodes a path segment (a file name may hold spaces, slashes, anything).
+fn encode_path_segment(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (byte as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// Formats `GET /files` as a table for people.
+pub fn files_table(listing: &Value) -> String {
+    let mut lines = vec![format!(
+        "{:<32}  {:>12}  {:<24}  {:<30}  {}",
+        "ID", "SIZE", "CREATED", "NAME", "REPLICAS"
+    )];
+    for file in listing["files"].as_array().into_iter().flatten() {
+        let replicas: Vec<String> = file["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|replica| {
+                format!(
+                    "{}:{}",
+                    replica["target"].as_str().unwrap_or("?"),
+                    replica["health"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        lines.push(format!(
+            "{:<32}  {:>12}  {:<24}  {:<30}  {}",
+            file["id"].as_str().unwrap_or(""),
+            file["size"].as_u64().unwrap_or(0),
+            file["created_at"].as_str().unwrap_or(""),
+            file["name"].as_str().unwrap_or(""),
+            replicas.join(" ")
+        ));
+    }
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_encoded_for_paths() {
+        assert_eq!(encode_path_segment("a b/c.txt"), "a%20b%2Fc.txt");
+        assert_eq!(encode_path_segment("plain-name_1.bin"), "plain-name_1.bin");
+    }
+
+    #[test]
+    fn the_table_lists_files_with_replica_health() {
+        let listing = serde_json::json!({"files": [{
+            "id": "abc", "size": 12, "created_at": "2026-11-29T12:00:00Z", "name": "n",
+            "replicas": [{"target": "127.0.0.1:8082", "health": "ok"}]
+        }]});
+        let table = files_table(&listing);
+        assert!(
+            table.contains("abc") && table.contains("127.0.0.1:8082:ok"),
+            "{table}"
+        );
+    }
+}
