@@ -299,3 +299,47 @@ impl Files {
         Ok(provider_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use sphere_proto::v1::AuditObjectResponse;
+
+    use super::*;
+    use crate::identity::NodeIdentity;
+
+    /// One audit of a 1 MiB chunk, as it travels: the signed request and the segment with its
+    /// proof. Run by `bench/storage.sh`, which reports the figure.
+    #[test]
+    fn audit_cost_is_a_few_kib_whatever_the_file_size() {
+        let chunk = vec![7u8; (1 << 20) + crate::storage::crypto::TAG_LEN];
+        let segment_count = merkle::segment_count(chunk.len());
+        let (segment, proof) = merkle::prove(&chunk, segment_count / 2).expect("segment");
+        let request = AuditObjectRequest {
+            object_id: "0".repeat(32),
+            auth: Some(auth::sign(
+                &NodeIdentity::generate(),
+                Operation::Audit,
+                &"0".repeat(32),
+            )),
+            chunk_index: 1000,
+            segment_index: (segment_count / 2) as u64,
+        };
+        let response = AuditObjectResponse {
+            segment: Bytes::from(segment),
+            proof: proof
+                .iter()
+                .map(|hash| Bytes::copy_from_slice(hash))
+                .collect(),
+            segment_count: segment_count as u64,
+        };
+        let total = request.encoded_len() + response.encoded_len();
+        println!(
+            "bytes per audit: {total} (request {}, response {}, proof of {} hashes)",
+            request.encoded_len(),
+            response.encoded_len(),
+            proof.len()
+        );
+        assert!(total < 8 * 1024, "{total} bytes");
+    }
+}

@@ -6,17 +6,19 @@
 //! being taken for an inner node. DO NOT CHANGE: chunk addresses on every provider depend on it.
 
 use rs_merkle::algorithms::Sha256;
-use rs_merkle::{Hasher, MerkleProof, MerkleTree};
+use rs_merkle::{MerkleProof, MerkleTree};
 
 /// Bytes per segment, the unit an audit asks for.
 pub const SEGMENT_SIZE: usize = 4096;
 
-/// Returns the hash of one leaf.
+/// Returns the hash of one leaf, SHA-256(0x00 ‖ segment), without copying the segment.
 fn leaf_hash(segment: &[u8]) -> [u8; 32] {
-    let mut prefixed = Vec::with_capacity(segment.len() + 1);
-    prefixed.push(0);
-    prefixed.extend_from_slice(segment);
-    Sha256::hash(&prefixed)
+    use sha2::Digest;
+    sha2::Sha256::new()
+        .chain_update([0u8])
+        .chain_update(segment)
+        .finalize()
+        .into()
 }
 
 fn leaves(chunk: &[u8]) -> Vec<[u8; 32]> {
