@@ -30,6 +30,22 @@ impl ChunkHash {
         Some(Self(hash))
     }
 
+    /// Parses a stored list of addresses; `record_key` names the record for the error when one
+    /// is damaged.
+    pub fn parse_list(
+        list: &[String],
+        record_key: impl Fn() -> String,
+    ) -> Result<Vec<Self>, StorageError> {
+        list.iter()
+            .map(|hex| {
+                Self::from_hex(hex).ok_or_else(|| StorageError::CorruptRecord {
+                    key: record_key(),
+                    reason: format!("bad chunk address {hex:?}"),
+                })
+            })
+            .collect()
+    }
+
     /// Returns the hash as 64 lowercase hex characters.
     pub fn to_hex(self) -> String {
         hex::encode(self.0)

@@ -83,15 +83,7 @@ pub struct FileRecord {
 impl Manifest {
     /// Returns the chunk addresses, failing if the record was damaged.
     pub fn chunk_hashes(&self) -> Result<Vec<ChunkHash>, StorageError> {
-        self.chunks
-            .iter()
-            .map(|hex| {
-                ChunkHash::from_hex(hex).ok_or_else(|| StorageError::CorruptRecord {
-                    key: file_key(&self.id),
-                    reason: format!("bad chunk address {hex:?}"),
-                })
-            })
-            .collect()
+        ChunkHash::parse_list(&self.chunks, || file_key(&self.id))
     }
 
     /// Returns the length of encrypted chunk `index` (plaintext plus tag).

@@ -40,15 +40,7 @@ pub struct ObjectRecord {
 impl ObjectRecord {
     /// Returns the chunk addresses, failing if the record was damaged.
     pub fn chunk_hashes(&self) -> Result<Vec<ChunkHash>, StorageError> {
-        self.chunks
-            .iter()
-            .map(|hex| {
-                ChunkHash::from_hex(hex).ok_or_else(|| StorageError::CorruptRecord {
-                    key: object_key(&self.object_id),
-                    reason: format!("bad chunk address {hex:?}"),
-                })
-            })
-            .collect()
+        ChunkHash::parse_list(&self.chunks, || object_key(&self.object_id))
     }
 }
 
