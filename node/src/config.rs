@@ -283,6 +283,9 @@ impl Config {
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
+                // `SPHERE_PEERS=a:8081,b:8081` sets the list `peers`.
+                .list_separator(",")
+                .with_list_parse_key("peers")
                 .source(Some(environment)),
         );
         for (field, value) in overrides {
@@ -494,11 +497,16 @@ mod tests {
             ("SPHERE_PLUGIN_LISTEN".to_owned(), "ignored".to_owned()),
             ("PATH".to_owned(), "/bin".to_owned()),
         ];
+        let environment = environment.into_iter().chain([(
+            "SPHERE_PEERS".to_owned(),
+            "node2:8081,node3:8081".to_owned(),
+        )]);
         let overrides = [("grpc.task_timeout_ms", "99".to_owned())];
         let config =
             Config::load(Some(&example_path()), environment, &overrides).expect("config loads");
         assert_eq!(config.http.listen, "0.0.0.0:4000".parse().expect("address"));
         assert_eq!(config.grpc.task_timeout_ms, 99);
+        assert_eq!(config.peers, ["node2:8081", "node3:8081"]);
     }
 
     #[test]

@@ -528,3 +528,50 @@ async fn the_file_commands_put_list_get_and_remove() {
     assert!(!failed.status.success());
     assert!(String::from_utf8_lossy(&failed.stderr).contains("file_not_found"));
 }
+
+#[tokio::test]
+async fn a_download_carries_on_from_another_replica_when_its_provider_dies() {
+    const SIZE: usize = 64 << 20;
+    let mut providers = providers(2);
+    let owner = owner_of(&providers, 2);
+    let contents = pattern(SIZE, 77);
+    let response = owner
+        .http()
+        .put(owner.url(&format!(
+            "/files/movie?targets={},{}",
+            providers[0].target(),
+            providers[1].target()
+        )))
+        .body(contents.clone())
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 201);
+    let stored: Value = response.json().await.expect("json");
+    let id = stored["id"].as_str().expect("id");
+
+    // Start reading from the first provider, take a few bytes, then kill it mid-download.
+    let response = owner
+        .http()
+        .get(owner.url(&format!("/files/{id}?target={}", providers[0].target())))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut received = Vec::with_capacity(SIZE);
+    while received.len() < (1 << 20) {
+        received.extend_from_slice(&body.next().await.expect("more").expect("bytes"));
+    }
+    providers[0].kill9();
+    while let Some(chunk) = body.next().await {
+        received.extend_from_slice(&chunk.expect("the download carries on"));
+    }
+    assert_eq!(received.len(), SIZE);
+    assert!(received == contents, "the file came back different");
+    assert!(
+        owner.log().contains("replica failed; trying the next one"),
+        "the download never switched replicas, so this test proved nothing:\n{}",
+        owner.log()
+    );
+}
