@@ -42,6 +42,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// gRPC addresses of other nodes this node may store files on (until discovery exists).
     pub peers: Vec<String>,
+    /// Payments through the Sphere payment contract; off by default.
+    pub payments: crate::payments::PaymentsConfig,
 }
 
 /// The node-to-node gRPC server and the client this node uses to reach other nodes.
@@ -175,6 +177,7 @@ impl Default for Config {
             plugins: PluginsConfig::default(),
             storage: StorageConfig::default(),
             peers: Vec::new(),
+            payments: crate::payments::PaymentsConfig::default(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! | `POST /files/recover` | finds the node's files again on its peers after losing its database |
 //! | `GET /storage` | the space this node offers others, and each owner's use |
 //! | `GET /plugins` | the node's plugins: description, health, load, counters |
+//! | `GET /payments` | payment settings: chain, contract, prices |
 //! | `GET /health` | the node's identity and its plugins' health |
 //!
 //! Every failure answers `{"error": {"code": "...", "message": "..."}}` (see [`crate::error`]).
@@ -75,6 +76,7 @@ pub fn router(context: NodeContext) -> Router {
         .route("/storage", get(files::storage))
         .route("/health", get(health))
         .route("/plugins", get(plugins))
+        .route("/payments", get(payments))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(log_request))
@@ -105,6 +107,15 @@ async fn health(State(context): State<NodeContext>) -> Response {
         "plugins": plugins,
     }))
     .into_response()
+}
+
+/// The node's payment settings: chain, contract and prices; `{"enabled": false}` when off.
+async fn payments(State(context): State<NodeContext>) -> Response {
+    let summary = match &context.payments {
+        Some(payments) => payments.summary(),
+        None => serde_json::json!({ "enabled": false }),
+    };
+    axum::Json(summary).into_response()
 }
 
 /// Every plugin with its description, health, load and counters.

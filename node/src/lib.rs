@@ -17,6 +17,7 @@
 //!   repair, recovery.
 //! - [`client`]: the `sphere file` commands, a client of a node's REST API.
 //! - [`storage`]: LevelDB, chunk files and encryption; knows nothing of the network.
+//! - [`payments`]: the payment contract through alloy, with the node's key.
 
 pub mod auth;
 pub mod client;
@@ -27,6 +28,7 @@ pub mod grpc;
 pub mod http;
 pub mod identity;
 pub mod node;
+pub mod payments;
 pub mod peers;
 pub mod plugin;
 pub mod storage;

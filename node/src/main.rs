@@ -27,12 +27,31 @@ enum Command {
         #[arg(long, default_value = "sphere-data/node.key")]
         out: PathBuf,
     },
+    /// Sets up payments on a chain.
+    #[command(subcommand)]
+    Payments(PaymentsCommand),
     /// Stores, reads, lists and deletes files through a running node.
     #[command(subcommand)]
     File(FileCommand),
     /// Runs the built-in demo plugin ("hello" -> "world"); a node starts this itself.
     #[command(name = "demo-plugin", hide = true)]
     DemoPlugin,
+}
+
+#[derive(Debug, Subcommand)]
+enum PaymentsCommand {
+    /// Deploys the payment contract (for a development chain) and prints its address.
+    Deploy {
+        /// JSON-RPC endpoint of the chain.
+        #[arg(long)]
+        rpc_url: String,
+        /// Key that pays for the deployment (a node key file).
+        #[arg(long, default_value = "sphere-data/node.key")]
+        key_file: PathBuf,
+        /// Seconds a provider may still redeem after a requester asks to close a channel.
+        #[arg(long, default_value_t = 86_400)]
+        challenge_period_seconds: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +167,22 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::File(command) => runtime()?.block_on(run_file_command(command)),
+        Command::Payments(PaymentsCommand::Deploy {
+            rpc_url,
+            key_file,
+            challenge_period_seconds,
+        }) => {
+            let identity = NodeIdentity::load(&key_file)?;
+            let address = runtime()?
+                .block_on(sphere_node::payments::deploy(
+                    &rpc_url,
+                    &identity,
+                    challenge_period_seconds,
+                ))
+                .map_err(|error| anyhow::anyhow!(error))?;
+            println!("{}", address.to_checksum(None));
+            Ok(())
+        }
         Command::DemoPlugin => runtime()?
             .block_on(sphere_plugin_hello::run())
             .map_err(|error| anyhow::anyhow!("demo plugin failed: {error}")),

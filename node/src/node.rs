@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::files::{FileOptions, Files};
 use crate::grpc::ProviderStorage;
 use crate::identity::{IdentityError, NodeIdentity};
+use crate::payments::{Payments, PaymentsError};
 use crate::peers::Peers;
 use crate::plugin::Plugins;
 use crate::plugin::supervisor::{self, SupervisorOptions};
@@ -47,6 +48,8 @@ pub struct NodeContext {
     pub files: Files,
     /// The objects this node stores for others.
     pub objects: ObjectStore,
+    /// The payment contract, when payments are on.
+    pub payments: Option<Payments>,
     /// Longest deadline of a task sent to another node.
     pub task_timeout: Duration,
     /// Largest JSON request body.
@@ -67,6 +70,9 @@ pub enum StartError {
         /// Why.
         source: StorageError,
     },
+    /// Payments are on but the chain or the contract is not usable.
+    #[error(transparent)]
+    Payments(#[from] PaymentsError),
     /// The path of the running program is unknown, so the demo plugin cannot be started.
     #[error("could not find the sphere program to run the demo plugin: {0}")]
     DemoPlugin(std::io::Error),
@@ -109,6 +115,8 @@ impl Node {
         if key_created {
             tracing::info!(key_file = %key_file.display(), "created a new node key");
         }
+
+        let payments = Payments::start(&config.payments, &identity).await?;
 
         let storage_error = |source| StartError::Storage {
             path: config.data_dir.clone(),
@@ -171,6 +179,7 @@ impl Node {
             peers: peers.clone(),
             files: files.clone(),
             objects: objects.clone(),
+            payments,
             task_timeout: Duration::from_millis(config.grpc.task_timeout_ms),
             max_json_body_bytes: usize::try_from(config.http.max_json_body_bytes)
                 .unwrap_or(usize::MAX),

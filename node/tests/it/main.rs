@@ -6,6 +6,7 @@ mod errors;
 mod files;
 mod harness;
 mod lifecycle;
+mod payments;
 mod plugins;
 mod storage;
 mod tasks;
