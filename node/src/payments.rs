@@ -16,7 +16,7 @@ use sphere_contracts::SpherePayments;
 use crate::identity::NodeIdentity;
 
 /// The payments settings (`payments.*`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PaymentsConfig {
     /// Whether this node pays and gets paid. Off: no chain is needed.
@@ -43,18 +43,6 @@ pub struct Prices {
     pub storage_gib_day_wei: u64,
     /// Price of reading one GiB back.
     pub read_gib_wei: u64,
-}
-
-impl Default for PaymentsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            rpc_url: None,
-            chain_id: None,
-            contract: None,
-            prices: Prices::default(),
-        }
-    }
 }
 
 impl Default for Prices {
