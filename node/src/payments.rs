@@ -178,6 +178,23 @@ impl Payments {
         }))
     }
 
+    /// Returns the terms other nodes see in `NodeService.GetInfo`.
+    pub fn terms(&self) -> sphere_proto::v1::PaymentTerms {
+        sphere_proto::v1::PaymentTerms {
+            chain_id: self.chain_id,
+            contract: self.contract.address().to_checksum(None),
+            task_wei: self.prices.task_wei.to_string(),
+            task_wei_by_plugin: self
+                .prices
+                .task_wei_by_plugin
+                .iter()
+                .map(|(plugin, price)| (plugin.clone(), price.to_string()))
+                .collect(),
+            storage_gib_day_wei: self.prices.storage_gib_day_wei.to_string(),
+            read_gib_wei: self.prices.read_gib_wei.to_string(),
+        }
+    }
+
     /// Returns what `GET /payments` shows.
     pub fn summary(&self) -> serde_json::Value {
         serde_json::json!({

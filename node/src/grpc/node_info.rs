@@ -27,6 +27,11 @@ impl NodeService for NodeInfoGrpc {
             node_id: self.context.identity.node_id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             plugins: self.context.plugins.summaries(),
+            payment_terms: self
+                .context
+                .payments
+                .as_ref()
+                .map(|payments| payments.terms()),
         }))
     }
 }

@@ -85,6 +85,19 @@ async fn payments_are_off_by_default() {
     let (status, body) = node.call(reqwest::Method::GET, "/payments", "").await;
     assert_eq!(status, 200);
     assert_eq!(body, json!({"enabled": false}));
+    let mut info = sphere_proto::v1::node_service_client::NodeServiceClient::connect(format!(
+        "http://{}",
+        node.target()
+    ))
+    .await
+    .expect("connect");
+    let answer = info
+        .get_info(sphere_proto::v1::GetInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert!(answer.payment_terms.is_none());
+    assert_eq!(answer.node_id, node.node_id);
 }
 
 #[tokio::test]
@@ -116,6 +129,24 @@ async fn a_deployed_contract_is_used_and_a_wrong_chain_or_contract_is_refused_by
     assert_eq!(body["chain_id"], chain.chain_id());
     assert_eq!(body["challenge_period_seconds"], 600);
     assert_eq!(body["prices"]["task_wei"], 5000);
+
+    // Other nodes see the same terms through the node-to-node API.
+    let mut info = sphere_proto::v1::node_service_client::NodeServiceClient::connect(format!(
+        "http://{}",
+        node.target()
+    ))
+    .await
+    .expect("connect");
+    let terms = info
+        .get_info(sphere_proto::v1::GetInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner()
+        .payment_terms
+        .expect("payment terms");
+    assert_eq!(terms.contract, contract);
+    assert_eq!(terms.chain_id, chain.chain_id());
+    assert_eq!(terms.task_wei, "5000");
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let dead_url = format!("http://{}", closed.local_addr().expect("address"));
