@@ -259,13 +259,22 @@ impl Error {
             };
         }
         match status.code() {
-            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Self::new(
+            code if is_timeout(status) || code == tonic::Code::DeadlineExceeded => Self::new(
                 ErrorCode::TargetTimeout,
                 format!("target {target} did not answer in time"),
             ),
-            tonic::Code::Unavailable => Self::new(
+            // Refused or broken connections: tonic reports them as UNAVAILABLE, or as CANCELLED
+            // or UNKNOWN carrying the transport error that caused them.
+            tonic::Code::Unavailable | tonic::Code::Cancelled => Self::new(
                 ErrorCode::TargetUnreachable,
                 format!("target {target} is unreachable: {}", with_causes(status)),
+            ),
+            tonic::Code::Unknown if std::error::Error::source(status).is_some() => Self::new(
+                ErrorCode::TargetUnreachable,
+                format!(
+                    "the connection to target {target} broke: {}",
+                    with_causes(status)
+                ),
             ),
             other => Self::new(
                 ErrorCode::TargetError,
@@ -273,6 +282,13 @@ impl Error {
             ),
         }
     }
+}
+
+/// Returns whether tonic gave up on a call because its deadline passed (it reports that as
+/// CANCELLED with the message of [`tonic::TimeoutExpired`]).
+pub fn is_timeout(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Cancelled
+        && status.message() == tonic::TimeoutExpired(()).to_string()
 }
 
 /// Returns a status's message followed by the chain of errors that caused it.
@@ -388,6 +404,16 @@ mod tests {
         assert_eq!(
             Error::from_remote_status(&late, "t").code,
             ErrorCode::TargetTimeout
+        );
+        let expired = tonic::Status::cancelled(tonic::TimeoutExpired(()).to_string());
+        assert_eq!(
+            Error::from_remote_status(&expired, "t").code,
+            ErrorCode::TargetTimeout
+        );
+        let broken = tonic::Status::cancelled("connection closed");
+        assert_eq!(
+            Error::from_remote_status(&broken, "t").code,
+            ErrorCode::TargetUnreachable
         );
     }
 }

@@ -134,8 +134,10 @@ impl PluginClient {
 fn classify(status: &tonic::Status) -> CallError {
     let message = status.message().to_owned();
     match status.code() {
-        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => CallError::Timeout,
-        tonic::Code::Unavailable => CallError::Unavailable(message),
+        code if crate::error::is_timeout(status) || code == tonic::Code::DeadlineExceeded => {
+            CallError::Timeout
+        }
+        tonic::Code::Unavailable | tonic::Code::Cancelled => CallError::Unavailable(message),
         // A status made here from a broken connection carries its cause; one the plugin sent
         // does not.
         tonic::Code::Unknown if std::error::Error::source(status).is_some() => {
