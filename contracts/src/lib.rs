@@ -4,7 +4,9 @@
 //! The artifacts are compiled by `build.js` with the pinned solc; `node build.js --check` (run by
 //! the tests) fails when they no longer match the source.
 
-use alloy::primitives::{Address, B256};
+use alloy::primitives::{Address, B256, Signature};
+use alloy::signers::SignerSync;
+use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{Eip712Domain, eip712_domain};
 
 alloy::sol!(
@@ -37,4 +39,65 @@ pub fn voucher_domain(chain_id: u64, contract: Address) -> Eip712Domain {
 pub fn voucher_digest(voucher: &Voucher, domain: &Eip712Domain) -> B256 {
     use alloy::sol_types::SolStruct;
     voucher.eip712_signing_hash(domain)
+}
+
+/// Signs `voucher` as `requester`; returns the 65-byte signature the contract's `redeem` takes.
+pub fn sign_voucher(
+    requester: &PrivateKeySigner,
+    voucher: &Voucher,
+    domain: &Eip712Domain,
+) -> [u8; 65] {
+    requester
+        .sign_hash_sync(&voucher_digest(voucher, domain))
+        .expect("signing with a local key cannot fail")
+        .as_bytes()
+}
+
+/// Returns who signed `voucher`, or `None` for a malformed signature: what a provider checks
+/// before doing paid work, exactly as the contract will check it on redemption.
+pub fn voucher_signer(
+    voucher: &Voucher,
+    domain: &Eip712Domain,
+    signature: &[u8],
+) -> Option<Address> {
+    let signature = Signature::try_from(signature).ok()?;
+    signature
+        .recover_address_from_prehash(&voucher_digest(voucher, domain))
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy::primitives::U256;
+
+    use super::*;
+
+    #[test]
+    fn a_voucher_names_its_signer_and_nothing_else() {
+        let requester = PrivateKeySigner::random();
+        let domain = voucher_domain(31337, Address::repeat_byte(1));
+        let voucher = Voucher {
+            channelId: B256::repeat_byte(2),
+            cumulativeAmount: U256::from(1000),
+        };
+        let signature = sign_voucher(&requester, &voucher, &domain);
+        assert_eq!(
+            voucher_signer(&voucher, &domain, &signature),
+            Some(requester.address())
+        );
+        let more = Voucher {
+            cumulativeAmount: U256::from(1001),
+            ..voucher.clone()
+        };
+        assert_ne!(
+            voucher_signer(&more, &domain, &signature),
+            Some(requester.address())
+        );
+        let other_chain = voucher_domain(1, Address::repeat_byte(1));
+        assert_ne!(
+            voucher_signer(&voucher, &other_chain, &signature),
+            Some(requester.address())
+        );
+        assert_eq!(voucher_signer(&voucher, &domain, &[0u8; 3]), None);
+    }
 }

@@ -9,10 +9,9 @@ use alloy::node_bindings::{Anvil, AnvilInstance};
 use alloy::primitives::{Address, B256, Bytes, U256};
 use alloy::providers::ext::AnvilApi;
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
-use alloy::signers::SignerSync;
 use alloy::signers::local::PrivateKeySigner;
 use sphere_contracts::SpherePayments::{self, SpherePaymentsErrors, SpherePaymentsInstance};
-use sphere_contracts::{Voucher, voucher_digest, voucher_domain};
+use sphere_contracts::{Voucher, sign_voucher, voucher_domain, voucher_signer};
 
 alloy::sol!(
     #[allow(missing_docs)]
@@ -112,9 +111,7 @@ impl Chain {
             channelId: channel,
             cumulativeAmount: U256::from(amount),
         };
-        let digest = voucher_digest(&voucher, &voucher_domain(chain, contract));
-        let signature = signer.sign_hash_sync(&digest).expect("signs");
-        Bytes::from(signature.as_bytes().to_vec())
+        Bytes::from(sign_voucher(signer, &voucher, &voucher_domain(chain, contract)).to_vec())
     }
 
     fn voucher(&self, channel: B256, amount: u64) -> Bytes {
@@ -225,6 +222,36 @@ async fn a_voucher_pays_the_provider_exactly_once_and_the_channel_stays_open() {
     assert_eq!(state.redeemed, U256::from(600_000));
     assert!(!state.closed);
     assert_eq!(chain.balance(chain.contract).await, U256::from(400_000));
+}
+
+#[tokio::test]
+async fn rust_and_the_contract_agree_on_who_signed_a_voucher() {
+    let chain = Chain::start().await;
+    let channel = chain.open(chain.provider.address(), 1_000).await;
+    let voucher = Voucher {
+        channelId: channel,
+        cumulativeAmount: U256::from(700),
+    };
+    let domain = voucher_domain(chain.anvil.chain_id(), chain.contract);
+    let signature = sign_voucher(&chain.requester, &voucher, &domain);
+    let on_chain = chain
+        .provider_side()
+        .voucherSigner(channel, U256::from(700), Bytes::from(signature.to_vec()))
+        .call()
+        .await
+        .expect("view call");
+    assert_eq!(on_chain, chain.requester.address());
+    assert_eq!(
+        voucher_signer(&voucher, &domain, &signature),
+        Some(on_chain)
+    );
+    let on_chain_domain = chain
+        .provider_side()
+        .domainSeparator()
+        .call()
+        .await
+        .expect("view call");
+    assert_eq!(on_chain_domain, domain.separator());
 }
 
 #[tokio::test]
