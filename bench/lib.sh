@@ -1,5 +1,9 @@
-# Helpers shared by the benchmark scripts; source it from the repository root.
-# Expects: $sphere (the binary) and $work (a scratch directory).
+# Helpers shared by the benchmark scripts; source it from the repository root after building.
+# Sets $sphere (the release binary) and $work (a scratch directory under target/, or $BENCH_DIR),
+# and stops every node and removes $work when the script exits.
+
+sphere=target/release/sphere
+work=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}" sphere-bench.XXXXXX)
 
 # start_node NAME [extra sphere node args...] -> prints "pid http grpc" once the node is ready.
 start_node() {
@@ -26,3 +30,5 @@ stop_nodes() {
   pkill -TERM -f -- "--data-dir $work/" 2>/dev/null || true
   wait 2>/dev/null || true
 }
+
+trap 'stop_nodes; rm -rf "$work"' EXIT

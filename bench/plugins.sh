@@ -11,11 +11,7 @@ command -v wrk >/dev/null || { echo "wrk is required: apt-get install -y wrk" >&
 cargo build --release --quiet --workspace
 plugins/python-csv-stats/generate.sh
 (cd plugins/node-word-count && npm ci --no-audit --no-fund --loglevel=error)
-sphere=target/release/sphere
-work=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}" sphere-bench.XXXXXX)
 source bench/lib.sh
-cleanup() { stop_nodes; rm -rf "$work"; }
-trap cleanup EXIT
 
 read -r node_pid node_http _ < <(start_node plugins --config demo/config-plugins.json)
 ticks_per_second=$(getconf CLK_TCK)

@@ -7,11 +7,7 @@ cd "$(dirname "$0")/.."
 size_mib=${1:-1024}
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install -y wrk" >&2; exit 1; }
 cargo build --release --quiet -p sphere-node
-sphere=target/release/sphere
-work=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}" sphere-bench.XXXXXX)
 source bench/lib.sh
-cleanup() { stop_nodes; rm -rf "$work"; }
-trap cleanup EXIT
 
 
 read -r owner_pid owner_http owner_grpc < <(start_node owner)

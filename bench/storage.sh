@@ -7,11 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib=${1:-1024}
 cargo build --release --quiet -p sphere-node
-sphere=target/release/sphere
-work=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}" sphere-bench.XXXXXX)
 source bench/lib.sh
-cleanup() { stop_nodes; rm -rf "$work"; }
-trap cleanup EXIT
 
 head -c "$((size_mib * 1024 * 1024))" /dev/urandom >"$work/input"
 expected=$(sha256sum "$work/input" | cut -d' ' -f1)

@@ -259,103 +259,87 @@ async fn forged_foreign_and_excessive_vouchers_are_refused() {
     let chain = Chain::start().await;
     let channel = chain.open(chain.provider.address(), 1_000).await;
     let other_channel = chain.open(chain.provider.address(), 1_000).await;
+    let chain_id = chain.anvil.chain_id();
+    let requester = &chain.requester;
+    let bad_signature: fn(&SpherePaymentsErrors) -> bool =
+        |e| matches!(e, SpherePaymentsErrors::BadSignature(_));
+    let above_deposit: fn(&SpherePaymentsErrors) -> bool =
+        |e| matches!(e, SpherePaymentsErrors::AmountAboveDeposit(_));
+    // (what, channel redeemed on, amount claimed, signature, expected refusal)
+    let cases = [
+        (
+            "a voucher signed by someone else",
+            channel,
+            500,
+            chain.voucher_by(
+                &PrivateKeySigner::random(),
+                channel,
+                500,
+                chain_id,
+                chain.contract,
+            ),
+            bad_signature,
+        ),
+        (
+            "a voucher for another channel",
+            other_channel,
+            500,
+            chain.voucher(channel, 500),
+            bad_signature,
+        ),
+        (
+            "a voucher for another chain",
+            channel,
+            500,
+            chain.voucher_by(requester, channel, 500, chain_id + 1, chain.contract),
+            bad_signature,
+        ),
+        (
+            "a voucher for another contract",
+            channel,
+            500,
+            chain.voucher_by(requester, channel, 500, chain_id, Address::repeat_byte(7)),
+            bad_signature,
+        ),
+        (
+            "a voucher for a different amount",
+            channel,
+            600,
+            chain.voucher(channel, 500),
+            bad_signature,
+        ),
+        (
+            "more than the deposit",
+            channel,
+            1_001,
+            chain.voucher(channel, 1_001),
+            above_deposit,
+        ),
+        (
+            "a malformed signature",
+            channel,
+            500,
+            Bytes::from(vec![1u8; 65]),
+            bad_signature,
+        ),
+    ];
     let provider_side = chain.provider_side();
-    let bad_signature =
-        |e: &SpherePaymentsErrors| matches!(e, SpherePaymentsErrors::BadSignature(_));
-
-    let stranger = PrivateKeySigner::random();
-    let by_stranger = chain.voucher_by(
-        &stranger,
-        channel,
-        500,
-        chain.anvil.chain_id(),
-        chain.contract,
-    );
-    assert_reverts(
-        provider_side
-            .redeem(channel, U256::from(500), by_stranger)
+    for (what, on_channel, amount, signature, expected) in cases {
+        let attempt = provider_side
+            .redeem(on_channel, U256::from(amount), signature)
             .call()
-            .await,
-        bad_signature,
-        "a voucher signed by someone else",
-    )
-    .await;
+            .await;
+        assert_reverts(attempt, expected, what).await;
+    }
+    let by_requester = chain
+        .requester_side()
+        .redeem(channel, U256::from(500), chain.voucher(channel, 500))
+        .call()
+        .await;
     assert_reverts(
-        provider_side
-            .redeem(other_channel, U256::from(500), chain.voucher(channel, 500))
-            .call()
-            .await,
-        bad_signature,
-        "a voucher for another channel",
-    )
-    .await;
-    let other_chain = chain.voucher_by(
-        &chain.requester,
-        channel,
-        500,
-        chain.anvil.chain_id() + 1,
-        chain.contract,
-    );
-    assert_reverts(
-        provider_side
-            .redeem(channel, U256::from(500), other_chain)
-            .call()
-            .await,
-        bad_signature,
-        "a voucher for another chain",
-    )
-    .await;
-    let other_contract = chain.voucher_by(
-        &chain.requester,
-        channel,
-        500,
-        chain.anvil.chain_id(),
-        Address::repeat_byte(7),
-    );
-    assert_reverts(
-        provider_side
-            .redeem(channel, U256::from(500), other_contract)
-            .call()
-            .await,
-        bad_signature,
-        "a voucher for another contract",
-    )
-    .await;
-    assert_reverts(
-        provider_side
-            .redeem(channel, U256::from(600), chain.voucher(channel, 500))
-            .call()
-            .await,
-        bad_signature,
-        "a voucher for a different amount",
-    )
-    .await;
-    assert_reverts(
-        provider_side
-            .redeem(channel, U256::from(1_001), chain.voucher(channel, 1_001))
-            .call()
-            .await,
-        |e| matches!(e, SpherePaymentsErrors::AmountAboveDeposit(_)),
-        "more than the deposit",
-    )
-    .await;
-    assert_reverts(
-        chain
-            .requester_side()
-            .redeem(channel, U256::from(500), chain.voucher(channel, 500))
-            .call()
-            .await,
+        by_requester,
         |e| matches!(e, SpherePaymentsErrors::NotProvider(_)),
         "a redemption by someone but the provider",
-    )
-    .await;
-    assert_reverts(
-        provider_side
-            .redeem(channel, U256::from(500), Bytes::from(vec![1u8; 65]))
-            .call()
-            .await,
-        bad_signature,
-        "a malformed signature",
     )
     .await;
 }

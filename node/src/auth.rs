@@ -56,7 +56,7 @@ fn signed_text(operation: Operation, object_id: &str, timestamp_ms: u64, nonce: 
 
 /// Signs `operation` on `object_id` as `identity`, now.
 pub fn sign(identity: &NodeIdentity, operation: Operation, object_id: &str) -> OwnerSignature {
-    let timestamp_ms = crate::files::now_ms();
+    let timestamp_ms = crate::clock::now_ms();
     let nonce: [u8; 16] = rand::random();
     let text = signed_text(operation, object_id, timestamp_ms, &nonce);
     let signature = identity
@@ -94,7 +94,7 @@ impl RequestVerifier {
             )
         };
         let auth = auth.ok_or_else(|| denied("it is not signed by the object's owner"))?;
-        let now_ms = crate::files::now_ms();
+        let now_ms = crate::clock::now_ms();
         let skew_ms = MAX_CLOCK_SKEW.as_millis() as u64;
         if auth.timestamp_ms.abs_diff(now_ms) > skew_ms {
             return Err(denied(

@@ -23,7 +23,7 @@ pub mod maintenance;
 pub mod recovery;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -191,7 +191,7 @@ impl Files {
                     name,
                     size: sealed.plaintext_size,
                     chunk_size: self.options.chunk_size as u64,
-                    created_at_ms: now_ms(),
+                    created_at_ms: crate::clock::now_ms(),
                     chunks: sealed.chunks.iter().map(|hash| hash.to_hex()).collect(),
                 };
                 match self.put_manifest(&manifest, &targets).await {
@@ -210,7 +210,7 @@ impl Files {
         };
         // Leave nothing that looks stored: remove what the successful providers kept.
         for replica in &replicas {
-            self.delete_objects(&replica.address, &id).await.ok();
+            self.discard_copy(&replica.address, &id).await;
         }
         Err(failure.expect("every other branch returned"))
     }
@@ -493,6 +493,14 @@ impl Files {
         Ok(())
     }
 
+    /// Deletes what `target` holds of file `id` when that copy must not be kept (a failed upload
+    /// or repair, a lost replica); a provider that cannot be reached is logged and left alone.
+    async fn discard_copy(&self, target: &str, id: &str) {
+        if let Err(error) = self.delete_objects(target, id).await {
+            tracing::warn!(file_id = id, target, %error, "could not delete a copy that must not be kept");
+        }
+    }
+
     /// Returns the key of the data of file `id`.
     fn data_key(&self, id: &str) -> FileKey {
         FileKey::from_secret(self.identity.derive_secret(format!("file:{id}").as_bytes()))
@@ -647,12 +655,4 @@ async fn seal_into(
         plaintext_size,
         chunks,
     })
-}
-
-/// Returns the current time in milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64
 }

@@ -9,6 +9,7 @@
 //! - [`identity`]: the node's secp256k1 key; its Ethereum address is the node ID.
 //! - [`auth`]: owner signatures on storage requests, and their verification.
 //! - [`error`]: the node's error codes and their one mapping to HTTP and gRPC.
+//! - [`clock`]: the wall-clock timestamps records carry.
 //! - [`http`]: the REST API (axum).
 //! - [`grpc`]: the node-to-node gRPC services (tonic).
 //! - [`peers`]: gRPC connections to other nodes.
@@ -21,6 +22,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod files;

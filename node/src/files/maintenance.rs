@@ -18,8 +18,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{CHUNKS_IN_FLIGHT, Files, KIND_DATA, now_ms};
+use super::{CHUNKS_IN_FLIGHT, Files, KIND_DATA};
 use crate::auth::{self, Operation};
+use crate::clock::now_ms;
 use crate::error::{Error, ErrorCode};
 use crate::storage::chunks::ChunkHash;
 use crate::storage::files::{FileRecord, Manifest, Replica};
@@ -209,9 +210,7 @@ impl Files {
         }
         for address in &dropped {
             // The lost provider may be gone or damaged; removing its copy is a courtesy.
-            if let Err(error) = self.delete_objects(address, file_id).await {
-                tracing::debug!(file_id, address, %error, "could not delete a lost replica");
-            }
+            self.discard_copy(address, file_id).await;
         }
     }
 
@@ -288,12 +287,12 @@ impl Files {
         let provider_id = match (forwarded, uploaded) {
             (Ok(()), Ok(provider_id)) => provider_id,
             (Err(error), _) | (Ok(()), Err(error)) => {
-                self.delete_objects(target, &manifest.id).await.ok();
+                self.discard_copy(target, &manifest.id).await;
                 return Err(error);
             }
         };
         if let Err(error) = self.put_manifest(manifest, &[target.to_owned()]).await {
-            self.delete_objects(target, &manifest.id).await.ok();
+            self.discard_copy(target, &manifest.id).await;
             return Err(error);
         }
         Ok(provider_id)

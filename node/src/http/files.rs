@@ -102,7 +102,7 @@ fn rfc3339(milliseconds: u64) -> String {
 impl FileInfo {
     fn of(context: &NodeContext, record: &FileRecord, data: Option<String>) -> Self {
         let grace_ms = context.files.options().lost_after.as_millis() as u64;
-        let now = crate::files::now_ms();
+        let now = crate::clock::now_ms();
         let first_replica = record.replicas.first();
         Self {
             id: record.manifest.id.clone(),

@@ -238,7 +238,7 @@ impl Upload {
             kind: self.kind.clone(),
             chunks: self.written.iter().map(|hash| hash.to_hex()).collect(),
             size,
-            stored_at_ms: crate::files::now_ms(),
+            stored_at_ms: crate::clock::now_ms(),
         };
         let (mut changes, _) = self.store.change_refs(&self.written, 1).await?;
         changes.push((
