@@ -32,6 +32,8 @@ pub enum Operation {
     Audit,
     /// List the owner's objects.
     List,
+    /// Pay for one more storage period.
+    Renew,
 }
 
 impl Operation {
@@ -42,6 +44,7 @@ impl Operation {
             Self::Delete => "delete",
             Self::Audit => "audit",
             Self::List => "list",
+            Self::Renew => "renew",
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The `sphere file` commands: a client of a node's REST API, with progress bars on transfers.
+//! The `sphere file` and `sphere channel` commands: a client of a node's REST API, with progress
+//! bars on transfers.
 //!
 //! Progress goes to stderr and results to stdout, so `id=$(sphere file put photo.jpg)` works.
 
@@ -24,12 +25,12 @@ pub struct PutOptions {
 
 /// A client of one node's REST API.
 #[derive(Debug, Clone)]
-pub struct FileClient {
+pub struct NodeClient {
     base: String,
     http: reqwest::Client,
 }
 
-impl FileClient {
+impl NodeClient {
     /// Returns a client of the node at `base` (for example `http://127.0.0.1:3000`).
     pub fn new(base: &str) -> Self {
         let base = if base.contains("://") {
@@ -148,9 +149,21 @@ impl FileClient {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .request(method, format!("{}{path}", self.base))
+        self.call_with(method, path, None).await
+    }
+
+    /// Sends `body` (if any) as JSON to `path`; returns the answer's JSON, or the node's error.
+    pub async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
             .send()
             .await
             .with_context(|| format!("cannot reach the node at {}", self.base))?;

@@ -44,6 +44,14 @@ pub enum ErrorCode {
     PermissionDenied,
     /// The provider has no space left for the object.
     ProviderFull,
+    /// The work is not paid for: no voucher, too small a voucher, or no usable payment channel.
+    PaymentRequired,
+    /// Payments are off on this node (or on the target) and the request needs them.
+    PaymentsOff,
+    /// The payment contract has no channel with that ID.
+    ChannelNotFound,
+    /// The channel's state does not allow that now (closed, closing, challenge period running).
+    ChannelStateConflict,
     /// Fewer providers are available than the file needs.
     NotEnoughProviders,
     /// The target node could not be reached.
@@ -69,9 +77,13 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 24] = [
+    const ALL: [ErrorCode; 28] = [
+        Self::PaymentsOff,
+        Self::ChannelNotFound,
+        Self::ChannelStateConflict,
         Self::PermissionDenied,
         Self::ProviderFull,
+        Self::PaymentRequired,
         Self::NotEnoughProviders,
         Self::InvalidJson,
         Self::MissingField,
@@ -112,6 +124,10 @@ impl ErrorCode {
             Self::AlreadyExists => "already_exists",
             Self::PermissionDenied => "permission_denied",
             Self::ProviderFull => "provider_full",
+            Self::PaymentRequired => "payment_required",
+            Self::ChannelNotFound => "channel_not_found",
+            Self::PaymentsOff => "payments_off",
+            Self::ChannelStateConflict => "channel_state_conflict",
             Self::NotEnoughProviders => "not_enough_providers",
             Self::TargetUnreachable => "target_unreachable",
             Self::TargetTimeout => "target_timeout",
@@ -145,6 +161,10 @@ impl ErrorCode {
             Self::AlreadyExists => StatusCode::CONFLICT,
             Self::PermissionDenied => StatusCode::FORBIDDEN,
             Self::ProviderFull => StatusCode::INSUFFICIENT_STORAGE,
+            Self::PaymentRequired => StatusCode::PAYMENT_REQUIRED,
+            Self::ChannelNotFound => StatusCode::NOT_FOUND,
+            Self::PaymentsOff => StatusCode::CONFLICT,
+            Self::ChannelStateConflict => StatusCode::CONFLICT,
             Self::NotEnoughProviders => StatusCode::SERVICE_UNAVAILABLE,
             Self::TargetUnreachable
             | Self::TargetError
@@ -173,6 +193,10 @@ impl ErrorCode {
             Self::AlreadyExists => tonic::Code::AlreadyExists,
             Self::PermissionDenied => tonic::Code::PermissionDenied,
             Self::ProviderFull => tonic::Code::ResourceExhausted,
+            Self::PaymentRequired => tonic::Code::FailedPrecondition,
+            Self::ChannelNotFound => tonic::Code::NotFound,
+            Self::PaymentsOff => tonic::Code::FailedPrecondition,
+            Self::ChannelStateConflict => tonic::Code::FailedPrecondition,
             Self::NotEnoughProviders => tonic::Code::Unavailable,
             Self::TargetUnreachable | Self::PluginUnavailable | Self::ShuttingDown => {
                 tonic::Code::Unavailable

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use sphere_proto::v1::put_object_request::Part;
 use sphere_proto::v1::{
     DeleteObjectRequest, GetCapacityRequest, GetObjectRequest, GetObjectResponse, ObjectHeader,
-    ObjectTrailer, PutObjectRequest,
+    ObjectTrailer, PutObjectRequest, RenewObjectRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -39,6 +39,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::auth::{self, Operation};
 use crate::error::{Error, ErrorCode};
 use crate::identity::NodeIdentity;
+use crate::payments::payer::{Payer, Payment, Work};
 use crate::peers::Peers;
 use crate::storage::StorageError;
 use crate::storage::chunks::ChunkHash;
@@ -86,6 +87,8 @@ pub struct Files {
     index: FileIndex,
     peers: Peers,
     identity: NodeIdentity,
+    /// Pays providers that charge for storage and reads, when payments are on.
+    payer: Option<Payer>,
     options: Arc<FileOptions>,
     /// Serialises read-modify-write of records (audits, repair, delete), so that none undoes
     /// another's change.
@@ -99,12 +102,14 @@ impl Files {
         index: FileIndex,
         peers: Peers,
         identity: NodeIdentity,
+        payer: Option<Payer>,
         options: FileOptions,
     ) -> Self {
         Self {
             index,
             peers,
             identity,
+            payer,
             options: Arc::new(options),
             record_lock: Arc::default(),
         }
@@ -158,7 +163,7 @@ impl Files {
         let mut failures = Vec::new();
         for (target, result) in targets.iter().zip(uploaded) {
             match result {
-                Ok(provider_id) => replicas.push(Replica::new(target.clone(), provider_id)),
+                Ok(replica) => replicas.push(replica),
                 Err(error) => failures.push((target.clone(), error)),
             }
         }
@@ -267,20 +272,20 @@ impl Files {
                 .cipher(&record.manifest.id),
         );
         let files = self.clone();
-        let file_id = record.manifest.id.clone();
+        let manifest = record.manifest.clone();
         let (sender, receiver) = mpsc::channel::<Result<Bytes, Error>>(CHUNKS_IN_FLIGHT);
         tokio::spawn(async move {
             let mut next = 0usize;
             let mut last_error = None;
             for source in sources {
                 match files
-                    .read_from(&source, &file_id, &expected, &cipher, &mut next, &sender)
+                    .read_from(&source, &manifest, &expected, &cipher, &mut next, &sender)
                     .await
                 {
                     Ok(()) => return,
                     Err(ReadStop::ClientGone) => return,
                     Err(ReadStop::Failed(error)) => {
-                        tracing::warn!(file_id, source, chunk = next, %error, "replica failed; trying the next one");
+                        tracing::warn!(file_id = manifest.id, source, chunk = next, %error, "replica failed; trying the next one");
                         last_error = Some(error);
                     }
                 }
@@ -296,13 +301,16 @@ impl Files {
     async fn read_from(
         &self,
         source: &str,
-        file_id: &str,
+        manifest: &Manifest,
         expected: &[ChunkHash],
         cipher: &Arc<ChunkCipher>,
         next: &mut usize,
         sender: &mpsc::Sender<Result<Bytes, Error>>,
     ) -> Result<(), ReadStop> {
-        let mut chunks = self.get_object(source, file_id, *next as u64).await?;
+        let object = (manifest.sealed_size(), expected.len() as u64);
+        let (mut chunks, payment) = self
+            .get_object(source, &manifest.id, *next as u64, object)
+            .await?;
         while *next < expected.len() {
             let chunk = match chunks.message().await {
                 Ok(Some(message)) => message.chunk,
@@ -332,6 +340,7 @@ impl Files {
             }
             *next += 1;
         }
+        settle(payment, true).await;
         Ok(())
     }
 
@@ -393,15 +402,16 @@ impl Files {
     }
 
     /// Streams the sealed chunks and trailer coming from `parts` to `target` as object
-    /// `object_id`, preceded by a signed header; returns the provider's node ID once it has the
-    /// object durably.
+    /// `object_id`, preceded by a signed header, paying for the first storage period in the
+    /// trailer when the target charges; returns the replica once the target has the object
+    /// durably.
     async fn put_object(
         &self,
         target: &str,
         object_id: &str,
         kind: &str,
         parts: impl Stream<Item = PutObjectRequest> + Send + 'static,
-    ) -> Result<String, Error> {
+    ) -> Result<Replica, Error> {
         let mut client = self.peers.storage(target)?;
         let header = PutObjectRequest {
             part: Some(Part::Header(ObjectHeader {
@@ -410,39 +420,118 @@ impl Files {
                 kind: kind.to_owned(),
             })),
         };
+        // The price depends on the size, known at the trailer: pay there. If paying fails, the
+        // trailer is held back, so the provider stores nothing, and the payment's error is
+        // reported.
+        let payment: Arc<std::sync::Mutex<Option<Result<Payment, Error>>>> = Arc::default();
+        let paying = Arc::clone(&payment);
+        let payer = self.payer.clone();
+        let target_name = target.to_owned();
+        let parts = parts.filter_map(move |mut message| {
+            let payer = payer.clone();
+            let paying = Arc::clone(&paying);
+            let target = target_name.clone();
+            async move {
+                let (Some(payer), Some(Part::Trailer(trailer))) = (payer, &mut message.part) else {
+                    return Some(message);
+                };
+                match payer.pay(&target, Work::Store(trailer.size)).await {
+                    Ok(None) => Some(message),
+                    Ok(Some(paid)) => {
+                        trailer.voucher = Some(paid.voucher());
+                        *paying.lock().expect("payment lock is never poisoned") = Some(Ok(paid));
+                        Some(message)
+                    }
+                    Err(error) => {
+                        *paying.lock().expect("payment lock is never poisoned") = Some(Err(error));
+                        None
+                    }
+                }
+            }
+        });
         let stream = futures_util::stream::once(async move { header }).chain(parts);
-        let response = client
-            .put_object(stream)
-            .await
-            .map_err(|status| Error::from_remote_status(&status, target))?;
-        Ok(response.into_inner().provider_id)
+        let response = client.put_object(stream).await;
+        let payment = payment
+            .lock()
+            .expect("payment lock is never poisoned")
+            .take();
+        let payment = match payment {
+            Some(Err(error)) => return Err(error),
+            Some(Ok(payment)) => Some(payment),
+            None => None,
+        };
+        settle(payment, response.is_ok()).await;
+        let response = response
+            .map_err(|status| Error::from_remote_status(&status, target))?
+            .into_inner();
+        let mut replica = Replica::new(target.to_owned(), response.provider_id);
+        replica.paid_until_ms = Some(response.paid_until_ms).filter(|until| *until != 0);
+        Ok(replica)
     }
 
-    /// Opens a signed `GetObject` stream of `object_id` on `source` from chunk `start`.
+    /// Opens a signed `GetObject` stream of `object_id` on `source` from chunk `start`, paying
+    /// for the read when the source charges; `object` is the object's size and chunk count.
+    /// The caller settles the payment when the stream has ended.
     async fn get_object(
         &self,
         source: &str,
         object_id: &str,
         start: u64,
-    ) -> Result<tonic::Streaming<GetObjectResponse>, Error> {
+        (size, chunk_count): (u64, u64),
+    ) -> Result<(tonic::Streaming<GetObjectResponse>, Option<Payment>), Error> {
+        let payment = match &self.payer {
+            Some(payer) => {
+                let bytes = crate::payments::amount::read_bytes(size, chunk_count, start);
+                payer.pay(source, Work::Read(bytes)).await?
+            }
+            None => None,
+        };
         let request = GetObjectRequest {
             object_id: object_id.to_owned(),
             auth: Some(auth::sign(&self.identity, Operation::Get, object_id)),
             start_chunk: start,
+            voucher: payment.as_ref().map(Payment::voucher),
         };
-        Ok(self
+        let stream = self
             .peers
             .storage(source)?
             .get_object(request)
             .await
             .map_err(|status| Error::from_remote_status(&status, source))?
-            .into_inner())
+            .into_inner();
+        Ok((stream, payment))
+    }
+
+    /// Pays for one more storage period of `object_id` of `size` bytes on `target`; returns
+    /// until when it is paid.
+    pub(crate) async fn renew_object(
+        &self,
+        target: &str,
+        object_id: &str,
+        size: u64,
+    ) -> Result<u64, Error> {
+        let payer = self
+            .payer
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorCode::PaymentsOff, "payments are off on this node"))?;
+        let payment = payer.pay(target, Work::Store(size)).await?;
+        let request = RenewObjectRequest {
+            object_id: object_id.to_owned(),
+            auth: Some(auth::sign(&self.identity, Operation::Renew, object_id)),
+            voucher: payment.as_ref().map(Payment::voucher),
+        };
+        let response = self.peers.storage(target)?.renew_object(request).await;
+        settle(payment, response.is_ok()).await;
+        Ok(response
+            .map_err(|status| Error::from_remote_status(&status, target))?
+            .into_inner()
+            .paid_until_ms)
     }
 
     /// Stores the encrypted manifest of a file on each of `targets`.
     async fn put_manifest(&self, manifest: &Manifest, targets: &[String]) -> Result<(), Error> {
         let object_id = manifest_object_id(&manifest.id);
-        let mut sealed = serde_json::to_vec(manifest).expect("manifests serialise");
+        let mut sealed = manifest_json(manifest);
         self.manifest_key(&manifest.id)
             .cipher(&object_id)
             .seal(0, true, &mut sealed)?;
@@ -458,6 +547,7 @@ impl Files {
                         chunk_count: 1,
                         size: sealed.len() as u64,
                         chunk_list_digest: Bytes::copy_from_slice(&ChunkHash::list_digest([&hash])),
+                        voucher: None,
                     })),
                 },
             ];
@@ -532,6 +622,23 @@ enum ReadStop {
 impl From<Error> for ReadStop {
     fn from(error: Error) -> Self {
         Self::Failed(error)
+    }
+}
+
+/// Returns the JSON of `manifest` that is sealed into its manifest object.
+fn manifest_json(manifest: &Manifest) -> Vec<u8> {
+    serde_json::to_vec(manifest).expect("manifests serialise")
+}
+
+/// Returns the size of `manifest`'s sealed manifest object.
+fn sealed_manifest_len(manifest: &Manifest) -> u64 {
+    (manifest_json(manifest).len() + crate::storage::crypto::TAG_LEN) as u64
+}
+
+/// Records the outcome of paid work, when it was paid.
+async fn settle(payment: Option<Payment>, succeeded: bool) {
+    if let Some(payment) = payment {
+        payment.settle(succeeded).await;
     }
 }
 
@@ -649,6 +756,7 @@ async fn seal_into(
         chunk_count: chunks.len() as u64,
         size: sealed_size,
         chunk_list_digest: Bytes::copy_from_slice(&ChunkHash::list_digest(&chunks)),
+        voucher: None,
     }))
     .await?;
     Ok(Sealed {

@@ -12,13 +12,19 @@
 //! | `POST /files/recover` | finds the node's files again on its peers after losing its database |
 //! | `GET /storage` | the space this node offers others, and each owner's use |
 //! | `GET /plugins` | the node's plugins: description, health, load, counters |
-//! | `GET /payments` | payment settings: chain, contract, prices |
+//! | `GET /payments` | payments: settings, balance, channels both ways, spent, earned, pending |
+//! | `POST /payments/redeem` | redeems every unredeemed voucher now |
+//! | `POST /channels` | opens a payment channel to a provider |
+//! | `GET /channels/{id}` | one channel this node pays through |
+//! | `POST /channels/{id}/topup` | adds to a channel's deposit |
+//! | `POST /channels/{id}/close` | asks to close a channel; after the challenge period, closes it |
 //! | `GET /health` | the node's identity and its plugins' health |
 //!
 //! Every failure answers `{"error": {"code": "...", "message": "..."}}` (see [`crate::error`]).
 
 mod extract;
 mod files;
+mod payments;
 mod tasks;
 
 use std::future::Future;
@@ -59,6 +65,8 @@ pub fn router(context: NodeContext) -> Router {
         .route("/task", post(tasks::run_task))
         .route("/file", post(files::store_json).get(files::read_json))
         .route("/file/{id}", get(files::read_json_by_path))
+        .route("/channels", post(payments::open))
+        .route("/channels/{id}/topup", post(payments::top_up))
         .layer(json_limit);
     let stream_routes = Router::new()
         .route(
@@ -76,7 +84,10 @@ pub fn router(context: NodeContext) -> Router {
         .route("/storage", get(files::storage))
         .route("/health", get(health))
         .route("/plugins", get(plugins))
-        .route("/payments", get(payments))
+        .route("/payments", get(payments::summary))
+        .route("/payments/redeem", post(payments::redeem))
+        .route("/channels/{id}", get(payments::show))
+        .route("/channels/{id}/close", post(payments::close))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(log_request))
@@ -107,15 +118,6 @@ async fn health(State(context): State<NodeContext>) -> Response {
         "plugins": plugins,
     }))
     .into_response()
-}
-
-/// The node's payment settings: chain, contract and prices; `{"enabled": false}` when off.
-async fn payments(State(context): State<NodeContext>) -> Response {
-    let summary = match &context.payments {
-        Some(payments) => payments.summary(),
-        None => serde_json::json!({ "enabled": false }),
-    };
-    axum::Json(summary).into_response()
 }
 
 /// Every plugin with its description, health, load and counters.

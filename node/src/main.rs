@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sphere_node::client::NodeClient;
 use sphere_node::config::Config;
 use sphere_node::identity::NodeIdentity;
 use sphere_node::node::Node;
@@ -30,6 +31,9 @@ enum Command {
     /// Sets up payments on a chain.
     #[command(subcommand)]
     Payments(PaymentsCommand),
+    /// Opens, tops up, closes and shows payment channels through a running node.
+    #[command(subcommand)]
+    Channel(ChannelCommand),
     /// Stores, reads, lists and deletes files through a running node.
     #[command(subcommand)]
     File(FileCommand),
@@ -51,6 +55,62 @@ enum PaymentsCommand {
         /// Seconds a provider may still redeem after a requester asks to close a channel.
         #[arg(long, default_value_t = 86_400)]
         challenge_period_seconds: u64,
+    },
+    /// Shows the node's payments: balance, channels both ways, spent, earned, pending.
+    Status {
+        #[command(flatten)]
+        node: NodeAddress,
+    },
+    /// Redeems every unredeemed voucher the node received, now.
+    Redeem {
+        #[command(flatten)]
+        node: NodeAddress,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ChannelCommand {
+    /// Opens a channel to a provider with a deposit; prints the channel's ID.
+    Open {
+        /// The provider's node, by gRPC address (its node ID is asked for).
+        #[arg(
+            long,
+            conflicts_with = "provider",
+            required_unless_present = "provider"
+        )]
+        target: Option<String>,
+        /// The provider's node ID (address).
+        #[arg(long)]
+        provider: Option<String>,
+        /// The deposit: wei, or with a unit ("0.01eth", "5gwei").
+        #[arg(long)]
+        deposit: String,
+        #[command(flatten)]
+        node: NodeAddress,
+    },
+    /// Adds to a channel's deposit.
+    Topup {
+        /// The channel's ID.
+        id: String,
+        /// The amount: wei, or with a unit ("0.01eth").
+        #[arg(long)]
+        amount: String,
+        #[command(flatten)]
+        node: NodeAddress,
+    },
+    /// Asks to close a channel; run it again after the challenge period to take back the rest.
+    Close {
+        /// The channel's ID.
+        id: String,
+        #[command(flatten)]
+        node: NodeAddress,
+    },
+    /// Shows one channel, or every channel of the node.
+    Status {
+        /// The channel's ID; every channel when absent.
+        id: Option<String>,
+        #[command(flatten)]
+        node: NodeAddress,
     },
 }
 
@@ -167,6 +227,21 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::File(command) => runtime()?.block_on(run_file_command(command)),
+        Command::Channel(command) => runtime()?.block_on(run_channel_command(command)),
+        Command::Payments(PaymentsCommand::Status { node }) => runtime()?.block_on(async {
+            let status = NodeClient::new(&node.url)
+                .call_with(reqwest::Method::GET, "/payments", None)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }),
+        Command::Payments(PaymentsCommand::Redeem { node }) => runtime()?.block_on(async {
+            let outcome = NodeClient::new(&node.url)
+                .call_with(reqwest::Method::POST, "/payments/redeem", None)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&outcome)?);
+            Ok(())
+        }),
         Command::Payments(PaymentsCommand::Deploy {
             rpc_url,
             key_file,
@@ -223,7 +298,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 async fn run_file_command(command: FileCommand) -> anyhow::Result<()> {
-    use sphere_node::client::{FileClient, PutOptions, files_table};
+    use sphere_node::client::{PutOptions, files_table};
     match command {
         FileCommand::Put {
             path,
@@ -237,16 +312,16 @@ async fn run_file_command(command: FileCommand) -> anyhow::Result<()> {
                 targets,
                 replicas,
             };
-            let stored = FileClient::new(&node.url).put(&path, &options).await?;
+            let stored = NodeClient::new(&node.url).put(&path, &options).await?;
             println!("{}", stored["id"].as_str().unwrap_or_default());
             eprintln!("{}", serde_json::to_string_pretty(&stored)?);
         }
         FileCommand::Get { id, path, node } => {
-            let bytes = FileClient::new(&node.url).get(&id, &path).await?;
+            let bytes = NodeClient::new(&node.url).get(&id, &path).await?;
             eprintln!("wrote {bytes} bytes to {}", path.display());
         }
         FileCommand::Ls { json, node } => {
-            let listing = FileClient::new(&node.url).list().await?;
+            let listing = NodeClient::new(&node.url).list().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&listing)?);
             } else {
@@ -254,13 +329,56 @@ async fn run_file_command(command: FileCommand) -> anyhow::Result<()> {
             }
         }
         FileCommand::Rm { id, node } => {
-            FileClient::new(&node.url).remove(&id).await?;
+            NodeClient::new(&node.url).remove(&id).await?;
             eprintln!("deleted {id}");
         }
         FileCommand::Recover { node } => {
-            let report = FileClient::new(&node.url).recover().await?;
+            let report = NodeClient::new(&node.url).recover().await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
+    }
+    Ok(())
+}
+
+async fn run_channel_command(command: ChannelCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    use serde_json::json;
+    let (node, method, path, body) = match command {
+        ChannelCommand::Open {
+            target,
+            provider,
+            deposit,
+            node,
+        } => {
+            let body = json!({"target": target, "provider": provider, "deposit": deposit});
+            (node, Method::POST, "/channels".to_owned(), Some(body))
+        }
+        ChannelCommand::Topup { id, amount, node } => (
+            node,
+            Method::POST,
+            format!("/channels/{id}/topup"),
+            Some(json!({ "amount": amount })),
+        ),
+        ChannelCommand::Close { id, node } => {
+            (node, Method::POST, format!("/channels/{id}/close"), None)
+        }
+        ChannelCommand::Status { id: Some(id), node } => {
+            (node, Method::GET, format!("/channels/{id}"), None)
+        }
+        ChannelCommand::Status { id: None, node } => {
+            (node, Method::GET, "/payments".to_owned(), None)
+        }
+    };
+    let answer = NodeClient::new(&node.url)
+        .call_with(method.clone(), &path, body.as_ref())
+        .await?;
+    if method == Method::POST && path == "/channels" {
+        println!("{}", answer["channel_id"].as_str().unwrap_or_default());
+        eprintln!("{}", serde_json::to_string_pretty(&answer)?);
+    } else if path == "/payments" {
+        println!("{}", serde_json::to_string_pretty(&answer["channels_out"])?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
     }
     Ok(())
 }

@@ -4,10 +4,12 @@
 //! - the gRPC server (node-to-node services), until the shutdown token is cancelled;
 //! - the HTTP server (REST API), until the shutdown token is cancelled;
 //! - per plugin, a health watcher and, for a managed plugin, a supervisor (see [`crate::plugin`]);
-//! - the audit and repair rounds of this node's files ([`crate::files::maintenance`]).
+//! - the audit and repair rounds of this node's files ([`crate::files::maintenance`]);
+//! - with payments on, the redemption of received vouchers ([`crate::payments::payee`]).
 //!
 //! [`Node::shutdown`] stops the servers and lets in-flight requests finish within the grace
-//! period, then stops the plugins (managed processes get SIGTERM), then closes the database.
+//! period, redeems every unredeemed voucher, then stops the plugins (managed processes get
+//! SIGTERM), then closes the database.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +36,8 @@ use crate::storage::objects::ObjectStore;
 /// Longest time start-up waits for plugins to come up before the node reports ready anyway
 /// (plugins that come up later join then).
 const PLUGIN_START_WAIT: Duration = Duration::from_secs(15);
+/// Longest time shutdown waits for the last redemptions.
+const FINAL_REDEMPTION_WAIT: Duration = Duration::from_secs(30);
 
 /// What request handlers share: cheap to clone.
 #[derive(Debug, Clone)]
@@ -104,6 +108,7 @@ pub struct Node {
     plugins_shutdown_token: CancellationToken,
     plugin_tasks: TaskTracker,
     db: Db,
+    payments: Option<Payments>,
     shutdown_grace: Duration,
 }
 
@@ -115,8 +120,6 @@ impl Node {
         if key_created {
             tracing::info!(key_file = %key_file.display(), "created a new node key");
         }
-
-        let payments = Payments::start(&config.payments, &identity).await?;
 
         let storage_error = |source| StartError::Storage {
             path: config.data_dir.clone(),
@@ -158,12 +161,14 @@ impl Node {
         let objects = ObjectStore::open(db.clone(), chunks, config.storage.capacity_bytes)
             .await
             .map_err(storage_error)?;
-        let provider = ProviderStorage::new(identity.node_id(), objects.clone());
         let peers = Peers::new(Duration::from_millis(config.grpc.connect_timeout_ms));
+        let payments = Payments::start(&config.payments, &identity, &db, &peers).await?;
+        let provider = ProviderStorage::new(identity.node_id(), objects.clone(), payments.clone());
         let files = Files::new(
             FileIndex::new(db.clone()),
             peers.clone(),
             identity.clone(),
+            payments.as_ref().map(|payments| payments.payer.clone()),
             FileOptions {
                 chunk_size: usize::try_from(config.storage.chunk_size_bytes)
                     .expect("validated to a few MiB"),
@@ -179,7 +184,7 @@ impl Node {
             peers: peers.clone(),
             files: files.clone(),
             objects: objects.clone(),
-            payments,
+            payments: payments.clone(),
             task_timeout: Duration::from_millis(config.grpc.task_timeout_ms),
             max_json_body_bytes: usize::try_from(config.http.max_json_body_bytes)
                 .unwrap_or(usize::MAX),
@@ -206,6 +211,9 @@ impl Node {
             files,
             shutdown_token.clone(),
         ));
+        if let Some(payments) = &payments {
+            servers.spawn(payments.payee.clone().run(shutdown_token.clone()));
+        }
         servers.close();
 
         Ok(Self {
@@ -218,6 +226,7 @@ impl Node {
             plugins_shutdown_token,
             plugin_tasks,
             db,
+            payments,
             shutdown_grace: config.shutdown_grace(),
         })
     }
@@ -254,6 +263,14 @@ impl Node {
                 grace = ?self.shutdown_grace,
                 "requests still running after the grace period are dropped"
             );
+        }
+        if let Some(payments) = &self.payments {
+            match tokio::time::timeout(FINAL_REDEMPTION_WAIT, payments.payee.redeem_all()).await {
+                Ok(outcomes) => crate::payments::payee::log_failures(&outcomes),
+                Err(_) => tracing::warn!(
+                    "the last redemptions did not finish in time; they are tried at the next start"
+                ),
+            }
         }
         self.plugins_shutdown_token.cancel();
         self.plugin_tasks.wait().await;

@@ -2,21 +2,33 @@
 //!
 //! Off by default: a node runs without any chain. Turned on, the node checks at start-up that
 //! the RPC endpoint answers, is the configured chain, and holds the payment contract at the
-//! configured address, and refuses to start otherwise. It advertises its prices (`GET /payments`).
-//! Vouchers on tasks and storage, their checks and redemption are the next step (issue 5).
+//! configured address, and refuses to start otherwise. It advertises its prices to other nodes,
+//! pays for the work it sends through its channels ([`payer`]) and checks and redeems the
+//! vouchers that pay for the work it does ([`payee`]).
+
+pub mod amount;
+pub mod chain;
+pub mod payee;
+pub mod payer;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use alloy::network::EthereumWallet;
-use alloy::primitives::Address;
+use alloy::primitives::{Address, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use serde::{Deserialize, Serialize};
 use sphere_contracts::SpherePayments;
 
 use crate::identity::NodeIdentity;
+use crate::peers::Peers;
+use crate::storage::db::Db;
+use chain::Chain;
+use payee::Payee;
+use payer::Payer;
 
 /// The payments settings (`payments.*`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PaymentsConfig {
     /// Whether this node pays and gets paid. Off: no chain is needed.
@@ -29,6 +41,32 @@ pub struct PaymentsConfig {
     pub contract: Option<String>,
     /// What this node charges.
     pub prices: Prices,
+    /// Length of one paid storage period, in seconds: an upload pays for the first period, a
+    /// renewal for each next one.
+    pub storage_period_seconds: u64,
+    /// Unredeemed wei on a channel that make the provider redeem at once.
+    pub redeem_threshold_wei: u64,
+    /// Longest time a received voucher waits before it is redeemed, in milliseconds.
+    pub redeem_interval_ms: u64,
+    /// How long a channel's state read from the chain is used for checking vouchers, in
+    /// milliseconds.
+    pub channel_cache_ms: u64,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            rpc_url: None,
+            chain_id: None,
+            contract: None,
+            prices: Prices::default(),
+            storage_period_seconds: 86_400,
+            redeem_threshold_wei: 10_000_000_000_000_000,
+            redeem_interval_ms: 3_600_000,
+            channel_cache_ms: 5_000,
+        }
+    }
 }
 
 /// What a provider charges, in wei.
@@ -83,6 +121,9 @@ pub enum PaymentsError {
         /// The endpoint.
         url: String,
     },
+    /// The node's payment records could not be read.
+    #[error("could not read the payment records: {0}")]
+    Storage(#[from] crate::storage::StorageError),
     /// No payment contract at the address.
     #[error(
         "`payments.contract`: there is no Sphere payment contract at {address} on chain {chain_id}; deploy one with `sphere payments deploy`"
@@ -95,32 +136,47 @@ pub enum PaymentsError {
     },
 }
 
-/// A node's connection to the payment contract.
+/// A node's payments: the contract, its prices, and both sides' bookkeeping. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Payments {
-    contract: SpherePayments::SpherePaymentsInstance<DynProvider>,
-    chain_id: u64,
-    challenge_period_seconds: u64,
+    chain: Chain,
+    own_address: Address,
     prices: Prices,
+    storage_period_seconds: u64,
+    /// Checks and redeems the vouchers paying this node.
+    pub payee: Payee,
+    /// Pays other nodes.
+    pub payer: Payer,
 }
 
 /// Returns a provider that signs with `identity`'s key, for `url`.
+///
+/// Nonces are asked of the chain for every transaction: alloy's default cache counts a nonce as
+/// used even when the transaction is refused before it is sent, and every later transaction
+/// then waits forever behind the gap. [`chain::Chain`] sends one transaction at a time.
 fn connect(url: &str, identity: &NodeIdentity) -> Result<DynProvider, PaymentsError> {
     let url = url.parse().map_err(|error| PaymentsError::Unreachable {
         url: url.to_owned(),
         reason: format!("not a URL: {error}"),
     })?;
     Ok(ProviderBuilder::new()
+        .disable_recommended_fillers()
+        .with_gas_estimation()
+        .with_simple_nonce_management()
+        .fetch_chain_id()
         .wallet(EthereumWallet::from(identity.signer().clone()))
         .connect_http(url)
         .erased())
 }
 
 impl Payments {
-    /// Connects to the configured chain and contract, checking both; `None` when payments are off.
+    /// Connects to the configured chain and contract, checking both, and loads the payment
+    /// records from `db`; `None` when payments are off.
     pub async fn start(
         config: &PaymentsConfig,
         identity: &NodeIdentity,
+        db: &Db,
+        peers: &Peers,
     ) -> Result<Option<Self>, PaymentsError> {
         if !config.enabled {
             return Ok(None);
@@ -170,19 +226,72 @@ impl Payments {
             .call()
             .await
             .map_err(|_| no_contract())?;
-        Ok(Some(Self {
+        let chain = Chain::new(
             contract,
-            chain_id: actual_chain,
+            actual_chain,
             challenge_period_seconds,
+            Duration::from_millis(config.channel_cache_ms),
+        );
+        let own_address = identity.signer().address();
+        let payee = Payee::open(
+            chain.clone(),
+            db.clone(),
+            own_address,
+            U256::from(config.redeem_threshold_wei),
+            Duration::from_millis(config.redeem_interval_ms),
+        )
+        .await?;
+        let payer = Payer::open(
+            chain.clone(),
+            db.clone(),
+            peers.clone(),
+            identity.signer().clone(),
+        )
+        .await?;
+        Ok(Some(Self {
+            chain,
+            own_address,
             prices: config.prices.clone(),
+            storage_period_seconds: config.storage_period_seconds,
+            payee,
+            payer,
         }))
+    }
+
+    /// Returns the price of a task on `plugin`.
+    pub fn task_price(&self, plugin: &str) -> U256 {
+        U256::from(
+            *self
+                .prices
+                .task_wei_by_plugin
+                .get(plugin)
+                .unwrap_or(&self.prices.task_wei),
+        )
+    }
+
+    /// Returns the price of keeping `bytes` for one storage period, and the period's length in
+    /// milliseconds.
+    pub fn storage_period_price(&self, bytes: u64) -> (U256, u64) {
+        (
+            amount::storage_price(
+                bytes,
+                self.storage_period_seconds,
+                self.prices.storage_gib_day_wei,
+            ),
+            self.storage_period_seconds.saturating_mul(1000),
+        )
+    }
+
+    /// Returns the price of reading `bytes` back.
+    pub fn read_price(&self, bytes: u64) -> U256 {
+        amount::price_per_gib(bytes, self.prices.read_gib_wei)
     }
 
     /// Returns the terms other nodes see in `NodeService.GetInfo`.
     pub fn terms(&self) -> sphere_proto::v1::PaymentTerms {
         sphere_proto::v1::PaymentTerms {
-            chain_id: self.chain_id,
-            contract: self.contract.address().to_checksum(None),
+            chain_id: self.chain.chain_id(),
+            contract: self.chain.address().to_checksum(None),
             task_wei: self.prices.task_wei.to_string(),
             task_wei_by_plugin: self
                 .prices
@@ -192,18 +301,36 @@ impl Payments {
                 .collect(),
             storage_gib_day_wei: self.prices.storage_gib_day_wei.to_string(),
             read_gib_wei: self.prices.read_gib_wei.to_string(),
+            storage_period_seconds: self.storage_period_seconds,
         }
     }
 
-    /// Returns what `GET /payments` shows.
-    pub fn summary(&self) -> serde_json::Value {
-        serde_json::json!({
+    /// Returns what `GET /payments` shows: settings, this node's balance, the channels it pays
+    /// through and those that pay it, with totals.
+    pub async fn summary(&self) -> Result<serde_json::Value, crate::error::Error> {
+        let balance = self.chain.balance(self.own_address).await?;
+        let paying = self.payer.channels();
+        let paid = self.payee.channels();
+        let total = |amounts: &mut dyn Iterator<Item = U256>| {
+            amounts
+                .fold(U256::ZERO, |sum, amount| sum + amount)
+                .to_string()
+        };
+        Ok(serde_json::json!({
             "enabled": true,
-            "chain_id": self.chain_id,
-            "contract": self.contract.address().to_checksum(None),
-            "challenge_period_seconds": self.challenge_period_seconds,
+            "chain_id": self.chain.chain_id(),
+            "contract": self.chain.address().to_checksum(None),
+            "challenge_period_seconds": self.chain.challenge_period_seconds(),
+            "address": self.own_address.to_checksum(None),
+            "balance_wei": balance.to_string(),
             "prices": self.prices,
-        })
+            "spent_wei": total(&mut paying.iter().map(|channel| channel.spent)),
+            "earned_wei": total(&mut paid.iter().map(|channel| channel.charged)),
+            "redeemed_wei": total(&mut paid.iter().map(|channel| channel.redeemed)),
+            "pending_wei": total(&mut paid.iter().map(payee::IncomingChannel::pending)),
+            "channels_out": paying.iter().map(payer::channel_json).collect::<Vec<_>>(),
+            "channels_in": paid.iter().map(payee::channel_json).collect::<Vec<_>>(),
+        }))
     }
 }
 

@@ -8,6 +8,10 @@
 //! is not. Repair copies the ciphertext of a healthy replica to a provider that does not hold the
 //! file yet (every chunk verified on the way, never decrypted), until the file is back at its
 //! replica count, and deletes what is left on the lost provider.
+//!
+//! With payments on, a replica that passed its audit and whose paid storage period is more than
+//! half over is paid for one more period (data and manifest objects): the owner pays only for
+//! copies it has just seen proof of.
 
 use std::sync::Arc;
 
@@ -50,6 +54,15 @@ impl Files {
                     .map(|replica| self.audit_replica(&record.manifest, replica)),
             )
             .await;
+            let renewals = futures_util::future::join_all(
+                record
+                    .replicas
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(_, outcome)| outcome.is_ok())
+                    .map(|(replica, _)| self.renew_if_due(&record.manifest, replica)),
+            )
+            .await;
             let now = now_ms();
             let updated = self
                 .update_record(&record.manifest.id, |current| {
@@ -61,6 +74,13 @@ impl Files {
                         else {
                             continue;
                         };
+                        if let Some((_, paid_until)) = renewals
+                            .iter()
+                            .flatten()
+                            .find(|(address, _)| *address == replica.address)
+                        {
+                            current.paid_until_ms = Some(*paid_until);
+                        }
                         current.last_audit_ms = Some(now);
                         current.last_audit_ok = Some(outcome.is_ok());
                         match outcome {
@@ -81,6 +101,49 @@ impl Files {
             }
         }
         Ok(())
+    }
+
+    /// Pays `replica` for one more storage period when more than half of its paid period is
+    /// over; returns its address and the new end of the paid time, or `None` when nothing was
+    /// due or the renewal failed (logged; the next round tries again).
+    async fn renew_if_due(&self, manifest: &Manifest, replica: &Replica) -> Option<(String, u64)> {
+        let (Some(payer), Some(paid_until)) = (&self.payer, replica.paid_until_ms) else {
+            return None;
+        };
+        let renewed = async {
+            let info = payer.target_info(&replica.address).await?;
+            let Some(terms) = &info.payment_terms else {
+                return Ok(None);
+            };
+            let half_period_ms = terms.storage_period_seconds.saturating_mul(500);
+            if paid_until.saturating_sub(now_ms()) > half_period_ms {
+                return Ok(None);
+            }
+            let until = self
+                .renew_object(&replica.address, &manifest.id, manifest.sealed_size())
+                .await?;
+            self.renew_object(
+                &replica.address,
+                &super::manifest_object_id(&manifest.id),
+                super::sealed_manifest_len(manifest),
+            )
+            .await?;
+            tracing::info!(
+                file_id = manifest.id,
+                provider = replica.address,
+                paid_until_ms = until,
+                "storage renewed"
+            );
+            Ok::<_, Error>(Some(until))
+        }
+        .await;
+        match renewed {
+            Ok(until) => until.map(|until| (replica.address.clone(), until)),
+            Err(error) => {
+                tracing::warn!(file_id = manifest.id, provider = replica.address, %error, "could not renew storage");
+                None
+            }
+        }
     }
 
     /// Challenges `replica` for a random segment of a random chunk and checks the proof.
@@ -176,14 +239,14 @@ impl Files {
                 .copy_replica(&record.manifest, &source.address, candidate)
                 .await
             {
-                Ok(provider_id) => {
+                Ok(replica) => {
                     tracing::info!(
                         file_id,
                         from = source.address,
                         to = candidate,
                         "replica repaired"
                     );
-                    added.push(Replica::new(candidate.clone(), provider_id));
+                    added.push(replica);
                 }
                 Err(error) => tracing::warn!(file_id, to = candidate, %error, "repair copy failed"),
             }
@@ -215,15 +278,16 @@ impl Files {
     }
 
     /// Copies the ciphertext of a file from `source` to `target`, checking every chunk on the
-    /// way, then stores the manifest there; returns `target`'s node ID.
+    /// way, then stores the manifest there; returns the new replica.
     async fn copy_replica(
         &self,
         manifest: &Manifest,
         source: &str,
         target: &str,
-    ) -> Result<String, Error> {
+    ) -> Result<Replica, Error> {
         let expected = Arc::new(manifest.chunk_hashes()?);
-        let mut incoming = self.get_object(source, &manifest.id, 0).await?;
+        let object = (manifest.sealed_size(), expected.len() as u64);
+        let (mut incoming, payment) = self.get_object(source, &manifest.id, 0, object).await?;
         let (sender, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let source_name = source.to_owned();
         let forward = async move {
@@ -271,6 +335,7 @@ impl Files {
                     chunk_list_digest: Bytes::copy_from_slice(&ChunkHash::list_digest(
                         expected.iter(),
                     )),
+                    voucher: None,
                 })),
             };
             sender.send(trailer).await.map_err(|_| {
@@ -284,8 +349,9 @@ impl Files {
             ReceiverStream::new(receiver),
         );
         let (forwarded, uploaded) = tokio::join!(forward, upload);
-        let provider_id = match (forwarded, uploaded) {
-            (Ok(()), Ok(provider_id)) => provider_id,
+        super::settle(payment, forwarded.is_ok()).await;
+        let replica = match (forwarded, uploaded) {
+            (Ok(()), Ok(replica)) => replica,
             (Err(error), _) | (Ok(()), Err(error)) => {
                 self.discard_copy(target, &manifest.id).await;
                 return Err(error);
@@ -295,7 +361,7 @@ impl Files {
             self.discard_copy(target, &manifest.id).await;
             return Err(error);
         }
-        Ok(provider_id)
+        Ok(replica)
     }
 }
 

@@ -95,11 +95,11 @@ impl Files {
             .await
             .map_err(|status| Error::from_remote_status(&status, provider))?
             .into_inner();
-        let manifest_ids: Vec<&str> = listing
+        let manifests_stored: Vec<(&str, u64)> = listing
             .objects
             .iter()
             .filter(|object| object.kind == KIND_MANIFEST)
-            .map(|object| object.object_id.as_str())
+            .map(|object| (object.object_id.as_str(), object.size))
             .collect();
         let mut manifests = Vec::new();
         for data in listing
@@ -109,10 +109,16 @@ impl Files {
         {
             let file_id = &data.object_id;
             let manifest_id = manifest_object_id(file_id);
-            if !manifest_ids.contains(&manifest_id.as_str()) {
+            let Some(&(_, manifest_size)) = manifests_stored
+                .iter()
+                .find(|(id, _)| *id == manifest_id.as_str())
+            else {
                 continue;
-            }
-            match self.read_manifest(provider, file_id, &manifest_id).await {
+            };
+            match self
+                .read_manifest(provider, file_id, &manifest_id, manifest_size)
+                .await
+            {
                 Ok(manifest) => manifests.push(manifest),
                 Err(error) => tracing::warn!(provider, file_id, %error, "unreadable manifest"),
             }
@@ -125,8 +131,9 @@ impl Files {
         provider: &str,
         file_id: &str,
         manifest_id: &str,
+        size: u64,
     ) -> Result<Manifest, Error> {
-        let mut stream = self.get_object(provider, manifest_id, 0).await?;
+        let (mut stream, payment) = self.get_object(provider, manifest_id, 0, (size, 1)).await?;
         let sealed = stream
             .message()
             .await
@@ -138,6 +145,7 @@ impl Files {
                 )
             })?
             .chunk;
+        super::settle(payment, true).await;
         let mut plain = Vec::from(sealed);
         self.manifest_key(file_id)
             .cipher(manifest_id)

@@ -17,7 +17,7 @@ use sphere_proto::v1::{
     AuditObjectRequest, AuditObjectResponse, DeleteObjectRequest, DeleteObjectResponse,
     GetCapacityRequest, GetCapacityResponse, GetObjectRequest, GetObjectResponse,
     ListObjectsRequest, ListObjectsResponse, ObjectSummary, ObjectTrailer, OwnerSignature,
-    PutObjectRequest, PutObjectResponse,
+    PutObjectRequest, PutObjectResponse, RenewObjectRequest, RenewObjectResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Operation, RequestVerifier};
 use crate::error::{Error, ErrorCode};
+use crate::payments::{Payments, amount, payee};
 use crate::storage::StorageError;
 use crate::storage::chunks::{ChunkHash, ChunkStore};
 use crate::storage::merkle;
@@ -38,6 +39,8 @@ const CHUNK_IO_IN_FLIGHT: usize = 4;
 pub struct ProviderStorage {
     node_id: String,
     store: ObjectStore,
+    /// Charges for storage and reads, when payments are on.
+    payments: Option<Payments>,
     verifier: Arc<RequestVerifier>,
     /// Object IDs being uploaded now, so two uploads cannot claim the same ID.
     uploads_in_progress: Arc<Mutex<HashSet<String>>>,
@@ -45,10 +48,11 @@ pub struct ProviderStorage {
 
 impl ProviderStorage {
     /// Returns the provider storage of node `node_id`.
-    pub fn new(node_id: String, store: ObjectStore) -> Self {
+    pub fn new(node_id: String, store: ObjectStore, payments: Option<Payments>) -> Self {
         Self {
             node_id,
             store,
+            payments,
             verifier: Arc::default(),
             uploads_in_progress: Arc::default(),
         }
@@ -168,7 +172,21 @@ impl ProviderStorage {
                 "the chunks received do not match the trailer; nothing was stored",
             ));
         }
-        let record = upload.commit(size).await?;
+        let (payment, paid_until_ms) = match &self.payments {
+            Some(payments) => {
+                let (price, period_ms) = payments.storage_period_price(size);
+                let work = format!("storing {size} bytes for one period");
+                let payment = payments
+                    .payee
+                    .reserve(trailer.voucher.as_ref(), price, &work)
+                    .await?;
+                let paid_until = (!price.is_zero()).then(|| crate::clock::now_ms() + period_ms);
+                (payment, paid_until)
+            }
+            None => (payee::Reservation::free(), None),
+        };
+        let record = upload.commit(size, paid_until_ms).await?;
+        payment.charge().await?;
         tracing::info!(
             object_id,
             size,
@@ -179,6 +197,7 @@ impl ProviderStorage {
         Ok(PutObjectResponse {
             object_id,
             provider_id: self.node_id.clone(),
+            paid_until_ms: paid_until_ms.unwrap_or(0),
         })
     }
 
@@ -270,6 +289,17 @@ impl StorageService for ProviderStorage {
         let start = usize::try_from(request.start_chunk)
             .unwrap_or(usize::MAX)
             .min(hashes.len());
+        let payment = match &self.payments {
+            Some(payments) => {
+                let bytes = amount::read_bytes(record.size, hashes.len() as u64, start as u64);
+                let work = format!("reading {bytes} bytes");
+                payments
+                    .payee
+                    .reserve(request.voucher.as_ref(), payments.read_price(bytes), &work)
+                    .await?
+            }
+            None => payee::Reservation::free(),
+        };
         let (sender, receiver) = mpsc::channel(CHUNK_IO_IN_FLIGHT);
         let chunks = self.store.chunks().clone();
         tokio::spawn(async move {
@@ -294,8 +324,51 @@ impl StorageService for ProviderStorage {
                     return;
                 }
             }
+            // Every chunk was handed to the stream: the read is charged.
+            if let Err(error) = payment.charge().await {
+                tracing::warn!(%error, "could not record the payment of a read");
+            }
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn renew_object(
+        &self,
+        request: Request<RenewObjectRequest>,
+    ) -> Result<Response<RenewObjectResponse>, Status> {
+        let request = request.into_inner();
+        let record = self
+            .owned_object(&request.object_id, request.auth.as_ref(), Operation::Renew)
+            .await?;
+        let free = || {
+            Error::new(
+                ErrorCode::PaymentsOff,
+                "this provider does not charge for storage; there is nothing to renew",
+            )
+        };
+        let payments = self.payments.as_ref().ok_or_else(free)?;
+        let (price, period_ms) = payments.storage_period_price(record.size);
+        if price.is_zero() {
+            return Err(free().into());
+        }
+        let work = format!("keeping {} bytes for one more period", record.size);
+        let payment = payments
+            .payee
+            .reserve(request.voucher.as_ref(), price, &work)
+            .await?;
+        let now = crate::clock::now_ms();
+        let paid_until_ms = record.paid_until_ms.unwrap_or(now).max(now) + period_ms;
+        self.store
+            .set_paid_until(&record, paid_until_ms)
+            .await
+            .map_err(Error::from)?;
+        payment.charge().await?;
+        tracing::info!(
+            object_id = record.object_id,
+            paid_until_ms,
+            "object renewed"
+        );
+        Ok(Response::new(RenewObjectResponse { paid_until_ms }))
     }
 
     async fn delete_object(

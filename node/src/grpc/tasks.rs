@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::payments::payee::Reservation;
 
 /// Time kept back from the caller's deadline for the answer to travel back.
 const ANSWER_MARGIN: Duration = Duration::from_millis(100);
@@ -39,14 +40,28 @@ impl TaskService for TaskGrpc {
             task_id,
             input,
             plugin,
+            voucher,
         } = request.into_inner();
         let plugin = Some(plugin.as_str()).filter(|name| !name.is_empty());
+        let reservation = match &self.context.payments {
+            Some(payments) => {
+                let name = self.context.plugins.resolve(plugin).map_err(Error::from)?;
+                let price = payments.task_price(&name);
+                let work = format!("a task on plugin {name}");
+                payments
+                    .payee
+                    .reserve(voucher.as_ref(), price, &work)
+                    .await?
+            }
+            None => Reservation::free(),
+        };
         let (output, plugin_name) = self
             .context
             .plugins
             .run(plugin, task_id.clone(), input, deadline)
             .await
             .map_err(Error::from)?;
+        reservation.charge().await?;
         Ok(Response::new(RunTaskResponse {
             task_id,
             output,

@@ -72,6 +72,9 @@ pub struct ReplicaInfo {
     last_audit: Option<String>,
     /// Why the last audit failed.
     last_audit_error: Option<String>,
+    /// Until when the copy is paid for, when the provider charges for storage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paid_until: Option<String>,
 }
 
 /// What the node tells about a stored file.
@@ -140,6 +143,7 @@ impl ReplicaInfo {
             health,
             last_audit: replica.last_audit_ms.map(rfc3339),
             last_audit_error: replica.last_audit_error.clone(),
+            paid_until: replica.paid_until_ms.map(rfc3339),
         }
     }
 }

@@ -11,6 +11,7 @@ use sphere_proto::v1::RunTaskRequest;
 use super::extract::{JsonBody, base64_field, required, to_base64};
 use crate::error::{Error, ErrorCode};
 use crate::node::NodeContext;
+use crate::payments::payer::{Payment, Work};
 
 /// Extra time past the deadline before the requester stops waiting on its own; the gRPC channel
 /// enforces the deadline itself, this only guards against a call that never returns.
@@ -80,12 +81,26 @@ pub async fn run_task(
                 .await?
         }
         Some(target) => {
+            let payment = match &context.payments {
+                Some(payments) => {
+                    payments
+                        .payer
+                        .pay(&target, Work::Task(plugin.as_deref()))
+                        .await?
+                }
+                None => None,
+            };
             let task = RunTaskRequest {
                 task_id: task_id.clone(),
                 input,
                 plugin: plugin.unwrap_or_default(),
+                voucher: payment.as_ref().map(Payment::voucher),
             };
-            run_on_target(&context, &target, task, deadline).await?
+            let outcome = run_on_target(&context, &target, task, deadline).await;
+            if let Some(payment) = payment {
+                payment.settle(outcome.is_ok()).await;
+            }
+            outcome?
         }
     };
     let (output, output_base64) = match std::str::from_utf8(&output) {

@@ -129,6 +129,11 @@ impl Plugins {
         Ok((output, slot.name()))
     }
 
+    /// Returns the name of the plugin `name` (the default one when `None`) would run on.
+    pub fn resolve(&self, name: Option<&str>) -> Result<String, PluginError> {
+        Ok(self.find(name)?.name())
+    }
+
     fn find(&self, name: Option<&str>) -> Result<&Arc<Slot>, PluginError> {
         let found = match name {
             Some(name) => self.slots.iter().find(|slot| slot.name() == name),

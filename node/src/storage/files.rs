@@ -28,6 +28,10 @@ pub struct Replica {
     /// Since when audits have been failing without a pass in between.
     #[serde(default)]
     pub failing_since_ms: Option<u64>,
+    /// Until when the copy is paid for (ms since the Unix epoch); `None` when the provider does
+    /// not charge for storage.
+    #[serde(default)]
+    pub paid_until_ms: Option<u64>,
 }
 
 impl Replica {
@@ -40,6 +44,7 @@ impl Replica {
             last_audit_ok: None,
             last_audit_error: None,
             failing_since_ms: None,
+            paid_until_ms: None,
         }
     }
 
@@ -84,6 +89,11 @@ impl Manifest {
     /// Returns the chunk addresses, failing if the record was damaged.
     pub fn chunk_hashes(&self) -> Result<Vec<ChunkHash>, StorageError> {
         ChunkHash::parse_list(&self.chunks, || file_key(&self.id))
+    }
+
+    /// Returns the size of the encrypted data object (every chunk plus its tag).
+    pub fn sealed_size(&self) -> u64 {
+        self.size + self.chunks.len() as u64 * super::crypto::TAG_LEN as u64
     }
 
     /// Returns the length of encrypted chunk `index` (plaintext plus tag).

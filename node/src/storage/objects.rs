@@ -35,6 +35,10 @@ pub struct ObjectRecord {
     pub size: u64,
     /// When the object was stored, in milliseconds since the Unix epoch.
     pub stored_at_ms: u64,
+    /// Until when the owner paid for keeping it (ms since the Unix epoch); `None` when this
+    /// provider did not charge for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_until_ms: Option<u64>,
 }
 
 impl ObjectRecord {
@@ -104,6 +108,22 @@ impl ObjectStore {
     /// Returns the record of `object_id`, if stored.
     pub async fn get(&self, object_id: &str) -> Result<Option<ObjectRecord>, StorageError> {
         self.db.get_json(&object_key(object_id)).await
+    }
+
+    /// Records that `record` is paid for until `paid_until_ms`.
+    pub async fn set_paid_until(
+        &self,
+        record: &ObjectRecord,
+        paid_until_ms: u64,
+    ) -> Result<ObjectRecord, StorageError> {
+        let updated = ObjectRecord {
+            paid_until_ms: Some(paid_until_ms),
+            ..record.clone()
+        };
+        self.db
+            .put_json_durable(&object_key(&updated.object_id), &updated)
+            .await?;
+        Ok(updated)
     }
 
     /// Returns the objects of `owner`.
@@ -226,7 +246,12 @@ impl Upload {
 
     /// Makes the object durable: chunk directories synced, then record and chunk references
     /// written in one synced batch.
-    pub async fn commit(mut self, size: u64) -> Result<ObjectRecord, StorageError> {
+    /// `paid_until_ms` is the end of the paid storage period, when the provider charges.
+    pub async fn commit(
+        mut self,
+        size: u64,
+        paid_until_ms: Option<u64>,
+    ) -> Result<ObjectRecord, StorageError> {
         let chunks = self.store.chunks.clone();
         let written = self.written.clone();
         tokio::task::spawn_blocking(move || chunks.sync_dirs(&written))
@@ -239,6 +264,7 @@ impl Upload {
             chunks: self.written.iter().map(|hash| hash.to_hex()).collect(),
             size,
             stored_at_ms: crate::clock::now_ms(),
+            paid_until_ms,
         };
         let (mut changes, _) = self.store.change_refs(&self.written, 1).await?;
         changes.push((

@@ -1,14 +1,22 @@
-//! Payments settings on a real local chain (anvil): off by default, clear refusals when the chain
-//! or the contract is wrong, the contract deployed by `sphere payments deploy`.
+//! Payments on a real local chain (anvil): settings, paid tasks between real nodes, refusals of
+//! unpaid, underpaid and forged vouchers, redemption with exact balances, closing after the
+//! challenge period, and a provider that restarts between tasks.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use alloy::node_bindings::{Anvil, AnvilInstance};
-use serde_json::json;
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use sphere_contracts::{SpherePayments, Voucher, sign_voucher, voucher_domain};
 
-use crate::harness::{NodeOptions, TestNode, repo_root};
+use crate::harness::{
+    NodeOptions, TestNode, hello_plugin, merge, misbehaving_plugin, plugins_config, repo_root,
+};
 
 fn anvil() -> AnvilInstance {
     let path = repo_root().join(".tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
@@ -41,7 +49,10 @@ fn deploy(anvil: &AnvilInstance, key_file: &Path) -> String {
             "--key-file",
         ])
         .arg(key_file)
-        .args(["--challenge-period-seconds", "600"])
+        .args([
+            "--challenge-period-seconds",
+            &CHALLENGE_PERIOD_SECONDS.to_string(),
+        ])
         .output()
         .expect("sphere runs");
     assert!(
@@ -170,4 +181,570 @@ async fn a_deployed_contract_is_used_and_a_wrong_chain_or_contract_is_refused_by
     let mut missing = settings;
     missing["contract"] = serde_json::Value::Null;
     assert!(refused_start(missing).contains("payments.contract"));
+}
+
+/// Price of a task on the paid providers of these tests, in wei.
+const TASK_PRICE: u64 = 1_000;
+/// Challenge period of the contract the paid tests deploy.
+const CHALLENGE_PERIOD_SECONDS: u64 = 600;
+
+/// A chain with the payment contract, a requester node and a provider node, both paying and
+/// paid through it, each with its own funded anvil account.
+struct PaidPair {
+    chain: AnvilInstance,
+    contract: SpherePayments::SpherePaymentsInstance<alloy::providers::DynProvider>,
+    requester: TestNode,
+    provider: TestNode,
+}
+
+/// Starts a node whose key is anvil's funded account `account`, with payments on and `extra`
+/// merged into its configuration.
+fn paid_node(chain: &AnvilInstance, contract: &str, account: usize, extra: Value) -> TestNode {
+    let data_dir = tempfile::Builder::new()
+        .prefix("sphere-it-paid-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    let key = data_dir.join("node.key");
+    std::fs::write(&key, hex::encode(chain.keys()[account].to_bytes())).expect("write key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut config = json!({
+        "payments": {
+            "enabled": true,
+            "rpc_url": chain.endpoint(),
+            "chain_id": chain.chain_id(),
+            "contract": contract,
+            "prices": {"task_wei": TASK_PRICE},
+            // Redeemed only when a test says so (or at shutdown, or on a close request).
+            "redeem_threshold_wei": u64::MAX,
+            "redeem_interval_ms": 3_600_000,
+        }
+    });
+    merge(&mut config, extra);
+    TestNode::start_with(NodeOptions {
+        data_dir: Some(data_dir),
+        config: Some(config),
+        ..NodeOptions::default()
+    })
+}
+
+impl PaidPair {
+    async fn start(provider_extra: Value) -> Self {
+        let chain = anvil();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let address = deploy(&chain, &funded_key_file(&chain, dir.path()));
+        let requester = paid_node(
+            &chain,
+            &address,
+            1,
+            json!({"storage": {"audit_interval_ms": 1_000}}),
+        );
+        let provider = paid_node(&chain, &address, 2, provider_extra);
+        let reader = ProviderBuilder::new()
+            .connect_http(chain.endpoint_url())
+            .erased();
+        let contract = SpherePayments::new(address.parse().expect("address"), reader);
+        Self {
+            chain,
+            contract,
+            requester,
+            provider,
+        }
+    }
+
+    fn address(node: &TestNode) -> Address {
+        node.node_id.parse().expect("node IDs are addresses")
+    }
+
+    async fn balance(&self, node: &TestNode) -> U256 {
+        self.contract
+            .provider()
+            .get_balance(Self::address(node))
+            .await
+            .expect("balance")
+    }
+
+    async fn transactions_sent(&self, node: &TestNode) -> u64 {
+        self.contract
+            .provider()
+            .get_transaction_count(Self::address(node))
+            .await
+            .expect("nonce")
+    }
+
+    /// Returns the fee paid for transaction `tx`.
+    async fn fee(&self, tx: &str) -> (U256, u64) {
+        let receipt = self
+            .contract
+            .provider()
+            .get_transaction_receipt(tx.parse().expect("tx hash"))
+            .await
+            .expect("receipt")
+            .expect("mined");
+        (
+            U256::from(receipt.gas_used) * U256::from(receipt.effective_gas_price),
+            receipt.gas_used,
+        )
+    }
+
+    /// Opens a channel from the requester to the provider; returns its ID and the open
+    /// transaction's hash.
+    async fn open_channel(&self, deposit: &str) -> (String, String) {
+        let (status, body) = self
+            .requester
+            .post(
+                "/channels",
+                &json!({"target": self.provider.target(), "deposit": deposit}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["provider"], self.provider.node_id.as_str());
+        assert_eq!(body["phase"], "open");
+        (
+            body["channel_id"].as_str().expect("id").to_owned(),
+            body["transaction"]["tx"].as_str().expect("tx").to_owned(),
+        )
+    }
+
+    async fn task(&self, input: &str) -> (u16, Value) {
+        self.requester
+            .post(
+                "/task",
+                &json!({"target": self.provider.target(), "input": input}),
+            )
+            .await
+    }
+
+    async fn on_chain(&self, channel: &str) -> SpherePayments::channelsReturn {
+        self.contract
+            .channels(channel.parse().expect("channel id"))
+            .call()
+            .await
+            .expect("channel")
+    }
+
+    async fn advance_chain_time(&self, seconds: u64) {
+        let provider = self.contract.provider();
+        let _: Value = provider
+            .raw_request("evm_increaseTime".into(), (seconds,))
+            .await
+            .expect("time travel");
+        let _: Value = provider
+            .raw_request("evm_mine".into(), Vec::<Value>::new())
+            .await
+            .expect("mine");
+    }
+}
+
+async fn payments_of(node: &TestNode) -> Value {
+    let (status, body) = node.call(reqwest::Method::GET, "/payments", "").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn a_thousand_paid_tasks_cost_two_transactions_and_pay_the_provider_exactly() {
+    const TASKS: u64 = 1_000;
+    let pair = PaidPair::start(json!({})).await;
+    let (channel, open_tx) = pair.open_channel(&(TASKS * TASK_PRICE).to_string()).await;
+    let provider_before = pair.balance(&pair.provider).await;
+
+    let outcomes: Vec<(u16, Value)> = futures_util::stream::iter(0..TASKS)
+        .map(|_| pair.task("hello"))
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    for (status, body) in &outcomes {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["output"], "world");
+    }
+
+    // The deposit is spent exactly: the next task is refused by the requester itself.
+    let (status, body) = pair.task("hello").await;
+    assert_eq!(status, 402, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("top it up"),
+        "{body}"
+    );
+
+    let spent = (TASKS * TASK_PRICE).to_string();
+    let requester = payments_of(&pair.requester).await;
+    assert_eq!(requester["spent_wei"], spent.as_str(), "{requester}");
+    assert_eq!(requester["channels_out"][0]["remaining_wei"], "0");
+    let provider = payments_of(&pair.provider).await;
+    assert_eq!(provider["earned_wei"], spent.as_str(), "{provider}");
+    assert_eq!(provider["pending_wei"], spent.as_str());
+    assert_eq!(provider["channels_in"][0]["channel_id"], channel.as_str());
+    // Nothing was redeemed while the tasks ran: no transaction per task.
+    assert_eq!(pair.transactions_sent(&pair.provider).await, 0);
+
+    let (status, body) = pair
+        .provider
+        .call(reqwest::Method::POST, "/payments/redeem", "")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["failed"], json!([]));
+    let redemption = &body["redeemed"][0];
+    assert_eq!(redemption["paid_wei"], spent.as_str(), "{body}");
+    let (redeem_fee, redeem_gas) = pair.fee(redemption["tx"].as_str().expect("tx")).await;
+
+    assert_eq!(
+        pair.balance(&pair.provider).await,
+        provider_before + U256::from(TASKS * TASK_PRICE) - redeem_fee
+    );
+    assert_eq!(
+        pair.on_chain(&channel).await.redeemed,
+        U256::from(TASKS * TASK_PRICE)
+    );
+    let provider = payments_of(&pair.provider).await;
+    assert_eq!(provider["pending_wei"], "0", "{provider}");
+    assert_eq!(provider["redeemed_wei"], spent.as_str());
+
+    // Two transactions in all: the requester's open and the provider's one redemption.
+    assert_eq!(pair.transactions_sent(&pair.requester).await, 1);
+    assert_eq!(pair.transactions_sent(&pair.provider).await, 1);
+    let (_, open_gas) = pair.fee(&open_tx).await;
+    // Read by BENCHMARKS.md: the gas of the whole run.
+    eprintln!(
+        "payments for {TASKS} tasks: 2 transactions, gas open={open_gas} redeem={redeem_gas} total={}",
+        open_gas + redeem_gas
+    );
+}
+
+#[tokio::test]
+async fn unpaid_underpaid_forged_and_failed_work_is_not_paid_for() {
+    let pair = PaidPair::start(plugins_config(vec![
+        hello_plugin(),
+        misbehaving_plugin("flaky", json!({})),
+    ]))
+    .await;
+
+    // A requester without payments sends no voucher.
+    let unpaid = TestNode::start();
+    let (status, body) = unpaid
+        .post(
+            "/task",
+            &json!({"target": pair.provider.target(), "input": "hello"}),
+        )
+        .await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["error"]["code"], "payment_required");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("without a voucher"),
+        "{body}"
+    );
+
+    // A paying requester without a channel is told how to open one.
+    let (status, body) = pair.task("hello").await;
+    assert_eq!(status, 402, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("sphere channel open"),
+        "{body}"
+    );
+
+    let (channel, _) = pair.open_channel("10000").await;
+    let channel_id: B256 = channel.parse().expect("id");
+
+    // A task the plugin refuses is not charged.
+    let (status, body) = pair
+        .requester
+        .post(
+            "/task",
+            &json!({"target": pair.provider.target(), "plugin": "flaky", "input": "reject"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = pair.task("hello").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(payments_of(&pair.provider).await["earned_wei"], "1000");
+    assert_eq!(payments_of(&pair.requester).await["spent_wei"], "1000");
+
+    // Vouchers made by hand, sent straight to the provider's gRPC service.
+    let requester_key = PrivateKeySigner::from(pair.chain.keys()[1].clone());
+    let stranger_key = PrivateKeySigner::from(pair.chain.keys()[5].clone());
+    let domain = voucher_domain(pair.chain.chain_id(), *pair.contract.address());
+    let voucher = |signer: &PrivateKeySigner, channel: B256, amount: u64| {
+        let signed = Voucher {
+            channelId: channel,
+            cumulativeAmount: U256::from(amount),
+        };
+        sphere_proto::v1::Voucher {
+            channel_id: channel.to_vec().into(),
+            cumulative_amount_wei: amount.to_string(),
+            signature: sign_voucher(signer, &signed, &domain).to_vec().into(),
+        }
+    };
+    let mut tasks = sphere_proto::v1::task_service_client::TaskServiceClient::connect(format!(
+        "http://{}",
+        pair.provider.target()
+    ))
+    .await
+    .expect("connect");
+    let mut send = async |voucher: Option<sphere_proto::v1::Voucher>| {
+        tasks
+            .run_task(sphere_proto::v1::RunTaskRequest {
+                task_id: "by-hand".into(),
+                input: "hello".into(),
+                plugin: String::new(),
+                voucher,
+            })
+            .await
+    };
+    let refusals = [
+        (
+            voucher(&requester_key, channel_id, 1_999),
+            "send a voucher for at least 2000 wei",
+        ),
+        (voucher(&requester_key, channel_id, 1_000), "underpaid"),
+        (voucher(&stranger_key, channel_id, 2_000), "not signed by"),
+        (
+            voucher(&requester_key, channel_id, 20_000),
+            "deposit of 10000",
+        ),
+        (
+            voucher(&requester_key, B256::repeat_byte(7), 2_000),
+            "has no channel",
+        ),
+    ];
+    for (bad, expected) in refusals {
+        let status = send(Some(bad)).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            status
+                .metadata()
+                .get("sphere-error-code")
+                .map(|code| code.to_str().ok()),
+            Some(Some("payment_required"))
+        );
+        assert!(
+            status.message().contains(expected),
+            "{expected}: {status:?}"
+        );
+    }
+    let paid = voucher(&requester_key, channel_id, 2_000);
+    let answer = send(Some(paid.clone())).await.expect("paid").into_inner();
+    assert_eq!(&answer.output[..], b"world");
+    // The same voucher again buys nothing more.
+    let replayed = send(Some(paid)).await.expect_err("replay refused");
+    assert!(replayed.message().contains("underpaid"), "{replayed:?}");
+    assert_eq!(payments_of(&pair.provider).await["earned_wei"], "2000");
+}
+
+#[tokio::test]
+async fn closing_refunds_the_requester_after_the_challenge_period_and_the_provider_redeems_first() {
+    let pair = PaidPair::start(json!({})).await;
+    let (channel, _) = pair.open_channel("100000").await;
+    for _ in 0..10 {
+        let (status, body) = pair.task("hello").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let requester_before = pair.balance(&pair.requester).await;
+
+    let (status, body) = pair
+        .requester
+        .call(
+            reqwest::Method::POST,
+            &format!("/channels/{channel}/close"),
+            "",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["phase"], "closing");
+    let (request_fee, _) = pair
+        .fee(body["transaction"]["tx"].as_str().expect("tx"))
+        .await;
+    let (status, body) = pair.task("hello").await;
+    assert_eq!(status, 402, "a closing channel pays no more: {body}");
+
+    // The provider sees the close request and redeems what it earned within the period.
+    let mut seen = Value::Null;
+    for _ in 0..60 {
+        seen = payments_of(&pair.provider).await;
+        if seen["redeemed_wei"] == "10000" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(seen["redeemed_wei"], "10000", "{seen}");
+
+    let (status, body) = pair
+        .requester
+        .call(
+            reqwest::Method::POST,
+            &format!("/channels/{channel}/close"),
+            "",
+        )
+        .await;
+    assert_eq!(status, 409, "closing before the period ends: {body}");
+    assert_eq!(body["error"]["code"], "channel_state_conflict");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("challenge period"),
+        "{body}"
+    );
+
+    pair.advance_chain_time(CHALLENGE_PERIOD_SECONDS + 1).await;
+    let (status, body) = pair
+        .requester
+        .call(
+            reqwest::Method::POST,
+            &format!("/channels/{channel}/close"),
+            "",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["phase"], "closed");
+    assert_eq!(body["refunded_wei"], "90000");
+    let (close_fee, _) = pair
+        .fee(body["transaction"]["tx"].as_str().expect("tx"))
+        .await;
+    assert_eq!(
+        pair.balance(&pair.requester).await,
+        requester_before + U256::from(90_000) - request_fee - close_fee
+    );
+    assert!(pair.on_chain(&channel).await.closed);
+}
+
+#[tokio::test]
+async fn a_provider_restarted_between_tasks_still_redeems_the_last_voucher() {
+    let mut pair = PaidPair::start(json!({})).await;
+    let (channel, _) = pair.open_channel("100000").await;
+    let provider_before = pair.balance(&pair.provider).await;
+    for round in 0..2 {
+        for _ in 0..5 {
+            let (status, body) = pair.task("hello").await;
+            assert_eq!(status, 200, "round {round}: {body}");
+        }
+        if round == 0 {
+            // Killed outright: nothing redeemed, only what it stored survives.
+            pair.provider.kill9();
+            pair.provider.restart();
+            assert_eq!(payments_of(&pair.provider).await["earned_wei"], "5000");
+        }
+    }
+    assert_eq!(pair.transactions_sent(&pair.provider).await, 0);
+
+    // A clean stop redeems everything before the node exits.
+    assert!(pair.provider.terminate().success());
+    let on_chain = pair.on_chain(&channel).await;
+    assert_eq!(on_chain.redeemed, U256::from(10 * TASK_PRICE));
+    let redemptions = pair
+        .contract
+        .VoucherRedeemed_filter()
+        .from_block(0)
+        .query()
+        .await
+        .expect("events");
+    assert_eq!(redemptions.len(), 1);
+    let tx = redemptions[0]
+        .1
+        .transaction_hash
+        .expect("mined")
+        .to_string();
+    let (fee, _) = pair.fee(&tx).await;
+    assert_eq!(
+        pair.balance(&pair.provider).await,
+        provider_before + U256::from(10 * TASK_PRICE) - fee
+    );
+}
+
+#[tokio::test]
+async fn storage_is_paid_per_period_and_reads_per_byte_and_renewed_after_audits() {
+    // One wei per byte per four-second period, one wei per byte read.
+    const GIB: u64 = 1 << 30;
+    let pair = PaidPair::start(json!({
+        "payments": {
+            "storage_period_seconds": 4,
+            "prices": {"storage_gib_day_wei": GIB * 86_400 / 4, "read_gib_wei": GIB},
+        }
+    }))
+    .await;
+    let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let put = |owner: &TestNode| {
+        owner
+            .http()
+            .put(owner.url(&format!(
+                "/files/paid.bin?target={}",
+                pair.provider.target()
+            )))
+            .body(content.clone())
+            .send()
+    };
+
+    // An owner without payments stores nothing on a provider that charges.
+    let unpaid = TestNode::start();
+    let response = put(&unpaid).await.expect("answer");
+    assert_eq!(response.status(), 402);
+    assert_eq!(
+        response.json::<Value>().await.expect("JSON")["error"]["code"],
+        "payment_required"
+    );
+
+    // With a channel, the upload pays for the first period of the data and the manifest.
+    let owner = &pair.requester;
+    pair.open_channel("1000000000").await;
+    let response = put(owner).await.expect("answer");
+    assert_eq!(response.status(), 201);
+    let stored: Value = response.json().await.expect("JSON");
+    let id = stored["id"].as_str().expect("id").to_owned();
+    assert!(stored["replicas"][0]["paid_until"].is_string(), "{stored}");
+    let sealed_data = 100_000 + 16;
+    let after_store = payments_of(&pair.provider).await["earned_wei"]
+        .as_str()
+        .expect("earned")
+        .parse::<u64>()
+        .expect("number");
+    assert!(
+        after_store > sealed_data && after_store < sealed_data + 2_000,
+        "data plus a small manifest: {after_store}"
+    );
+
+    // A read pays for the bytes sent.
+    let read = owner
+        .http()
+        .get(owner.url(&format!("/files/{id}")))
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.bytes().await.expect("body").to_vec(), content);
+    let earned = |payments: &Value| {
+        payments["earned_wei"]
+            .as_str()
+            .and_then(|text| text.parse::<u64>().ok())
+            .expect("earned")
+    };
+    assert_eq!(
+        earned(&payments_of(&pair.provider).await),
+        after_store + sealed_data
+    );
+
+    // Audits run every second; past half a period, each passing replica is paid again.
+    let mut provider_payments = Value::Null;
+    for _ in 0..40 {
+        provider_payments = payments_of(&pair.provider).await;
+        if earned(&provider_payments) >= 2 * after_store + sealed_data {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(
+        earned(&provider_payments) >= 2 * after_store + sealed_data,
+        "not renewed: {provider_payments}"
+    );
+    assert!(pair.provider.log().contains("object renewed"));
+    // Both sides count the same: what the owner spent is what the provider earned.
+    let spent = payments_of(owner).await["spent_wei"].clone();
+    assert_eq!(spent, payments_of(&pair.provider).await["earned_wei"]);
 }

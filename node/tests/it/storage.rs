@@ -331,6 +331,7 @@ async fn only_the_owner_may_read_and_a_replayed_request_is_refused() {
         object_id: id.clone(),
         auth: Some(auth::sign(&owner_key, Operation::Get, &id)),
         start_chunk: 0,
+        voucher: None,
     };
     let mut stream = client
         .get_object(signed.clone())
@@ -355,6 +356,7 @@ async fn only_the_owner_may_read_and_a_replayed_request_is_refused() {
         object_id: id.clone(),
         auth: Some(auth::sign(&stranger, Operation::Get, &id)),
         start_chunk: 0,
+        voucher: None,
     };
     let refused = client
         .get_object(foreign)
@@ -368,6 +370,7 @@ async fn only_the_owner_may_read_and_a_replayed_request_is_refused() {
         object_id: id.clone(),
         auth: Some(impersonation),
         start_chunk: 0,
+        voucher: None,
     };
     let refused = client
         .get_object(impersonated)
@@ -379,6 +382,7 @@ async fn only_the_owner_may_read_and_a_replayed_request_is_refused() {
         object_id: id,
         auth: None,
         start_chunk: 0,
+        voucher: None,
     };
     assert_eq!(
         client

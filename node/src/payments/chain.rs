@@ -1,0 +1,341 @@
+//! The payment contract on its chain, as this node uses it: channel state (cached briefly), and
+//! the transactions of both sides, signed with the node's key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use alloy::network::ReceiptResponse;
+use alloy::primitives::{Address, B256, Bytes, TxHash, U256};
+use alloy::providers::{DynProvider, Provider};
+use alloy::sol_types::Eip712Domain;
+use sphere_contracts::SpherePayments::{self, SpherePaymentsErrors, SpherePaymentsInstance};
+use sphere_contracts::voucher_domain;
+
+use crate::error::{Error, ErrorCode};
+
+/// Longest wait for a sent transaction to be mined.
+const RECEIPT_WAIT: Duration = Duration::from_secs(120);
+
+/// A channel as the contract holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelState {
+    /// Who deposits and signs vouchers.
+    pub requester: Address,
+    /// Who redeems vouchers.
+    pub provider: Address,
+    /// Wei deposited in all.
+    pub deposit: U256,
+    /// Wei redeemed so far.
+    pub redeemed: U256,
+    /// Chain time (seconds) of the close request; 0 when none.
+    pub close_requested_at: u64,
+    /// Whether the channel is closed and refunded.
+    pub closed: bool,
+}
+
+impl ChannelState {
+    /// Returns whether the channel takes no new vouchers: closed, or its requester asked to close.
+    pub fn is_closing(&self) -> bool {
+        self.closed || self.close_requested_at != 0
+    }
+}
+
+/// A mined transaction that changed the contract.
+#[derive(Debug, Clone)]
+pub struct Mined {
+    /// The transaction's hash.
+    pub tx: TxHash,
+    /// Gas it used.
+    pub gas_used: u64,
+    /// What it cost in wei (gas used times effective gas price).
+    pub fee: U256,
+}
+
+/// The payment contract, seen with the node's key. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    contract: SpherePaymentsInstance<DynProvider>,
+    chain_id: u64,
+    domain: Eip712Domain,
+    challenge_period_seconds: u64,
+    cache_for: Duration,
+    cache: Arc<Mutex<HashMap<B256, (Instant, ChannelState)>>>,
+    /// Held from sending a transaction to its receipt: nonces are asked of the chain, so two
+    /// transactions sent at once would get the same one.
+    sending: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Chain {
+    /// Returns the contract at `contract`, whose channel reads are cached for `cache_for`.
+    pub fn new(
+        contract: SpherePaymentsInstance<DynProvider>,
+        chain_id: u64,
+        challenge_period_seconds: u64,
+        cache_for: Duration,
+    ) -> Self {
+        let domain = voucher_domain(chain_id, *contract.address());
+        Self {
+            contract,
+            chain_id,
+            domain,
+            challenge_period_seconds,
+            cache_for,
+            cache: Arc::default(),
+            sending: Arc::default(),
+        }
+    }
+
+    /// The chain's ID.
+    pub fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    /// The contract's address.
+    pub fn address(&self) -> Address {
+        *self.contract.address()
+    }
+
+    /// The EIP-712 domain vouchers are signed in.
+    pub fn domain(&self) -> &Eip712Domain {
+        &self.domain
+    }
+
+    /// Seconds between a close request and the moment the requester can close.
+    pub fn challenge_period_seconds(&self) -> u64 {
+        self.challenge_period_seconds
+    }
+
+    /// Returns the balance of `account` in wei.
+    pub async fn balance(&self, account: Address) -> Result<U256, Error> {
+        self.contract
+            .provider()
+            .get_balance(account)
+            .await
+            .map_err(|error| chain_unreachable(&error))
+    }
+
+    /// Returns a channel's state, from the cache when it is younger than the cache period and
+    /// `fresh` is false. `None` when the contract has no such channel.
+    pub async fn channel(&self, id: B256, fresh: bool) -> Result<Option<ChannelState>, Error> {
+        if !fresh {
+            let cache = self
+                .cache
+                .lock()
+                .expect("channel cache lock is never poisoned");
+            if let Some((read_at, state)) = cache.get(&id)
+                && read_at.elapsed() < self.cache_for
+            {
+                return Ok(Some(state.clone()));
+            }
+        }
+        let read = self
+            .contract
+            .channels(id)
+            .call()
+            .await
+            .map_err(|error| chain_unreachable(&error))?;
+        if read.requester == Address::ZERO {
+            return Ok(None);
+        }
+        let state = ChannelState {
+            requester: read.requester,
+            provider: read.provider,
+            deposit: read.deposit,
+            redeemed: read.redeemed,
+            close_requested_at: read.closeRequestedAt,
+            closed: read.closed,
+        };
+        self.cache
+            .lock()
+            .expect("channel cache lock is never poisoned")
+            .insert(id, (Instant::now(), state.clone()));
+        Ok(Some(state))
+    }
+
+    /// Opens a channel to `provider` with `deposit` wei; returns its ID.
+    pub async fn open(&self, provider: Address, deposit: U256) -> Result<(B256, Mined), Error> {
+        let _one_at_a_time = self.sending.lock().await;
+        let receipt = self
+            .contract
+            .open(provider)
+            .value(deposit)
+            .send()
+            .await
+            .map_err(refused)?
+            .with_timeout(Some(RECEIPT_WAIT))
+            .get_receipt()
+            .await
+            .map_err(|error| chain_unreachable(&error))?;
+        let opened = receipt
+            .decoded_log::<SpherePayments::ChannelOpened>()
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::TargetError,
+                    format!(
+                        "opening the channel (transaction {}) emitted no ChannelOpened event",
+                        receipt.transaction_hash
+                    ),
+                )
+            })?;
+        Ok((opened.data.channelId, mined(&receipt)))
+    }
+
+    /// Adds `amount` wei to a channel's deposit.
+    pub async fn top_up(&self, id: B256, amount: U256) -> Result<Mined, Error> {
+        let _one_at_a_time = self.sending.lock().await;
+        let call = self.contract.topUp(id).value(amount);
+        self.transact(id, call.send().await).await
+    }
+
+    /// Asks to close a channel; the challenge period starts.
+    pub async fn request_close(&self, id: B256) -> Result<Mined, Error> {
+        let _one_at_a_time = self.sending.lock().await;
+        let call = self.contract.requestClose(id);
+        self.transact(id, call.send().await).await
+    }
+
+    /// Closes a channel whose challenge period is over and takes back what was not redeemed.
+    pub async fn close(&self, id: B256) -> Result<Mined, Error> {
+        let _one_at_a_time = self.sending.lock().await;
+        let call = self.contract.close(id);
+        self.transact(id, call.send().await).await
+    }
+
+    /// Redeems a voucher for `amount` wei in all on a channel to this node.
+    pub async fn redeem(&self, id: B256, amount: U256, signature: Bytes) -> Result<Mined, Error> {
+        let _one_at_a_time = self.sending.lock().await;
+        let call = self.contract.redeem(id, amount, signature);
+        self.transact(id, call.send().await).await
+    }
+
+    async fn transact<N: alloy::network::Network>(
+        &self,
+        id: B256,
+        sent: Result<alloy::providers::PendingTransactionBuilder<N>, alloy::contract::Error>,
+    ) -> Result<Mined, Error> {
+        let receipt = sent
+            .map_err(refused)?
+            .with_timeout(Some(RECEIPT_WAIT))
+            .get_receipt()
+            .await
+            .map_err(|error| chain_unreachable(&error))?;
+        self.cache
+            .lock()
+            .expect("channel cache lock is never poisoned")
+            .remove(&id);
+        if !receipt.status() {
+            return Err(Error::new(
+                ErrorCode::TargetError,
+                format!(
+                    "transaction {} was mined but reverted",
+                    receipt.transaction_hash()
+                ),
+            ));
+        }
+        Ok(mined(&receipt))
+    }
+}
+
+fn mined(receipt: &impl ReceiptResponse) -> Mined {
+    Mined {
+        tx: receipt.transaction_hash(),
+        gas_used: receipt.gas_used(),
+        fee: U256::from(receipt.gas_used()) * U256::from(receipt.effective_gas_price()),
+    }
+}
+
+fn chain_unreachable(error: &dyn std::fmt::Display) -> Error {
+    Error::new(
+        ErrorCode::TargetUnreachable,
+        format!("the payment chain did not answer: {error}"),
+    )
+}
+
+/// Turns a transaction the contract refused into an error that says why, in the contract's words.
+fn refused(error: alloy::contract::Error) -> Error {
+    let Some(reason) = error.as_decoded_interface_error::<SpherePaymentsErrors>() else {
+        return if error.as_revert_data().is_some() {
+            Error::new(
+                ErrorCode::TargetError,
+                format!("the payment contract refused the transaction: {error}"),
+            )
+        } else {
+            let message = error.to_string();
+            if message.contains("insufficient funds") {
+                Error::new(
+                    ErrorCode::PaymentRequired,
+                    format!("this node's account cannot pay for the transaction: {message}"),
+                )
+            } else {
+                chain_unreachable(&message)
+            }
+        };
+    };
+    use SpherePaymentsErrors as Refusal;
+    let (code, message) = match reason {
+        Refusal::NoSuchChannel(_) => (
+            ErrorCode::ChannelNotFound,
+            "the payment contract has no such channel".to_owned(),
+        ),
+        Refusal::NotRequester(_) => (
+            ErrorCode::PermissionDenied,
+            "only the channel's requester may do that".to_owned(),
+        ),
+        Refusal::NotProvider(_) => (
+            ErrorCode::PermissionDenied,
+            "only the channel's provider may redeem".to_owned(),
+        ),
+        Refusal::ChannelClosedAlready(_) => (
+            ErrorCode::ChannelStateConflict,
+            "the channel is closed already".to_owned(),
+        ),
+        Refusal::CloseAlreadyRequested(_) => (
+            ErrorCode::ChannelStateConflict,
+            "the channel's requester asked to close it already; it takes no more deposits"
+                .to_owned(),
+        ),
+        Refusal::CloseNotRequested(_) => (
+            ErrorCode::ChannelStateConflict,
+            "closing needs a close request first".to_owned(),
+        ),
+        Refusal::ChallengePeriodRunning(running) => (
+            ErrorCode::ChannelStateConflict,
+            format!(
+                "the challenge period is still running: the channel can be closed from chain time {}",
+                running.closableAt
+            ),
+        ),
+        Refusal::EmptyDeposit(_) => (
+            ErrorCode::InvalidField,
+            "the amount must be greater than 0".to_owned(),
+        ),
+        Refusal::ZeroProvider(_) => (
+            ErrorCode::InvalidField,
+            "the provider must not be the zero address".to_owned(),
+        ),
+        Refusal::BadSignature(_) => (
+            ErrorCode::PaymentRequired,
+            "the voucher is not signed by the channel's requester".to_owned(),
+        ),
+        Refusal::AmountNotAboveRedeemed(redeemed) => (
+            ErrorCode::ChannelStateConflict,
+            format!("{} wei are redeemed already", redeemed.redeemed),
+        ),
+        Refusal::AmountAboveDeposit(deposit) => (
+            ErrorCode::PaymentRequired,
+            format!("the voucher exceeds the deposit of {} wei", deposit.deposit),
+        ),
+        Refusal::TransferFailed(_) => (
+            ErrorCode::TargetError,
+            "the contract could not send the ETH".to_owned(),
+        ),
+        Refusal::ReentrancyGuardReentrantCall(_)
+        | Refusal::InvalidShortString(_)
+        | Refusal::StringTooLong(_) => (
+            ErrorCode::TargetError,
+            format!("the payment contract refused the transaction: {reason:?}"),
+        ),
+    };
+    Error::new(code, message)
+}

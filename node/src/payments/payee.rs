@@ -1,0 +1,525 @@
+//! The provider's side: checking the voucher that pays for each piece of work, keeping the best
+//! voucher of every channel durably, and redeeming it on a threshold, on an interval, when the
+//! requester starts closing, on demand and on shutdown.
+//!
+//! A channel's vouchers are cumulative, so the provider only needs the largest one it received.
+//! Work is paid from the channel's credit: the largest voucher minus what was charged before
+//! (never less than what was redeemed on chain). Checking reserves the price; the work's success
+//! charges it and stores the channel's record before the answer leaves; a failure releases it,
+//! so requesters never pay for work they did not get. Concurrent tasks on one channel may
+//! deliver their vouchers in any order.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256, Bytes, U256};
+use serde::{Deserialize, Serialize};
+use sphere_contracts::{Voucher, voucher_signer};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::chain::{Chain, ChannelState};
+use crate::error::{Error, ErrorCode};
+use crate::storage::db::Db;
+
+/// Key prefix of the provider's channel records.
+const RECORD_PREFIX: &str = "payments/in/";
+/// Longest wait between two looks at the channels with unredeemed vouchers, whatever the
+/// redemption interval: a requester's close request must be seen within its challenge period.
+const LONGEST_POLL: Duration = Duration::from_secs(5);
+
+/// A voucher as the provider keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeptVoucher {
+    /// Wei promised in all.
+    pub amount: U256,
+    /// The requester's EIP-712 signature.
+    pub signature: Bytes,
+}
+
+/// A redemption this node made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Redemption {
+    /// When it was mined, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The cumulative amount redeemed.
+    pub amount: U256,
+    /// What it paid (the amount minus what was redeemed before).
+    pub paid: U256,
+    /// The transaction.
+    pub tx: String,
+    /// Gas it used.
+    pub gas_used: u64,
+}
+
+/// A channel's redemption: made, or failed with why.
+pub type RedemptionOutcome = Result<(B256, Redemption), (B256, Error)>;
+
+/// What the provider knows of a channel that pays it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IncomingChannel {
+    /// The channel's ID.
+    pub channel_id: B256,
+    /// Who pays.
+    pub requester: Address,
+    /// The largest voucher received.
+    pub best: Option<KeptVoucher>,
+    /// Wei charged for work done.
+    pub charged: U256,
+    /// The largest amount this node redeemed on chain.
+    pub redeemed: U256,
+    /// The last redemption.
+    pub last_redemption: Option<Redemption>,
+    /// Since when (ms) part of `best` has been waiting to be redeemed.
+    pub pending_since_ms: Option<u64>,
+    /// Bumped on every change, so that concurrent writers store the newest record once.
+    #[serde(skip)]
+    version: u64,
+    /// Prices of work checked and running.
+    #[serde(skip)]
+    reserved: U256,
+}
+
+impl IncomingChannel {
+    /// Returns the wei received in vouchers but not yet redeemed.
+    pub fn pending(&self) -> U256 {
+        self.best
+            .as_ref()
+            .map_or(U256::ZERO, |best| best.amount.saturating_sub(self.redeemed))
+    }
+}
+
+/// The provider's payment bookkeeping. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Payee {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    chain: Chain,
+    db: Db,
+    own_address: Address,
+    channels: Mutex<BTreeMap<B256, IncomingChannel>>,
+    /// Versions on the disk, per channel; writers take this lock in turn.
+    stored_versions: tokio::sync::Mutex<BTreeMap<B256, u64>>,
+    /// Serialises redemptions, so one voucher is never sent twice at once.
+    redeeming: tokio::sync::Mutex<()>,
+    redeem_threshold: U256,
+    redeem_interval: Duration,
+    wake_redeemer: Notify,
+}
+
+/// Work that a voucher paid for, not yet done. Dropping it without [`Reservation::charge`]
+/// releases the price.
+#[must_use = "a reservation is released unless charged"]
+#[derive(Debug)]
+pub struct Reservation {
+    held: Option<(Payee, B256, U256)>,
+}
+
+impl Reservation {
+    /// A reservation for free work.
+    pub fn free() -> Self {
+        Self { held: None }
+    }
+
+    /// Charges the work, now done, and returns once the channel's record is on the disk.
+    pub async fn charge(mut self) -> Result<(), Error> {
+        let Some((payee, channel_id, price)) = self.held.take() else {
+            return Ok(());
+        };
+        let (version, due) = {
+            let mut channels = payee.lock();
+            let channel = channels
+                .get_mut(&channel_id)
+                .expect("a reserved channel stays known");
+            channel.reserved -= price;
+            channel.charged += price;
+            channel.version += 1;
+            let due = channel.pending() >= payee.inner.redeem_threshold;
+            (channel.version, due)
+        };
+        payee.store(channel_id, version).await?;
+        if due {
+            payee.inner.wake_redeemer.notify_one();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some((payee, channel_id, price)) = self.held.take()
+            && let Some(channel) = payee.lock().get_mut(&channel_id)
+        {
+            channel.reserved -= price;
+        }
+    }
+}
+
+/// The parts of a voucher as received.
+#[derive(Debug)]
+struct ReceivedVoucher {
+    channel_id: B256,
+    amount: U256,
+    signature: Bytes,
+}
+
+impl Payee {
+    /// Loads the channel records from `db`.
+    pub async fn open(
+        chain: Chain,
+        db: Db,
+        own_address: Address,
+        redeem_threshold: U256,
+        redeem_interval: Duration,
+    ) -> Result<Self, crate::storage::StorageError> {
+        let records: Vec<IncomingChannel> = db.scan_json(RECORD_PREFIX).await?;
+        let channels = records
+            .into_iter()
+            .map(|record| (record.channel_id, record))
+            .collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                chain,
+                db,
+                own_address,
+                channels: Mutex::new(channels),
+                stored_versions: tokio::sync::Mutex::default(),
+                redeeming: tokio::sync::Mutex::default(),
+                redeem_threshold,
+                redeem_interval,
+                wake_redeemer: Notify::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<B256, IncomingChannel>> {
+        self.inner
+            .channels
+            .lock()
+            .expect("payee lock is never poisoned")
+    }
+
+    /// Returns every channel that paid this node, as known now.
+    pub fn channels(&self) -> Vec<IncomingChannel> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Checks that `voucher` pays `price` wei for `work` (said in refusals), and reserves it.
+    pub async fn reserve(
+        &self,
+        voucher: Option<&sphere_proto::v1::Voucher>,
+        price: U256,
+        work: &str,
+    ) -> Result<Reservation, Error> {
+        if price.is_zero() {
+            return Ok(Reservation::free());
+        }
+        let Some(voucher) = voucher else {
+            return Err(Error::new(
+                ErrorCode::PaymentRequired,
+                format!(
+                    "{work} costs {price} wei on this node and came without a voucher: turn payments on at the requesting node and open a payment channel to {} (sphere channel open)",
+                    self.inner.own_address
+                ),
+            )
+            .with_details(serde_json::json!({"price_wei": price.to_string()})));
+        };
+        let voucher = parse(voucher)?;
+        let chain = &self.inner.chain;
+        let mut state = self.channel_state(voucher.channel_id, false).await?;
+        if voucher.amount > state.deposit {
+            // The requester may have topped up since the state was cached.
+            state = self.channel_state(voucher.channel_id, true).await?;
+        }
+        if state.provider != self.inner.own_address {
+            return Err(refusal(format!(
+                "channel {} pays {}, not this node ({})",
+                voucher.channel_id, state.provider, self.inner.own_address
+            )));
+        }
+        if state.is_closing() {
+            return Err(refusal(format!(
+                "channel {} is closing or closed and takes no more vouchers; open a new one",
+                voucher.channel_id
+            )));
+        }
+        if voucher.amount > state.deposit {
+            return Err(refusal(format!(
+                "the voucher promises {} wei but channel {} holds a deposit of {} wei; top it up",
+                voucher.amount, voucher.channel_id, state.deposit
+            )));
+        }
+        let signed = Voucher {
+            channelId: voucher.channel_id,
+            cumulativeAmount: voucher.amount,
+        };
+        if voucher_signer(&signed, chain.domain(), &voucher.signature) != Some(state.requester) {
+            return Err(refusal(format!(
+                "the voucher is not signed by channel {}'s requester {}",
+                voucher.channel_id, state.requester
+            )));
+        }
+
+        let mut channels = self.lock();
+        let channel = channels
+            .entry(voucher.channel_id)
+            .or_insert_with(|| IncomingChannel {
+                channel_id: voucher.channel_id,
+                requester: state.requester,
+                best: None,
+                charged: U256::ZERO,
+                redeemed: U256::ZERO,
+                last_redemption: None,
+                pending_since_ms: None,
+                version: 0,
+                reserved: U256::ZERO,
+            });
+        let used = (channel.charged + channel.reserved).max(state.redeemed);
+        let best = channel
+            .best
+            .as_ref()
+            .map_or(U256::ZERO, |best| best.amount)
+            .max(voucher.amount);
+        let required = used + price;
+        if best < required {
+            return Err(Error::new(
+                ErrorCode::PaymentRequired,
+                format!(
+                    "underpaid: {work} costs {price} wei and channel {} has {} wei of credit left; send a voucher for at least {required} wei in all",
+                    voucher.channel_id,
+                    best.saturating_sub(used)
+                ),
+            )
+            .with_details(serde_json::json!({
+                "price_wei": price.to_string(),
+                "required_cumulative_wei": required.to_string(),
+            })));
+        }
+        if channel
+            .best
+            .as_ref()
+            .is_none_or(|kept| voucher.amount > kept.amount)
+        {
+            channel.best = Some(KeptVoucher {
+                amount: voucher.amount,
+                signature: voucher.signature,
+            });
+            channel
+                .pending_since_ms
+                .get_or_insert_with(crate::clock::now_ms);
+        }
+        channel.reserved += price;
+        Ok(Reservation {
+            held: Some((self.clone(), voucher.channel_id, price)),
+        })
+    }
+
+    async fn channel_state(&self, id: B256, fresh: bool) -> Result<ChannelState, Error> {
+        self.inner.chain.channel(id, fresh).await?.ok_or_else(|| {
+            refusal(format!(
+                "the payment contract {} has no channel {id}",
+                self.inner.chain.address()
+            ))
+        })
+    }
+
+    /// Stores a channel's record unless a newer one than `version` is stored already.
+    async fn store(&self, channel_id: B256, version: u64) -> Result<(), Error> {
+        let mut stored_versions = self.inner.stored_versions.lock().await;
+        if stored_versions
+            .get(&channel_id)
+            .is_some_and(|stored| *stored >= version)
+        {
+            return Ok(());
+        }
+        let record = self.lock().get(&channel_id).cloned();
+        let Some(record) = record else {
+            return Ok(());
+        };
+        self.inner
+            .db
+            .put_json_durable(&format!("{RECORD_PREFIX}{channel_id}"), &record)
+            .await
+            .map_err(Error::from)?;
+        stored_versions.insert(channel_id, record.version);
+        Ok(())
+    }
+
+    /// Redeems the best voucher of every channel that has something unredeemed, when `due`
+    /// says so for its record and chain state; returns the redemptions made and the failures.
+    async fn redeem_where(
+        &self,
+        due: impl Fn(&IncomingChannel, &ChannelState) -> bool,
+    ) -> Vec<RedemptionOutcome> {
+        let _one_at_a_time = self.inner.redeeming.lock().await;
+        let waiting: Vec<IncomingChannel> = self
+            .lock()
+            .values()
+            .filter(|channel| !channel.pending().is_zero())
+            .cloned()
+            .collect();
+        let mut outcomes = Vec::new();
+        for channel in waiting {
+            let id = channel.channel_id;
+            let outcome = async {
+                let state = self.channel_state(id, true).await?;
+                let best = channel.best.clone().expect("pending implies a voucher");
+                if state.closed || best.amount <= state.redeemed {
+                    self.settled(id, state.redeemed, None).await?;
+                    return Ok(None);
+                }
+                if !due(&channel, &state) {
+                    return Ok(None);
+                }
+                let mined = self
+                    .inner
+                    .chain
+                    .redeem(id, best.amount, best.signature.clone())
+                    .await?;
+                let redemption = Redemption {
+                    at_ms: crate::clock::now_ms(),
+                    amount: best.amount,
+                    paid: best.amount - state.redeemed,
+                    tx: mined.tx.to_string(),
+                    gas_used: mined.gas_used,
+                };
+                tracing::info!(
+                    channel = %id,
+                    amount = %best.amount,
+                    paid = %redemption.paid,
+                    tx = %redemption.tx,
+                    gas = mined.gas_used,
+                    "redeemed a voucher"
+                );
+                self.settled(id, best.amount, Some(redemption.clone()))
+                    .await?;
+                Ok(Some(redemption))
+            }
+            .await;
+            match outcome {
+                Ok(Some(redemption)) => outcomes.push(Ok((id, redemption))),
+                Ok(None) => {}
+                Err(error) => outcomes.push(Err((id, error))),
+            }
+        }
+        outcomes
+    }
+
+    async fn settled(
+        &self,
+        id: B256,
+        redeemed: U256,
+        redemption: Option<Redemption>,
+    ) -> Result<(), Error> {
+        let version = {
+            let mut channels = self.lock();
+            let channel = channels.get_mut(&id).expect("redeemed channels stay known");
+            channel.redeemed = channel.redeemed.max(redeemed);
+            if redemption.is_some() {
+                channel.last_redemption = redemption;
+            }
+            if channel.pending().is_zero() {
+                channel.pending_since_ms = None;
+            }
+            channel.version += 1;
+            channel.version
+        };
+        self.store(id, version).await
+    }
+
+    /// Redeems every unredeemed voucher now.
+    pub async fn redeem_all(&self) -> Vec<RedemptionOutcome> {
+        self.redeem_where(|_, _| true).await
+    }
+
+    /// Redeems what is due, until `shutdown`; then redeems everything.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let poll = self.inner.redeem_interval.min(LONGEST_POLL);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.inner.wake_redeemer.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+            let threshold = self.inner.redeem_threshold;
+            let interval_ms =
+                u64::try_from(self.inner.redeem_interval.as_millis()).unwrap_or(u64::MAX);
+            let now = crate::clock::now_ms();
+            let outcomes = self
+                .redeem_where(|channel, state| {
+                    channel.pending() >= threshold
+                        || state.close_requested_at != 0
+                        || channel
+                            .pending_since_ms
+                            .is_some_and(|since| now.saturating_sub(since) >= interval_ms)
+                })
+                .await;
+            log_failures(&outcomes);
+        }
+    }
+}
+
+/// Logs the redemptions that failed; they are tried again later.
+pub fn log_failures(outcomes: &[RedemptionOutcome]) {
+    for (channel, error) in outcomes.iter().filter_map(|outcome| outcome.as_ref().err()) {
+        tracing::warn!(%channel, %error, "could not redeem a voucher; will try again");
+    }
+}
+
+fn refusal(message: String) -> Error {
+    Error::new(ErrorCode::PaymentRequired, message)
+}
+
+fn parse(voucher: &sphere_proto::v1::Voucher) -> Result<ReceivedVoucher, Error> {
+    let channel_id = B256::try_from(&voucher.channel_id[..]).map_err(|_| {
+        refusal(format!(
+            "the voucher's channel ID has {} bytes; it must have 32",
+            voucher.channel_id.len()
+        ))
+    })?;
+    let amount: U256 = voucher.cumulative_amount_wei.parse().map_err(|_| {
+        refusal(format!(
+            "the voucher's amount {:?} is not a decimal number of wei",
+            voucher.cumulative_amount_wei
+        ))
+    })?;
+    if voucher.signature.len() != 65 {
+        return Err(refusal(format!(
+            "the voucher's signature has {} bytes; it must have 65",
+            voucher.signature.len()
+        )));
+    }
+    Ok(ReceivedVoucher {
+        channel_id,
+        amount,
+        signature: Bytes::copy_from_slice(&voucher.signature),
+    })
+}
+
+/// Returns a channel as the REST API shows it; amounts are decimal strings of wei.
+pub fn channel_json(channel: &IncomingChannel) -> serde_json::Value {
+    serde_json::json!({
+        "channel_id": channel.channel_id.to_string(),
+        "requester": channel.requester.to_checksum(None),
+        "earned_wei": channel.charged.to_string(),
+        "best_voucher_wei": channel.best.as_ref().map_or(U256::ZERO, |best| best.amount).to_string(),
+        "redeemed_wei": channel.redeemed.to_string(),
+        "pending_wei": channel.pending().to_string(),
+        "last_redemption": channel.last_redemption.as_ref().map(redemption_json),
+    })
+}
+
+/// Returns a redemption as the REST API shows it.
+pub fn redemption_json(redemption: &Redemption) -> serde_json::Value {
+    serde_json::json!({
+        "at_ms": redemption.at_ms,
+        "amount_wei": redemption.amount.to_string(),
+        "paid_wei": redemption.paid.to_string(),
+        "tx": redemption.tx,
+        "gas_used": redemption.gas_used,
+    })
+}

@@ -1,0 +1,515 @@
+//! The requester's side: its channels to providers, what each provider charges, and a signed
+//! voucher for each piece of work sent.
+//!
+//! Per channel the requester tracks the largest amount it signed, what was spent (work that
+//! succeeded) and what is in flight. A new voucher promises what was spent, plus what is in
+//! flight, plus the new work's price, and never less than the largest voucher signed before:
+//! credit left by failed work is used again instead of being signed away twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{Address, B256, U256};
+use alloy::signers::local::PrivateKeySigner;
+use serde::{Deserialize, Serialize};
+use sphere_contracts::{Voucher, sign_voucher};
+use sphere_proto::v1::{GetInfoRequest, GetInfoResponse, PaymentTerms};
+
+use super::chain::{Chain, Mined};
+use crate::error::{Error, ErrorCode};
+use crate::peers::Peers;
+use crate::storage::db::Db;
+
+/// Key prefix of the requester's channel records.
+const RECORD_PREFIX: &str = "payments/out/";
+/// How long a provider's advertised terms are used before they are asked for again.
+const TERMS_CACHE: Duration = Duration::from_secs(30);
+
+/// Where a channel stands, as the requester last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelPhase {
+    /// Takes vouchers.
+    Open,
+    /// The requester asked to close; closable after the challenge period.
+    Closing,
+    /// Closed and refunded.
+    Closed,
+}
+
+/// A channel this node pays through.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutgoingChannel {
+    /// The channel's ID.
+    pub channel_id: B256,
+    /// Who is paid.
+    pub provider: Address,
+    /// Wei deposited in all.
+    pub deposit: U256,
+    /// The largest cumulative amount signed.
+    pub signed: U256,
+    /// Wei spent on work that succeeded.
+    pub spent: U256,
+    /// Where the channel stands.
+    pub phase: ChannelPhase,
+    /// When it was opened, in milliseconds since the Unix epoch.
+    pub opened_at_ms: u64,
+    /// Wei refunded at close.
+    pub refunded: Option<U256>,
+    #[serde(skip)]
+    version: u64,
+    #[serde(skip)]
+    in_flight: U256,
+}
+
+impl OutgoingChannel {
+    /// What a voucher for work of `price` must promise.
+    fn next_amount(&self, price: U256) -> U256 {
+        (self.spent + self.in_flight + price).max(self.signed)
+    }
+
+    /// Wei of the deposit not yet promised to work done or running.
+    pub fn remaining(&self) -> U256 {
+        self.deposit.saturating_sub(self.spent + self.in_flight)
+    }
+}
+
+/// The work a payment is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Work<'a> {
+    /// A task on a plugin (`None`: the target's default plugin).
+    Task(Option<&'a str>),
+    /// Keeping an object of this many bytes for one storage period.
+    Store(u64),
+    /// Reading this many bytes back.
+    Read(u64),
+}
+
+impl Work<'_> {
+    /// Returns the work's price in `info`'s terms, and says what the work is.
+    fn price(&self, info: &GetInfoResponse, terms: &PaymentTerms) -> Result<(U256, String), Error> {
+        match self {
+            Self::Task(plugin) => {
+                let name = match plugin {
+                    Some(name) => Some((*name).to_owned()),
+                    None => info
+                        .plugins
+                        .iter()
+                        .find(|summary| summary.is_default)
+                        .map(|summary| summary.name.clone()),
+                };
+                let price = name
+                    .as_ref()
+                    .and_then(|name| terms.task_wei_by_plugin.get(name))
+                    .unwrap_or(&terms.task_wei);
+                let what = format!(
+                    "a task on plugin {}",
+                    name.as_deref().unwrap_or("(default)")
+                );
+                Ok((wei(price, "task_wei")?, what))
+            }
+            Self::Store(bytes) => {
+                let per_gib_day = wei(&terms.storage_gib_day_wei, "storage_gib_day_wei")?;
+                let per_gib_day = u64::try_from(per_gib_day).map_err(|_| {
+                    Error::new(
+                        ErrorCode::TargetError,
+                        "the target's storage price is too large",
+                    )
+                })?;
+                Ok((
+                    super::amount::storage_price(*bytes, terms.storage_period_seconds, per_gib_day),
+                    format!("storing {bytes} bytes for one period"),
+                ))
+            }
+            Self::Read(bytes) => {
+                let per_gib = wei(&terms.read_gib_wei, "read_gib_wei")?;
+                let per_gib = u64::try_from(per_gib).map_err(|_| {
+                    Error::new(
+                        ErrorCode::TargetError,
+                        "the target's read price is too large",
+                    )
+                })?;
+                Ok((
+                    super::amount::price_per_gib(*bytes, per_gib),
+                    format!("reading {bytes} bytes"),
+                ))
+            }
+        }
+    }
+}
+
+fn wei(text: &str, term: &str) -> Result<U256, Error> {
+    text.parse().map_err(|_| {
+        Error::new(
+            ErrorCode::TargetError,
+            format!("the target advertises a `{term}` of {text:?}, which is not an amount of wei"),
+        )
+    })
+}
+
+/// A voucher handed out for one piece of work, until the work's outcome is known. Dropping it
+/// without [`Payment::settle`] counts the work as failed.
+#[must_use = "a payment must be settled with the work's outcome"]
+#[derive(Debug)]
+pub struct Payment {
+    held: Option<(Payer, B256, U256)>,
+    voucher: sphere_proto::v1::Voucher,
+}
+
+impl Payment {
+    /// The voucher to send with the work.
+    pub fn voucher(&self) -> sphere_proto::v1::Voucher {
+        self.voucher.clone()
+    }
+
+    /// Records the work's outcome: spent when it succeeded, free again when it failed.
+    pub async fn settle(mut self, succeeded: bool) {
+        let Some((payer, channel_id, price)) = self.held.take() else {
+            return;
+        };
+        let version = payer.release(channel_id, price, succeeded);
+        if let Err(error) = payer.store(channel_id, version).await {
+            tracing::warn!(%error, channel = %channel_id, "could not store the channel's record");
+        }
+    }
+}
+
+impl Drop for Payment {
+    fn drop(&mut self) {
+        if let Some((payer, channel_id, price)) = self.held.take() {
+            payer.release(channel_id, price, false);
+        }
+    }
+}
+
+/// The requester's payment bookkeeping. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Payer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    chain: Chain,
+    db: Db,
+    peers: Peers,
+    signer: PrivateKeySigner,
+    channels: Mutex<BTreeMap<B256, OutgoingChannel>>,
+    stored_versions: tokio::sync::Mutex<BTreeMap<B256, u64>>,
+    targets: Mutex<HashMap<String, (Instant, Arc<GetInfoResponse>)>>,
+}
+
+impl Payer {
+    /// Loads the channel records from `db`.
+    pub async fn open(
+        chain: Chain,
+        db: Db,
+        peers: Peers,
+        signer: PrivateKeySigner,
+    ) -> Result<Self, crate::storage::StorageError> {
+        let records: Vec<OutgoingChannel> = db.scan_json(RECORD_PREFIX).await?;
+        let channels = records
+            .into_iter()
+            .map(|record| (record.channel_id, record))
+            .collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                chain,
+                db,
+                peers,
+                signer,
+                channels: Mutex::new(channels),
+                stored_versions: tokio::sync::Mutex::default(),
+                targets: Mutex::default(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<B256, OutgoingChannel>> {
+        self.inner
+            .channels
+            .lock()
+            .expect("payer lock is never poisoned")
+    }
+
+    /// Returns every channel this node pays through.
+    pub fn channels(&self) -> Vec<OutgoingChannel> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Returns one channel.
+    pub fn channel(&self, id: B256) -> Result<OutgoingChannel, Error> {
+        self.lock().get(&id).cloned().ok_or_else(|| not_ours(id))
+    }
+
+    /// Returns what `target` says about itself, asking it at most every [`TERMS_CACHE`].
+    pub async fn target_info(&self, target: &str) -> Result<Arc<GetInfoResponse>, Error> {
+        if let Some((asked_at, info)) = self
+            .inner
+            .targets
+            .lock()
+            .expect("target cache lock is never poisoned")
+            .get(target)
+            && asked_at.elapsed() < TERMS_CACHE
+        {
+            return Ok(Arc::clone(info));
+        }
+        let info = self
+            .inner
+            .peers
+            .node(target)?
+            .get_info(GetInfoRequest {})
+            .await
+            .map_err(|status| Error::from_remote_status(&status, target))?
+            .into_inner();
+        let info = Arc::new(info);
+        self.inner
+            .targets
+            .lock()
+            .expect("target cache lock is never poisoned")
+            .insert(target.to_owned(), (Instant::now(), Arc::clone(&info)));
+        Ok(info)
+    }
+
+    /// Returns a voucher paying `target` for `work`, or `None` when the target does not charge
+    /// for it.
+    pub async fn pay(&self, target: &str, work: Work<'_>) -> Result<Option<Payment>, Error> {
+        let info = self.target_info(target).await?;
+        let Some(terms) = &info.payment_terms else {
+            return Ok(None);
+        };
+        self.check_same_contract(target, terms)?;
+        let (price, what) = work.price(&info, terms)?;
+        if price.is_zero() {
+            return Ok(None);
+        }
+        let provider: Address = info.node_id.parse().map_err(|_| {
+            Error::new(
+                ErrorCode::TargetError,
+                format!(
+                    "target {target} has a node ID that is not an address: {:?}",
+                    info.node_id
+                ),
+            )
+        })?;
+
+        let mut channels = self.lock();
+        let channel = channels
+            .values_mut()
+            .filter(|channel| channel.provider == provider && channel.phase == ChannelPhase::Open)
+            .max_by_key(|channel| channel.remaining());
+        let Some(channel) = channel else {
+            return Err(Error::new(
+                ErrorCode::PaymentRequired,
+                format!(
+                    "{what} on {target} costs {price} wei and this node has no open payment channel to it ({provider}); open one with `sphere channel open --target {target} --deposit 0.01eth`"
+                ),
+            )
+            .with_details(serde_json::json!({
+                "provider": provider.to_checksum(None),
+                "price_wei": price.to_string(),
+            })));
+        };
+        let amount = channel.next_amount(price);
+        if amount > channel.deposit {
+            return Err(Error::new(
+                ErrorCode::PaymentRequired,
+                format!(
+                    "{what} on {target} costs {price} wei but channel {} has {} wei left; top it up with `sphere channel topup {} --amount 0.01eth`",
+                    channel.channel_id,
+                    channel.remaining(),
+                    channel.channel_id
+                ),
+            )
+            .with_details(serde_json::json!({
+                "channel_id": channel.channel_id.to_string(),
+                "price_wei": price.to_string(),
+            })));
+        }
+        let voucher = Voucher {
+            channelId: channel.channel_id,
+            cumulativeAmount: amount,
+        };
+        let signature = sign_voucher(&self.inner.signer, &voucher, self.inner.chain.domain());
+        channel.signed = amount;
+        channel.in_flight += price;
+        channel.version += 1;
+        Ok(Some(Payment {
+            held: Some((self.clone(), channel.channel_id, price)),
+            voucher: sphere_proto::v1::Voucher {
+                channel_id: channel.channel_id.to_vec().into(),
+                cumulative_amount_wei: amount.to_string(),
+                signature: signature.to_vec().into(),
+            },
+        }))
+    }
+
+    fn check_same_contract(&self, target: &str, terms: &PaymentTerms) -> Result<(), Error> {
+        let chain = &self.inner.chain;
+        let same_contract = terms
+            .contract
+            .parse::<Address>()
+            .is_ok_and(|contract| contract == chain.address());
+        if terms.chain_id != chain.chain_id() || !same_contract {
+            return Err(Error::new(
+                ErrorCode::PaymentRequired,
+                format!(
+                    "target {target} is paid through contract {} on chain {}, but this node pays through {} on chain {}",
+                    terms.contract,
+                    terms.chain_id,
+                    chain.address(),
+                    chain.chain_id()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ends a payment's hold; returns the channel's new version.
+    fn release(&self, channel_id: B256, price: U256, succeeded: bool) -> u64 {
+        let mut channels = self.lock();
+        let channel = channels
+            .get_mut(&channel_id)
+            .expect("a paying channel stays known");
+        channel.in_flight -= price;
+        if succeeded {
+            channel.spent += price;
+        }
+        channel.version += 1;
+        channel.version
+    }
+
+    async fn store(&self, channel_id: B256, version: u64) -> Result<(), Error> {
+        let mut stored_versions = self.inner.stored_versions.lock().await;
+        if stored_versions
+            .get(&channel_id)
+            .is_some_and(|stored| *stored >= version)
+        {
+            return Ok(());
+        }
+        let record = self.lock().get(&channel_id).cloned();
+        let Some(record) = record else {
+            return Ok(());
+        };
+        self.inner
+            .db
+            .put_json_durable(&format!("{RECORD_PREFIX}{channel_id}"), &record)
+            .await
+            .map_err(Error::from)?;
+        stored_versions.insert(channel_id, record.version);
+        Ok(())
+    }
+
+    async fn update(
+        &self,
+        channel_id: B256,
+        change: impl FnOnce(&mut OutgoingChannel),
+    ) -> Result<OutgoingChannel, Error> {
+        let (record, version) = {
+            let mut channels = self.lock();
+            let channel = channels
+                .get_mut(&channel_id)
+                .ok_or_else(|| not_ours(channel_id))?;
+            change(channel);
+            channel.version += 1;
+            (channel.clone(), channel.version)
+        };
+        self.store(channel_id, version).await?;
+        Ok(record)
+    }
+
+    /// Opens a channel to `provider` with `deposit` wei.
+    pub async fn open_channel(
+        &self,
+        provider: Address,
+        deposit: U256,
+    ) -> Result<(OutgoingChannel, Mined), Error> {
+        let (channel_id, mined) = self.inner.chain.open(provider, deposit).await?;
+        let channel = OutgoingChannel {
+            channel_id,
+            provider,
+            deposit,
+            signed: U256::ZERO,
+            spent: U256::ZERO,
+            phase: ChannelPhase::Open,
+            opened_at_ms: crate::clock::now_ms(),
+            refunded: None,
+            version: 0,
+            in_flight: U256::ZERO,
+        };
+        self.lock().insert(channel_id, channel.clone());
+        self.store(channel_id, 0).await?;
+        tracing::info!(channel = %channel_id, %provider, %deposit, tx = %mined.tx, "opened a payment channel");
+        Ok((channel, mined))
+    }
+
+    /// Adds `amount` wei to a channel's deposit.
+    pub async fn top_up(
+        &self,
+        channel_id: B256,
+        amount: U256,
+    ) -> Result<(OutgoingChannel, Mined), Error> {
+        self.channel(channel_id)?;
+        let mined = self.inner.chain.top_up(channel_id, amount).await?;
+        let channel = self
+            .update(channel_id, |channel| channel.deposit += amount)
+            .await?;
+        Ok((channel, mined))
+    }
+
+    /// Closes a channel: the first call asks to close, and the requester stops paying through
+    /// it; a call after the challenge period closes it and takes back what was not redeemed.
+    pub async fn close(&self, channel_id: B256) -> Result<(OutgoingChannel, Mined), Error> {
+        let channel = self.channel(channel_id)?;
+        match channel.phase {
+            ChannelPhase::Open => {
+                let mined = self.inner.chain.request_close(channel_id).await?;
+                let channel = self
+                    .update(channel_id, |channel| channel.phase = ChannelPhase::Closing)
+                    .await?;
+                tracing::info!(channel = %channel_id, tx = %mined.tx, "asked to close a payment channel");
+                Ok((channel, mined))
+            }
+            ChannelPhase::Closing => {
+                let mined = self.inner.chain.close(channel_id).await?;
+                let state = self.inner.chain.channel(channel_id, true).await?;
+                let refunded = state.map_or(U256::ZERO, |state| state.deposit - state.redeemed);
+                let channel = self
+                    .update(channel_id, |channel| {
+                        channel.phase = ChannelPhase::Closed;
+                        channel.refunded = Some(refunded);
+                    })
+                    .await?;
+                tracing::info!(channel = %channel_id, %refunded, tx = %mined.tx, "closed a payment channel");
+                Ok((channel, mined))
+            }
+            ChannelPhase::Closed => Err(Error::new(
+                ErrorCode::ChannelStateConflict,
+                format!("channel {channel_id} is closed already"),
+            )),
+        }
+    }
+}
+
+fn not_ours(id: B256) -> Error {
+    Error::new(
+        ErrorCode::ChannelNotFound,
+        format!("this node pays through no channel {id}"),
+    )
+}
+
+/// Returns a channel as the REST API shows it; amounts are decimal strings of wei.
+pub fn channel_json(channel: &OutgoingChannel) -> serde_json::Value {
+    serde_json::json!({
+        "channel_id": channel.channel_id.to_string(),
+        "provider": channel.provider.to_checksum(None),
+        "phase": channel.phase,
+        "deposit_wei": channel.deposit.to_string(),
+        "spent_wei": channel.spent.to_string(),
+        "signed_wei": channel.signed.to_string(),
+        "remaining_wei": channel.remaining().to_string(),
+        "opened_at_ms": channel.opened_at_ms,
+        "refunded_wei": channel.refunded.map(|refunded| refunded.to_string()),
+    })
+}
