@@ -75,6 +75,15 @@ impl OutgoingChannel {
     }
 }
 
+/// How a channel record is written. A channel's existence and deposit must survive anything; its
+/// spent amount after each piece of work may be lost to a machine crash, which only makes the
+/// node sign less than it could (the provider then says what it needs), never more.
+#[derive(Debug, Clone, Copy)]
+enum Durability {
+    Synced,
+    Lazy,
+}
+
 /// The work a payment is for.
 #[derive(Debug, Clone, Copy)]
 pub enum Work<'a> {
@@ -169,7 +178,7 @@ impl Payment {
             return;
         };
         let version = payer.release(channel_id, price, succeeded);
-        if let Err(error) = payer.store(channel_id, version).await {
+        if let Err(error) = payer.store(channel_id, version, Durability::Lazy).await {
             tracing::warn!(%error, channel = %channel_id, "could not store the channel's record");
         }
     }
@@ -380,7 +389,12 @@ impl Payer {
         channel.version
     }
 
-    async fn store(&self, channel_id: B256, version: u64) -> Result<(), Error> {
+    async fn store(
+        &self,
+        channel_id: B256,
+        version: u64,
+        durability: Durability,
+    ) -> Result<(), Error> {
         let mut stored_versions = self.inner.stored_versions.lock().await;
         if stored_versions
             .get(&channel_id)
@@ -392,11 +406,15 @@ impl Payer {
         let Some(record) = record else {
             return Ok(());
         };
-        self.inner
-            .db
-            .put_json_durable(&format!("{RECORD_PREFIX}{channel_id}"), &record)
-            .await
-            .map_err(Error::from)?;
+        let key = format!("{RECORD_PREFIX}{channel_id}");
+        match durability {
+            Durability::Synced => self.inner.db.put_json_durable(&key, &record).await,
+            Durability::Lazy => {
+                let value = serde_json::to_vec(&record).expect("records serialise to JSON");
+                self.inner.db.put(key.into_bytes(), value).await
+            }
+        }
+        .map_err(Error::from)?;
         stored_versions.insert(channel_id, record.version);
         Ok(())
     }
@@ -415,7 +433,7 @@ impl Payer {
             channel.version += 1;
             (channel.clone(), channel.version)
         };
-        self.store(channel_id, version).await?;
+        self.store(channel_id, version, Durability::Synced).await?;
         Ok(record)
     }
 
@@ -439,7 +457,7 @@ impl Payer {
             in_flight: U256::ZERO,
         };
         self.lock().insert(channel_id, channel.clone());
-        self.store(channel_id, 0).await?;
+        self.store(channel_id, 0, Durability::Synced).await?;
         tracing::info!(channel = %channel_id, %provider, %deposit, tx = %mined.tx, "opened a payment channel");
         Ok((channel, mined))
     }

@@ -60,6 +60,18 @@ impl Db {
         .await
     }
 
+    /// Stores `value` under `key` without waiting for the disk: it survives the process, and is
+    /// on the disk after the next durable write or a clean close, but a machine crash can lose
+    /// it. For records that are cheap to lose.
+    pub async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StorageError> {
+        self.run(move |db| {
+            let mut batch = WriteBatch::default();
+            batch.put(&key, &value);
+            Ok(db.write(batch, false)?)
+        })
+        .await
+    }
+
     /// Applies `changes` (a value to store, or `None` to delete) atomically, and returns once
     /// they are on the disk.
     pub async fn write_durable(
