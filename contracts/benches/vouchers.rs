@@ -35,6 +35,12 @@ fn main() {
     }
     let check = started.elapsed() / ROUNDS;
 
-    println!("voucher sign (requester):       {:>6.1} us", sign.as_secs_f64() * 1e6);
-    println!("voucher signer check (provider): {:>6.1} us", check.as_secs_f64() * 1e6);
+    println!(
+        "voucher sign (requester):       {:>6.1} us",
+        sign.as_secs_f64() * 1e6
+    );
+    println!(
+        "voucher signer check (provider): {:>6.1} us",
+        check.as_secs_f64() * 1e6
+    );
 }
