@@ -8,6 +8,7 @@
 
 pub mod amount;
 pub mod chain;
+mod ledger;
 pub mod payee;
 pub mod payer;
 

@@ -10,7 +10,7 @@
 //! deliver their vouchers in any order.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256, Bytes, U256};
@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::chain::{Chain, ChannelState};
+use super::ledger::{Durability, Ledger, Record};
 use crate::error::{Error, ErrorCode};
 use crate::storage::db::Db;
 
@@ -51,6 +52,16 @@ pub struct Redemption {
     pub tx: String,
     /// Gas it used.
     pub gas_used: u64,
+}
+
+impl Record for IncomingChannel {
+    fn channel_id(&self) -> B256 {
+        self.channel_id
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
 }
 
 /// A channel's redemption: made, or failed with why.
@@ -99,11 +110,8 @@ pub struct Payee {
 #[derive(Debug)]
 struct Inner {
     chain: Chain,
-    db: Db,
     own_address: Address,
-    channels: Mutex<BTreeMap<B256, IncomingChannel>>,
-    /// Versions on the disk, per channel; writers take this lock in turn.
-    stored_versions: tokio::sync::Mutex<BTreeMap<B256, u64>>,
+    channels: Ledger<IncomingChannel>,
     /// Serialises redemptions, so one voucher is never sent twice at once.
     redeeming: tokio::sync::Mutex<()>,
     redeem_threshold: U256,
@@ -176,18 +184,11 @@ impl Payee {
         redeem_threshold: U256,
         redeem_interval: Duration,
     ) -> Result<Self, crate::storage::StorageError> {
-        let records: Vec<IncomingChannel> = db.scan_json(RECORD_PREFIX).await?;
-        let channels = records
-            .into_iter()
-            .map(|record| (record.channel_id, record))
-            .collect();
         Ok(Self {
             inner: Arc::new(Inner {
                 chain,
-                db,
                 own_address,
-                channels: Mutex::new(channels),
-                stored_versions: tokio::sync::Mutex::default(),
+                channels: Ledger::load(db, RECORD_PREFIX).await?,
                 redeeming: tokio::sync::Mutex::default(),
                 redeem_threshold,
                 redeem_interval,
@@ -197,15 +198,12 @@ impl Payee {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<B256, IncomingChannel>> {
-        self.inner
-            .channels
-            .lock()
-            .expect("payee lock is never poisoned")
+        self.inner.channels.lock()
     }
 
     /// Returns every channel that paid this node, as known now.
     pub fn channels(&self) -> Vec<IncomingChannel> {
-        self.lock().values().cloned().collect()
+        self.inner.channels.all()
     }
 
     /// Checks that `voucher` pays `price` wei for `work` (said in refusals), and reserves it.
@@ -327,26 +325,11 @@ impl Payee {
         })
     }
 
-    /// Stores a channel's record unless a newer one than `version` is stored already.
     async fn store(&self, channel_id: B256, version: u64) -> Result<(), Error> {
-        let mut stored_versions = self.inner.stored_versions.lock().await;
-        if stored_versions
-            .get(&channel_id)
-            .is_some_and(|stored| *stored >= version)
-        {
-            return Ok(());
-        }
-        let record = self.lock().get(&channel_id).cloned();
-        let Some(record) = record else {
-            return Ok(());
-        };
         self.inner
-            .db
-            .put_json_durable(&format!("{RECORD_PREFIX}{channel_id}"), &record)
+            .channels
+            .store(channel_id, version, Durability::Synced)
             .await
-            .map_err(Error::from)?;
-        stored_versions.insert(channel_id, record.version);
-        Ok(())
     }
 
     /// Redeems the best voucher of every channel that has something unredeemed, when `due`

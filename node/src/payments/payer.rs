@@ -17,6 +17,7 @@ use sphere_contracts::{Voucher, sign_voucher};
 use sphere_proto::v1::{GetInfoRequest, GetInfoResponse, PaymentTerms};
 
 use super::chain::{Chain, Mined};
+use super::ledger::{Durability, Ledger, Record};
 use crate::error::{Error, ErrorCode};
 use crate::peers::Peers;
 use crate::storage::db::Db;
@@ -25,6 +26,16 @@ use crate::storage::db::Db;
 const RECORD_PREFIX: &str = "payments/out/";
 /// How long a provider's advertised terms are used before they are asked for again.
 const TERMS_CACHE: Duration = Duration::from_secs(30);
+
+impl Record for OutgoingChannel {
+    fn channel_id(&self) -> B256 {
+        self.channel_id
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+}
 
 /// Where a channel stands, as the requester last saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,15 +84,6 @@ impl OutgoingChannel {
     pub fn remaining(&self) -> U256 {
         self.deposit.saturating_sub(self.spent + self.in_flight)
     }
-}
-
-/// How a channel record is written. A channel's existence and deposit must survive anything; its
-/// spent amount after each piece of work may be lost to a machine crash, which only makes the
-/// node sign less than it could (the provider then says what it needs), never more.
-#[derive(Debug, Clone, Copy)]
-enum Durability {
-    Synced,
-    Lazy,
 }
 
 /// The work a payment is for.
@@ -178,6 +180,8 @@ impl Payment {
             return;
         };
         let version = payer.release(channel_id, price, succeeded);
+        // A lost spent amount only makes this node sign less than it could (the provider then
+        // says what it needs), never more: the record after each piece of work is written lazily.
         if let Err(error) = payer.store(channel_id, version, Durability::Lazy).await {
             tracing::warn!(%error, channel = %channel_id, "could not store the channel's record");
         }
@@ -201,11 +205,9 @@ pub struct Payer {
 #[derive(Debug)]
 struct Inner {
     chain: Chain,
-    db: Db,
     peers: Peers,
     signer: PrivateKeySigner,
-    channels: Mutex<BTreeMap<B256, OutgoingChannel>>,
-    stored_versions: tokio::sync::Mutex<BTreeMap<B256, u64>>,
+    channels: Ledger<OutgoingChannel>,
     targets: Mutex<HashMap<String, (Instant, Arc<GetInfoResponse>)>>,
 }
 
@@ -217,34 +219,24 @@ impl Payer {
         peers: Peers,
         signer: PrivateKeySigner,
     ) -> Result<Self, crate::storage::StorageError> {
-        let records: Vec<OutgoingChannel> = db.scan_json(RECORD_PREFIX).await?;
-        let channels = records
-            .into_iter()
-            .map(|record| (record.channel_id, record))
-            .collect();
         Ok(Self {
             inner: Arc::new(Inner {
                 chain,
-                db,
                 peers,
                 signer,
-                channels: Mutex::new(channels),
-                stored_versions: tokio::sync::Mutex::default(),
+                channels: Ledger::load(db, RECORD_PREFIX).await?,
                 targets: Mutex::default(),
             }),
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<B256, OutgoingChannel>> {
-        self.inner
-            .channels
-            .lock()
-            .expect("payer lock is never poisoned")
+        self.inner.channels.lock()
     }
 
     /// Returns every channel this node pays through.
     pub fn channels(&self) -> Vec<OutgoingChannel> {
-        self.lock().values().cloned().collect()
+        self.inner.channels.all()
     }
 
     /// Returns one channel.
@@ -395,28 +387,10 @@ impl Payer {
         version: u64,
         durability: Durability,
     ) -> Result<(), Error> {
-        let mut stored_versions = self.inner.stored_versions.lock().await;
-        if stored_versions
-            .get(&channel_id)
-            .is_some_and(|stored| *stored >= version)
-        {
-            return Ok(());
-        }
-        let record = self.lock().get(&channel_id).cloned();
-        let Some(record) = record else {
-            return Ok(());
-        };
-        let key = format!("{RECORD_PREFIX}{channel_id}");
-        match durability {
-            Durability::Synced => self.inner.db.put_json_durable(&key, &record).await,
-            Durability::Lazy => {
-                let value = serde_json::to_vec(&record).expect("records serialise to JSON");
-                self.inner.db.put(key.into_bytes(), value).await
-            }
-        }
-        .map_err(Error::from)?;
-        stored_versions.insert(channel_id, record.version);
-        Ok(())
+        self.inner
+            .channels
+            .store(channel_id, version, durability)
+            .await
     }
 
     async fn update(
