@@ -306,6 +306,17 @@ impl PaidPair {
         )
     }
 
+    /// Asks the requester to close `channel` (`POST /channels/{id}/close`).
+    async fn close(&self, channel: &str) -> (u16, Value) {
+        self.requester
+            .call(
+                reqwest::Method::POST,
+                &format!("/channels/{channel}/close"),
+                "",
+            )
+            .await
+    }
+
     async fn task(&self, input: &str) -> (u16, Value) {
         self.requester
             .post(
@@ -549,14 +560,7 @@ async fn closing_refunds_the_requester_after_the_challenge_period_and_the_provid
     }
     let requester_before = pair.balance(&pair.requester).await;
 
-    let (status, body) = pair
-        .requester
-        .call(
-            reqwest::Method::POST,
-            &format!("/channels/{channel}/close"),
-            "",
-        )
-        .await;
+    let (status, body) = pair.close(&channel).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["phase"], "closing");
     let (request_fee, _) = pair
@@ -576,14 +580,7 @@ async fn closing_refunds_the_requester_after_the_challenge_period_and_the_provid
     }
     assert_eq!(seen["redeemed_wei"], "10000", "{seen}");
 
-    let (status, body) = pair
-        .requester
-        .call(
-            reqwest::Method::POST,
-            &format!("/channels/{channel}/close"),
-            "",
-        )
-        .await;
+    let (status, body) = pair.close(&channel).await;
     assert_eq!(status, 409, "closing before the period ends: {body}");
     assert_eq!(body["error"]["code"], "channel_state_conflict");
     assert!(
@@ -595,14 +592,7 @@ async fn closing_refunds_the_requester_after_the_challenge_period_and_the_provid
     );
 
     pair.advance_chain_time(CHALLENGE_PERIOD_SECONDS + 1).await;
-    let (status, body) = pair
-        .requester
-        .call(
-            reqwest::Method::POST,
-            &format!("/channels/{channel}/close"),
-            "",
-        )
-        .await;
+    let (status, body) = pair.close(&channel).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["phase"], "closed");
     assert_eq!(body["refunded_wei"], "90000");
