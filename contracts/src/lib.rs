@@ -53,14 +53,25 @@ pub fn sign_voucher(
         .as_bytes()
 }
 
-/// Returns who signed `voucher`, or `None` for a malformed signature: what a provider checks
-/// before doing paid work, exactly as the contract will check it on redemption.
+/// Returns who signed `voucher`, or `None` for a signature the contract would refuse: what a
+/// provider checks before doing paid work, exactly as the contract checks it on redemption
+/// (OpenZeppelin's `ECDSA.tryRecover`: 65 bytes, `v` of 27 or 28, `s` in the lower half of the
+/// curve order). A signature the node took but the contract refused would leave work unpaid.
 pub fn voucher_signer(
     voucher: &Voucher,
     domain: &Eip712Domain,
     signature: &[u8],
 ) -> Option<Address> {
+    let [.., v] = signature else {
+        return None;
+    };
+    if signature.len() != 65 || !matches!(v, 27 | 28) {
+        return None;
+    }
     let signature = Signature::try_from(signature).ok()?;
+    if signature.normalize_s().is_some() {
+        return None;
+    }
     signature
         .recover_address_from_prehash(&voucher_digest(voucher, domain))
         .ok()
@@ -99,5 +110,30 @@ mod tests {
             Some(requester.address())
         );
         assert_eq!(voucher_signer(&voucher, &domain, &[0u8; 3]), None);
+    }
+
+    #[test]
+    fn signatures_the_contract_refuses_are_refused_here_too() {
+        let requester = PrivateKeySigner::random();
+        let domain = voucher_domain(31337, Address::repeat_byte(1));
+        let voucher = Voucher {
+            channelId: B256::repeat_byte(2),
+            cumulativeAmount: U256::from(1000),
+        };
+        let signature = sign_voucher(&requester, &voucher, &domain);
+        // The same signature with `v` as 0/1 instead of 27/28.
+        let mut raw_v = signature;
+        raw_v[64] -= 27;
+        assert_eq!(voucher_signer(&voucher, &domain, &raw_v), None);
+        // Its malleable twin: s' = n - s, parity flipped; ecrecover finds the same signer but
+        // OpenZeppelin refuses it.
+        let parsed = Signature::try_from(&signature[..]).expect("valid");
+        let n = U256::from_str_radix(
+            "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141",
+            16,
+        )
+        .expect("the curve order");
+        let twin = Signature::new(parsed.r(), n - parsed.s(), !parsed.v());
+        assert_eq!(voucher_signer(&voucher, &domain, &twin.as_bytes()), None);
     }
 }

@@ -252,6 +252,28 @@ async fn rust_and_the_contract_agree_on_who_signed_a_voucher() {
         .await
         .expect("view call");
     assert_eq!(on_chain_domain, domain.separator());
+
+    // Variants the contract refuses (v as 0/1; the high-s twin), which the node must refuse too,
+    // or it would do work for a voucher it cannot redeem.
+    let mut raw_v = signature;
+    raw_v[64] -= 27;
+    let parsed = alloy::primitives::Signature::try_from(&signature[..]).expect("valid");
+    let order = U256::from_str_radix(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141",
+        16,
+    )
+    .expect("the curve order");
+    let twin = alloy::primitives::Signature::new(parsed.r(), order - parsed.s(), !parsed.v());
+    for variant in [raw_v.to_vec(), twin.as_bytes().to_vec()] {
+        let on_chain = chain
+            .provider_side()
+            .voucherSigner(channel, U256::from(700), Bytes::from(variant.clone()))
+            .call()
+            .await
+            .expect("view call");
+        assert_eq!(on_chain, Address::ZERO);
+        assert_eq!(voucher_signer(&voucher, &domain, &variant), None);
+    }
 }
 
 #[tokio::test]

@@ -340,7 +340,7 @@ impl Files {
             }
             *next += 1;
         }
-        settle(payment, true).await;
+        settle(payment, &Ok::<(), Error>(())).await;
         Ok(())
     }
 
@@ -460,10 +460,9 @@ impl Files {
             Some(Ok(payment)) => Some(payment),
             None => None,
         };
-        settle(payment, response.is_ok()).await;
-        let response = response
-            .map_err(|status| Error::from_remote_status(&status, target))?
-            .into_inner();
+        let response = response.map_err(|status| Error::from_remote_status(&status, target));
+        settle(payment, &response).await;
+        let response = response?.into_inner();
         let mut replica = Replica::new(target.to_owned(), response.provider_id);
         replica.paid_until_ms = Some(response.paid_until_ms).filter(|until| *until != 0);
         Ok(replica)
@@ -520,12 +519,14 @@ impl Files {
             auth: Some(auth::sign(&self.identity, Operation::Renew, object_id)),
             voucher: payment.as_ref().map(Payment::voucher),
         };
-        let response = self.peers.storage(target)?.renew_object(request).await;
-        settle(payment, response.is_ok()).await;
-        Ok(response
-            .map_err(|status| Error::from_remote_status(&status, target))?
-            .into_inner()
-            .paid_until_ms)
+        let response = self
+            .peers
+            .storage(target)?
+            .renew_object(request)
+            .await
+            .map_err(|status| Error::from_remote_status(&status, target));
+        settle(payment, &response).await;
+        Ok(response?.into_inner().paid_until_ms)
     }
 
     /// Stores the encrypted manifest of a file on each of `targets`.
@@ -636,9 +637,9 @@ fn sealed_manifest_len(manifest: &Manifest) -> u64 {
 }
 
 /// Records the outcome of paid work, when it was paid.
-async fn settle(payment: Option<Payment>, succeeded: bool) {
+async fn settle<T>(payment: Option<Payment>, outcome: &Result<T, Error>) {
     if let Some(payment) = payment {
-        payment.settle(succeeded).await;
+        payment.settle(outcome).await;
     }
 }
 

@@ -349,7 +349,7 @@ impl Files {
             ReceiverStream::new(receiver),
         );
         let (forwarded, uploaded) = tokio::join!(forward, upload);
-        super::settle(payment, forwarded.is_ok()).await;
+        super::settle(payment, &forwarded).await;
         let replica = match (forwarded, uploaded) {
             (Ok(()), Ok(replica)) => replica,
             (Err(error), _) | (Ok(()), Err(error)) => {

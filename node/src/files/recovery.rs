@@ -145,7 +145,7 @@ impl Files {
                 )
             })?
             .chunk;
-        super::settle(payment, true).await;
+        super::settle(payment, &Ok::<(), Error>(())).await;
         let mut plain = Vec::from(sealed);
         self.manifest_key(file_id)
             .cipher(manifest_id)

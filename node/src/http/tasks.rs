@@ -81,26 +81,37 @@ pub async fn run_task(
                 .await?
         }
         Some(target) => {
-            let payment = match &context.payments {
-                Some(payments) => {
-                    payments
-                        .payer
-                        .pay(&target, Work::Task(plugin.as_deref()))
-                        .await?
-                }
-                None => None,
-            };
-            let task = RunTaskRequest {
+            let mut task = RunTaskRequest {
                 task_id: task_id.clone(),
                 input,
-                plugin: plugin.unwrap_or_default(),
-                voucher: payment.as_ref().map(Payment::voucher),
+                plugin: plugin.clone().unwrap_or_default(),
+                voucher: None,
             };
-            let outcome = run_on_target(&context, &target, task, deadline).await;
-            if let Some(payment) = payment {
-                payment.settle(outcome.is_ok()).await;
+            // A second try only after this node caught up with the target's count of the
+            // channel (its voucher was refused as too small).
+            let mut tries_left = 2;
+            loop {
+                tries_left -= 1;
+                let payment = match &context.payments {
+                    Some(payments) => {
+                        payments
+                            .payer
+                            .pay(&target, Work::Task(plugin.as_deref()))
+                            .await?
+                    }
+                    None => None,
+                };
+                task.voucher = payment.as_ref().map(Payment::voucher);
+                let outcome = run_on_target(&context, &target, task.clone(), deadline).await;
+                let caught_up = match payment {
+                    Some(payment) => payment.settle(&outcome).await,
+                    None => false,
+                };
+                if caught_up && tries_left > 0 {
+                    continue;
+                }
+                break outcome?;
             }
-            outcome?
         }
     };
     let (output, output_base64) = match std::str::from_utf8(&output) {

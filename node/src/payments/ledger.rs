@@ -26,7 +26,7 @@ pub trait Record: Clone + Serialize + DeserializeOwned {
 pub enum Durability {
     /// On the disk (fsync) before the write returns.
     Synced,
-    /// Survives the process; a machine crash may lose it.
+    /// Buffered until the next synced write or a clean close; a crash may lose it.
     Lazy,
 }
 
@@ -36,8 +36,14 @@ pub struct Ledger<T> {
     db: Db,
     prefix: &'static str,
     records: Mutex<BTreeMap<B256, T>>,
-    /// Versions on the disk; writers take this lock in turn.
-    stored_versions: tokio::sync::Mutex<BTreeMap<B256, u64>>,
+    /// Versions written, and versions synced, per channel; writers take this lock in turn.
+    stored_versions: tokio::sync::Mutex<StoredVersions>,
+}
+
+#[derive(Debug, Default)]
+struct StoredVersions {
+    written: BTreeMap<B256, u64>,
+    synced: BTreeMap<B256, u64>,
 }
 
 impl<T: Record> Ledger<T> {
@@ -67,18 +73,20 @@ impl<T: Record> Ledger<T> {
         self.lock().values().cloned().collect()
     }
 
-    /// Writes a channel's record unless one at `version` or newer is written already.
+    /// Writes a channel's record unless one at `version` or newer is written already (synced,
+    /// when `durability` asks for it).
     pub async fn store(
         &self,
         channel_id: B256,
         version: u64,
         durability: Durability,
     ) -> Result<(), Error> {
-        let mut stored_versions = self.stored_versions.lock().await;
-        if stored_versions
-            .get(&channel_id)
-            .is_some_and(|stored| *stored >= version)
-        {
+        let mut stored = self.stored_versions.lock().await;
+        let done = match durability {
+            Durability::Synced => &stored.synced,
+            Durability::Lazy => &stored.written,
+        };
+        if done.get(&channel_id).is_some_and(|done| *done >= version) {
             return Ok(());
         }
         let Some(record) = self.lock().get(&channel_id).cloned() else {
@@ -93,7 +101,10 @@ impl<T: Record> Ledger<T> {
             }
         }
         .map_err(Error::from)?;
-        stored_versions.insert(channel_id, record.version());
+        stored.written.insert(channel_id, record.version());
+        if let Durability::Synced = durability {
+            stored.synced.insert(channel_id, record.version());
+        }
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! A channel's vouchers are cumulative, so the provider only needs the largest one it received.
 //! Work is paid from the channel's credit: the largest voucher minus what was charged before
-//! (never less than what was redeemed on chain). Checking reserves the price; the work's success
+//! (for a channel first seen, what was redeemed on chain counts as charged). Checking reserves the price; the work's success
 //! charges it and stores the channel's record before the answer leaves; a failure releases it,
 //! so requesters never pay for work they did not get. Concurrent tasks on one channel may
 //! deliver their vouchers in any order.
@@ -269,14 +269,18 @@ impl Payee {
                 channel_id: voucher.channel_id,
                 requester: state.requester,
                 best: None,
-                charged: U256::ZERO,
+                // A channel this node has no record of (a new one, or records lost) may have
+                // been redeemed already: what was redeemed counts as charged.
+                charged: state.redeemed,
                 redeemed: U256::ZERO,
                 last_redemption: None,
                 pending_since_ms: None,
                 version: 0,
                 reserved: U256::ZERO,
             });
-        let used = (channel.charged + channel.reserved).max(state.redeemed);
+        // Not floored by what was redeemed: a redemption may include credit left by failed
+        // work, which later work then uses without the requester paying twice.
+        let used = channel.charged + channel.reserved;
         let best = channel
             .best
             .as_ref()
@@ -293,7 +297,9 @@ impl Payee {
                 ),
             )
             .with_details(serde_json::json!({
+                "channel_id": voucher.channel_id.to_string(),
                 "price_wei": price.to_string(),
+                "charged_wei": channel.charged.to_string(),
                 "required_cumulative_wei": required.to_string(),
             })));
         }

@@ -5,6 +5,13 @@
 //! succeeded) and what is in flight. A new voucher promises what was spent, plus what is in
 //! flight, plus the new work's price, and never less than the largest voucher signed before:
 //! credit left by failed work is used again instead of being signed away twice.
+//!
+//! The count after each piece of work is written lazily; what must survive a crash is a bound on
+//! what was signed (`signed_ceiling`, written durably before any voucher passes it, in steps of
+//! [`CEILING_STEP_PRICES`] prices). After a crash, or when an answer was lost, a provider's
+//! refusal says what it charged, and the requester catches up to it when that is within what it
+//! signed, or within the recovered bound: a lying provider can gain at most one step, once per
+//! crash.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -24,6 +31,9 @@ use crate::storage::db::Db;
 
 /// Key prefix of the requester's channel records.
 const RECORD_PREFIX: &str = "payments/out/";
+/// How far, in prices of the work at hand, the durable bound on signed vouchers is moved ahead
+/// of the largest voucher: one synced write per this many pieces of work.
+const CEILING_STEP_PRICES: u64 = 256;
 /// How long a provider's advertised terms are used before they are asked for again.
 const TERMS_CACHE: Duration = Duration::from_secs(30);
 
@@ -60,6 +70,9 @@ pub struct OutgoingChannel {
     pub deposit: U256,
     /// The largest cumulative amount signed.
     pub signed: U256,
+    /// No voucher was ever signed above this; written durably before one is.
+    #[serde(default)]
+    pub signed_ceiling: U256,
     /// Wei spent on work that succeeded.
     pub spent: U256,
     /// Where the channel stands.
@@ -72,6 +85,12 @@ pub struct OutgoingChannel {
     version: u64,
     #[serde(skip)]
     in_flight: U256,
+    /// The ceiling read at start-up: vouchers up to it may have been signed before a crash.
+    #[serde(skip)]
+    recovered_ceiling: U256,
+    /// The version at which `signed_ceiling` last moved.
+    #[serde(skip)]
+    ceiling_version: u64,
 }
 
 impl OutgoingChannel {
@@ -169,22 +188,37 @@ pub struct Payment {
 }
 
 impl Payment {
+    fn channel_id(&self) -> B256 {
+        B256::try_from(&self.voucher.channel_id[..]).expect("set from a B256")
+    }
+
     /// The voucher to send with the work.
     pub fn voucher(&self) -> sphere_proto::v1::Voucher {
         self.voucher.clone()
     }
 
-    /// Records the work's outcome: spent when it succeeded, free again when it failed.
-    pub async fn settle(mut self, succeeded: bool) {
+    /// Records the work's outcome: spent when it succeeded, free again when it failed. A
+    /// provider's refusal of the voucher as too small brings this node's count up to what the
+    /// provider says it charged, when that is within what this node signed (see
+    /// [`Payer::catch_up`]).
+    /// Returns whether it caught up, so the work may be tried again with a new voucher.
+    pub async fn settle<T>(mut self, outcome: &Result<T, Error>) -> bool {
         let Some((payer, channel_id, price)) = self.held.take() else {
-            return;
+            return false;
         };
-        let version = payer.release(channel_id, price, succeeded);
-        // A lost spent amount only makes this node sign less than it could (the provider then
-        // says what it needs), never more: the record after each piece of work is written lazily.
+        let mut version = payer.release(channel_id, price, outcome.is_ok());
+        let caught_up = outcome
+            .as_ref()
+            .err()
+            .and_then(|error| payer.catch_up(error));
+        if let Some(newer) = caught_up {
+            version = newer;
+        }
+        // Written lazily: a lost count is caught up from the provider's next refusal.
         if let Err(error) = payer.store(channel_id, version, Durability::Lazy).await {
             tracing::warn!(%error, channel = %channel_id, "could not store the channel's record");
         }
+        caught_up.is_some()
     }
 }
 
@@ -219,12 +253,16 @@ impl Payer {
         peers: Peers,
         signer: PrivateKeySigner,
     ) -> Result<Self, crate::storage::StorageError> {
+        let channels: Ledger<OutgoingChannel> = Ledger::load(db, RECORD_PREFIX).await?;
+        for channel in channels.lock().values_mut() {
+            channel.recovered_ceiling = channel.signed_ceiling.max(channel.signed);
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 chain,
                 peers,
                 signer,
-                channels: Ledger::load(db, RECORD_PREFIX).await?,
+                channels,
                 targets: Mutex::default(),
             }),
         })
@@ -294,7 +332,24 @@ impl Payer {
                 ),
             )
         })?;
+        let (payment, ceiling_version) = self.sign(target, provider, price, &what)?;
+        // Before the voucher leaves, the bound on what was signed must be on the disk (this
+        // returns at once when it is, and waits for a write under way otherwise).
+        self.store(payment.channel_id(), ceiling_version, Durability::Synced)
+            .await?;
+        Ok(Some(payment))
+    }
 
+    /// Signs the next voucher of the open channel to `provider` with the most left, for work
+    /// of `price`; also returns the channel's version at which its bound on signed vouchers
+    /// last moved.
+    fn sign(
+        &self,
+        target: &str,
+        provider: Address,
+        price: U256,
+        what: &str,
+    ) -> Result<(Payment, u64), Error> {
         let mut channels = self.lock();
         let channel = channels
             .values_mut()
@@ -336,14 +391,21 @@ impl Payer {
         channel.signed = amount;
         channel.in_flight += price;
         channel.version += 1;
-        Ok(Some(Payment {
+        if amount > channel.signed_ceiling {
+            channel.signed_ceiling = (amount + price * U256::from(CEILING_STEP_PRICES - 1))
+                .min(channel.deposit)
+                .max(amount);
+            channel.ceiling_version = channel.version;
+        }
+        let payment = Payment {
             held: Some((self.clone(), channel.channel_id, price)),
             voucher: sphere_proto::v1::Voucher {
                 channel_id: channel.channel_id.to_vec().into(),
                 cumulative_amount_wei: amount.to_string(),
                 signature: signature.to_vec().into(),
             },
-        }))
+        };
+        Ok((payment, channel.ceiling_version))
     }
 
     fn check_same_contract(&self, target: &str, terms: &PaymentTerms) -> Result<(), Error> {
@@ -365,6 +427,38 @@ impl Payer {
             ));
         }
         Ok(())
+    }
+
+    /// Adopts the amount a provider says it charged on a channel, from its refusal of a voucher
+    /// as too small, when that amount is more than this node counted as spent and no more than
+    /// it signed: the provider can redeem what was signed anyway, so agreeing costs nothing,
+    /// and this node's count may be behind after a crash (it is written lazily) or after work
+    /// whose answer never arrived. Returns the channel's new version when it changed.
+    pub fn catch_up(&self, refusal: &Error) -> Option<u64> {
+        if refusal.code != ErrorCode::PaymentRequired {
+            return None;
+        }
+        let details = refusal.details.as_ref()?;
+        let field = |name: &str| details.get(name)?.as_str();
+        let channel_id: B256 = field("channel_id")?.parse().ok()?;
+        let charged: U256 = field("charged_wei")?.parse().ok()?;
+        let mut channels = self.lock();
+        let channel = channels.get_mut(&channel_id)?;
+        if charged <= channel.spent || charged > channel.signed.max(channel.recovered_ceiling) {
+            return None;
+        }
+        tracing::warn!(
+            channel = %channel_id,
+            counted = %channel.spent,
+            %charged,
+            "the provider counts more work on this channel than this node did; catching up"
+        );
+        channel.spent = charged;
+        channel.signed = channel.signed.max(charged);
+        // Catching up within the recovered bound happens once per crash.
+        channel.recovered_ceiling = U256::ZERO;
+        channel.version += 1;
+        Some(channel.version)
     }
 
     /// Ends a payment's hold; returns the channel's new version.
@@ -427,8 +521,11 @@ impl Payer {
             phase: ChannelPhase::Open,
             opened_at_ms: crate::clock::now_ms(),
             refunded: None,
+            signed_ceiling: U256::ZERO,
             version: 0,
             in_flight: U256::ZERO,
+            recovered_ceiling: U256::ZERO,
+            ceiling_version: 0,
         };
         self.lock().insert(channel_id, channel.clone());
         self.store(channel_id, 0, Durability::Synced).await?;

@@ -60,9 +60,9 @@ impl Db {
         .await
     }
 
-    /// Stores `value` under `key` without waiting for the disk: it survives the process, and is
-    /// on the disk after the next durable write or a clean close, but a machine crash can lose
-    /// it. For records that are cheap to lose.
+    /// Stores `value` under `key` without waiting for the disk: it stays in this process's
+    /// buffer until the next durable write or a clean close, so a crash can lose it. For records
+    /// that are cheap to lose.
     pub async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StorageError> {
         self.run(move |db| {
             let mut batch = WriteBatch::default();

@@ -474,6 +474,14 @@ async fn unpaid_underpaid_forged_and_failed_work_is_not_paid_for() {
         )
         .await;
     assert_eq!(status, 422, "{body}");
+    // Its voucher is the best one the provider has; redeemed now, it holds the credit of the
+    // refused task, which the next task uses.
+    let (status, body) = pair
+        .provider
+        .call(reqwest::Method::POST, "/payments/redeem", "")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["redeemed"][0]["paid_wei"], "1000", "{body}");
     let (status, body) = pair.task("hello").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(payments_of(&pair.provider).await["earned_wei"], "1000");
@@ -570,15 +578,7 @@ async fn closing_refunds_the_requester_after_the_challenge_period_and_the_provid
     assert_eq!(status, 402, "a closing channel pays no more: {body}");
 
     // The provider sees the close request and redeems what it earned within the period.
-    let mut seen = Value::Null;
-    for _ in 0..60 {
-        seen = payments_of(&pair.provider).await;
-        if seen["redeemed_wei"] == "10000" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    }
-    assert_eq!(seen["redeemed_wei"], "10000", "{seen}");
+    wait_for_redeemed(&pair.provider, "10000").await;
 
     let (status, body) = pair.close(&channel).await;
     assert_eq!(status, 409, "closing before the period ends: {body}");
@@ -737,4 +737,70 @@ async fn storage_is_paid_per_period_and_reads_per_byte_and_renewed_after_audits(
     // Both sides count the same: what the owner spent is what the provider earned.
     let spent = payments_of(owner).await["spent_wei"].clone();
     assert_eq!(spent, payments_of(&pair.provider).await["earned_wei"]);
+}
+
+#[tokio::test]
+async fn the_provider_redeems_by_itself_past_its_threshold_and_after_its_interval() {
+    // Threshold: five tasks' worth; the interval is an hour, so only the threshold can act.
+    let pair = PaidPair::start(json!({
+        "payments": {"redeem_threshold_wei": 5 * TASK_PRICE}
+    }))
+    .await;
+    pair.open_channel("100000").await;
+    for _ in 0..4 {
+        assert_eq!(pair.task("hello").await.0, 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(payments_of(&pair.provider).await["redeemed_wei"], "0");
+    assert_eq!(pair.task("hello").await.0, 200);
+    let redeemed = wait_for_redeemed(&pair.provider, "5000").await;
+    assert_eq!(redeemed["pending_wei"], "0", "{redeemed}");
+    assert!(
+        redeemed["channels_in"][0]["last_redemption"]["tx"].is_string(),
+        "{redeemed}"
+    );
+
+    // Interval: one second, with a threshold never reached.
+    let pair = PaidPair::start(json!({
+        "payments": {"redeem_interval_ms": 1_000}
+    }))
+    .await;
+    pair.open_channel("100000").await;
+    assert_eq!(pair.task("hello").await.0, 200);
+    wait_for_redeemed(&pair.provider, "1000").await;
+}
+
+/// Waits (up to 30 s) until `node` has redeemed `amount` wei in all; returns its payments.
+async fn wait_for_redeemed(node: &TestNode, amount: &str) -> Value {
+    let mut seen = Value::Null;
+    for _ in 0..60 {
+        seen = payments_of(node).await;
+        if seen["redeemed_wei"] == amount {
+            return seen;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    panic!("{amount} wei not redeemed: {seen}");
+}
+
+#[tokio::test]
+async fn a_requester_that_lost_its_count_in_a_crash_catches_up_with_the_provider() {
+    let mut pair = PaidPair::start(json!({})).await;
+    pair.open_channel("100000").await;
+    for _ in 0..5 {
+        assert_eq!(pair.task("hello").await.0, 200);
+    }
+    // Its count after each task is written lazily: the crash loses it.
+    pair.requester.kill9();
+    pair.requester.restart();
+    let (status, body) = pair.task("hello").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(pair.requester.log().contains("catching up"));
+    assert_eq!(payments_of(&pair.requester).await["spent_wei"], "6000");
+    assert_eq!(payments_of(&pair.provider).await["earned_wei"], "6000");
+    for _ in 0..2 {
+        assert_eq!(pair.task("hello").await.0, 200);
+    }
+    assert_eq!(payments_of(&pair.requester).await["spent_wei"], "8000");
+    assert_eq!(payments_of(&pair.provider).await["earned_wei"], "8000");
 }
