@@ -1,13 +1,15 @@
-//! The provider's side: checking the voucher that pays for each piece of work, keeping the best
-//! voucher of every channel durably, and redeeming it on a threshold, on an interval, when the
-//! requester starts closing, on demand and on shutdown.
+//! The provider's side: checking the voucher that pays for each piece of work, keeping the
+//! vouchers of every channel, and redeeming the one it earned on a threshold, on an interval,
+//! when the requester starts closing, on demand and on shutdown.
 //!
-//! A channel's vouchers are cumulative, so the provider only needs the largest one it received.
-//! Work is paid from the channel's credit: the largest voucher minus what was charged before
-//! (for a channel first seen, what was redeemed on chain counts as charged). Checking reserves the price; the work's success
-//! charges it and stores the channel's record before the answer leaves; a failure releases it,
-//! so requesters never pay for work they did not get. Concurrent tasks on one channel may
-//! deliver their vouchers in any order.
+//! A channel's vouchers are cumulative. Work is paid from the channel's credit: the largest
+//! voucher received minus what was charged before (for a channel first seen, what was redeemed
+//! on chain counts as charged). Checking reserves the price; the work's success charges it and
+//! stores the channel's record before the answer leaves; a failure releases it. Concurrent tasks
+//! on one channel may deliver their vouchers in any order. What is redeemed is the largest
+//! voucher not above what was charged (`earned`): credit that failed work left in a larger
+//! voucher is never redeemed, so requesters never pay for work they did not get; their next work
+//! uses it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +26,9 @@ use super::ledger::{Durability, Ledger, Record};
 use crate::error::{Error, ErrorCode};
 use crate::storage::db::Db;
 
+/// Most vouchers kept per channel above what was charged; beyond it the smallest are dropped
+/// (a voucher arriving with later work earns the same amount).
+const MAX_UNEARNED_VOUCHERS: usize = 1024;
 /// Key prefix of the provider's channel records.
 const RECORD_PREFIX: &str = "payments/in/";
 /// Longest wait between two looks at the channels with unredeemed vouchers, whatever the
@@ -74,15 +79,18 @@ pub struct IncomingChannel {
     pub channel_id: B256,
     /// Who pays.
     pub requester: Address,
-    /// The largest voucher received.
+    /// The largest voucher received: the channel's credit.
     pub best: Option<KeptVoucher>,
+    /// The largest voucher not above what was charged: what this node has earned and redeems.
+    #[serde(default)]
+    pub earned: Option<KeptVoucher>,
     /// Wei charged for work done.
     pub charged: U256,
     /// The largest amount this node redeemed on chain.
     pub redeemed: U256,
     /// The last redemption.
     pub last_redemption: Option<Redemption>,
-    /// Since when (ms) part of `best` has been waiting to be redeemed.
+    /// Since when (ms) part of `earned` has been waiting to be redeemed.
     pub pending_since_ms: Option<u64>,
     /// Bumped on every change, so that concurrent writers store the newest record once.
     #[serde(skip)]
@@ -90,14 +98,53 @@ pub struct IncomingChannel {
     /// Prices of work checked and running.
     #[serde(skip)]
     reserved: U256,
+    /// Vouchers above what was charged, by amount, until work earns them.
+    #[serde(skip)]
+    unearned: BTreeMap<U256, Bytes>,
 }
 
 impl IncomingChannel {
-    /// Returns the wei received in vouchers but not yet redeemed.
+    /// Returns the wei earned but not yet redeemed.
     pub fn pending(&self) -> U256 {
-        self.best
+        self.earned.as_ref().map_or(U256::ZERO, |earned| {
+            earned.amount.saturating_sub(self.redeemed)
+        })
+    }
+
+    /// Keeps `voucher` until the work charged reaches its amount.
+    fn keep(&mut self, amount: U256, signature: Bytes) {
+        if self
+            .earned
             .as_ref()
-            .map_or(U256::ZERO, |best| best.amount.saturating_sub(self.redeemed))
+            .is_some_and(|earned| amount <= earned.amount)
+        {
+            return;
+        }
+        self.unearned.insert(amount, signature);
+        if self.unearned.len() > MAX_UNEARNED_VOUCHERS {
+            self.unearned.pop_first();
+        }
+        self.take_earned();
+    }
+
+    /// Moves the largest voucher now covered by the charged work to `earned`.
+    fn take_earned(&mut self) {
+        let mut covered = self.unearned.split_off(&(self.charged + U256::from(1)));
+        std::mem::swap(&mut covered, &mut self.unearned);
+        let Some((amount, signature)) = covered.pop_last() else {
+            return;
+        };
+        if self
+            .earned
+            .as_ref()
+            .is_none_or(|earned| amount > earned.amount)
+        {
+            self.earned = Some(KeptVoucher { amount, signature });
+            if amount > self.redeemed {
+                self.pending_since_ms
+                    .get_or_insert_with(crate::clock::now_ms);
+            }
+        }
     }
 }
 
@@ -145,6 +192,7 @@ impl Reservation {
                 .expect("a reserved channel stays known");
             channel.reserved -= price;
             channel.charged += price;
+            channel.take_earned();
             channel.version += 1;
             let due = channel.pending() >= payee.inner.redeem_threshold;
             (channel.version, due)
@@ -269,17 +317,17 @@ impl Payee {
                 channel_id: voucher.channel_id,
                 requester: state.requester,
                 best: None,
+                earned: None,
                 // A channel this node has no record of (a new one, or records lost) may have
                 // been redeemed already: what was redeemed counts as charged.
                 charged: state.redeemed,
-                redeemed: U256::ZERO,
+                redeemed: state.redeemed,
                 last_redemption: None,
                 pending_since_ms: None,
                 version: 0,
                 reserved: U256::ZERO,
+                unearned: BTreeMap::new(),
             });
-        // Not floored by what was redeemed: a redemption may include credit left by failed
-        // work, which later work then uses without the requester paying twice.
         let used = channel.charged + channel.reserved;
         let best = channel
             .best
@@ -310,12 +358,10 @@ impl Payee {
         {
             channel.best = Some(KeptVoucher {
                 amount: voucher.amount,
-                signature: voucher.signature,
+                signature: voucher.signature.clone(),
             });
-            channel
-                .pending_since_ms
-                .get_or_insert_with(crate::clock::now_ms);
         }
+        channel.keep(voucher.amount, voucher.signature);
         channel.reserved += price;
         Ok(Reservation {
             held: Some((self.clone(), voucher.channel_id, price)),
@@ -356,8 +402,8 @@ impl Payee {
             let id = channel.channel_id;
             let outcome = async {
                 let state = self.channel_state(id, true).await?;
-                let best = channel.best.clone().expect("pending implies a voucher");
-                if state.closed || best.amount <= state.redeemed {
+                let earned = channel.earned.clone().expect("pending implies a voucher");
+                if state.closed || earned.amount <= state.redeemed {
                     self.settled(id, state.redeemed, None).await?;
                     return Ok(None);
                 }
@@ -367,24 +413,24 @@ impl Payee {
                 let mined = self
                     .inner
                     .chain
-                    .redeem(id, best.amount, best.signature.clone())
+                    .redeem(id, earned.amount, earned.signature.clone())
                     .await?;
                 let redemption = Redemption {
                     at_ms: crate::clock::now_ms(),
-                    amount: best.amount,
-                    paid: best.amount - state.redeemed,
+                    amount: earned.amount,
+                    paid: earned.amount - state.redeemed,
                     tx: mined.tx.to_string(),
                     gas_used: mined.gas_used,
                 };
                 tracing::info!(
                     channel = %id,
-                    amount = %best.amount,
+                    amount = %earned.amount,
                     paid = %redemption.paid,
                     tx = %redemption.tx,
                     gas = mined.gas_used,
                     "redeemed a voucher"
                 );
-                self.settled(id, best.amount, Some(redemption.clone()))
+                self.settled(id, earned.amount, Some(redemption.clone()))
                     .await?;
                 Ok(Some(redemption))
             }
@@ -496,6 +542,7 @@ pub fn channel_json(channel: &IncomingChannel) -> serde_json::Value {
         "requester": channel.requester.to_checksum(None),
         "earned_wei": channel.charged.to_string(),
         "best_voucher_wei": channel.best.as_ref().map_or(U256::ZERO, |best| best.amount).to_string(),
+        "earned_voucher_wei": channel.earned.as_ref().map_or(U256::ZERO, |earned| earned.amount).to_string(),
         "redeemed_wei": channel.redeemed.to_string(),
         "pending_wei": channel.pending().to_string(),
         "last_redemption": channel.last_redemption.as_ref().map(redemption_json),
@@ -511,4 +558,78 @@ pub fn redemption_json(redemption: &Redemption) -> serde_json::Value {
         "tx": redemption.tx,
         "gas_used": redemption.gas_used,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel() -> IncomingChannel {
+        IncomingChannel {
+            channel_id: B256::repeat_byte(1),
+            requester: Address::repeat_byte(2),
+            best: None,
+            earned: None,
+            charged: U256::ZERO,
+            redeemed: U256::ZERO,
+            last_redemption: None,
+            pending_since_ms: None,
+            version: 0,
+            reserved: U256::ZERO,
+            unearned: BTreeMap::new(),
+        }
+    }
+
+    fn earned(channel: &IncomingChannel) -> Option<u64> {
+        channel
+            .earned
+            .as_ref()
+            .map(|earned| earned.amount.to::<u64>())
+    }
+
+    #[test]
+    fn only_vouchers_covered_by_work_done_are_redeemable() {
+        let mut channel = channel();
+        // Two tasks' vouchers arrive out of order; nothing is earned before work is charged.
+        channel.keep(U256::from(2000), Bytes::from_static(b"second"));
+        channel.keep(U256::from(1000), Bytes::from_static(b"first"));
+        assert_eq!(earned(&channel), None);
+        assert_eq!(channel.pending(), U256::ZERO);
+
+        channel.charged = U256::from(1000);
+        channel.take_earned();
+        assert_eq!(earned(&channel), Some(1000));
+        assert_eq!(
+            channel.earned.as_ref().map(|earned| &earned.signature[..]),
+            Some(&b"first"[..])
+        );
+        channel.charged = U256::from(2000);
+        channel.take_earned();
+        assert_eq!(earned(&channel), Some(2000));
+        assert!(channel.pending_since_ms.is_some());
+
+        // A failed task's voucher stays unearned; the next task's work earns it.
+        channel.keep(U256::from(3000), Bytes::from_static(b"failed"));
+        assert_eq!(earned(&channel), Some(2000));
+        channel.redeemed = U256::from(2000);
+        assert_eq!(channel.pending(), U256::ZERO);
+        channel.charged = U256::from(3000);
+        channel.take_earned();
+        assert_eq!(earned(&channel), Some(3000));
+        assert_eq!(channel.pending(), U256::from(1000));
+        assert!(channel.unearned.is_empty());
+    }
+
+    #[test]
+    fn unearned_vouchers_are_bounded() {
+        let mut channel = channel();
+        for amount in 1..=(MAX_UNEARNED_VOUCHERS as u64 + 10) {
+            channel.keep(U256::from(amount), Bytes::new());
+        }
+        assert_eq!(channel.unearned.len(), MAX_UNEARNED_VOUCHERS);
+        assert_eq!(
+            channel.unearned.last_key_value().map(|(amount, _)| *amount),
+            Some(U256::from(MAX_UNEARNED_VOUCHERS as u64 + 10))
+        );
+    }
 }
