@@ -79,6 +79,9 @@ pub struct IncomingChannel {
     pub channel_id: B256,
     /// Who pays.
     pub requester: Address,
+    /// The channel's deposit, as last read from the chain.
+    #[serde(default)]
+    pub deposit: U256,
     /// The largest voucher received: the channel's credit.
     pub best: Option<KeptVoucher>,
     /// The largest voucher not above what was charged: what this node has earned and redeems.
@@ -316,6 +319,7 @@ impl Payee {
             .or_insert_with(|| IncomingChannel {
                 channel_id: voucher.channel_id,
                 requester: state.requester,
+                deposit: state.deposit,
                 best: None,
                 earned: None,
                 // A channel this node has no record of (a new one, or records lost) may have
@@ -328,6 +332,7 @@ impl Payee {
                 reserved: U256::ZERO,
                 unearned: BTreeMap::new(),
             });
+        channel.deposit = state.deposit;
         let used = channel.charged + channel.reserved;
         let best = channel
             .best
@@ -540,6 +545,7 @@ pub fn channel_json(channel: &IncomingChannel) -> serde_json::Value {
     serde_json::json!({
         "channel_id": channel.channel_id.to_string(),
         "requester": channel.requester.to_checksum(None),
+        "deposit_wei": channel.deposit.to_string(),
         "earned_wei": channel.charged.to_string(),
         "best_voucher_wei": channel.best.as_ref().map_or(U256::ZERO, |best| best.amount).to_string(),
         "earned_voucher_wei": channel.earned.as_ref().map_or(U256::ZERO, |earned| earned.amount).to_string(),
@@ -568,6 +574,7 @@ mod tests {
         IncomingChannel {
             channel_id: B256::repeat_byte(1),
             requester: Address::repeat_byte(2),
+            deposit: U256::from(1_000_000),
             best: None,
             earned: None,
             charged: U256::ZERO,

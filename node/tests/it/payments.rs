@@ -389,6 +389,7 @@ async fn a_thousand_paid_tasks_cost_two_transactions_and_pay_the_provider_exactl
     assert_eq!(provider["earned_wei"], spent.as_str(), "{provider}");
     assert_eq!(provider["pending_wei"], spent.as_str());
     assert_eq!(provider["channels_in"][0]["channel_id"], channel.as_str());
+    assert_eq!(provider["channels_in"][0]["deposit_wei"], spent.as_str());
     // Nothing was redeemed while the tasks ran: no transaction per task.
     assert_eq!(pair.transactions_sent(&pair.provider).await, 0);
 
