@@ -16,6 +16,7 @@
 //! | `POST /payments/redeem` | redeems every unredeemed voucher now |
 //! | `POST /channels` | opens a payment channel to a provider |
 //! | `GET /channels/{id}` | one channel this node pays through |
+//! | `POST /channels/recover` | finds this node's channels again on the chain after losing its database |
 //! | `POST /channels/{id}/topup` | adds to a channel's deposit |
 //! | `POST /channels/{id}/close` | asks to close a channel; after the challenge period, closes it |
 //! | `GET /health` | the node's identity and its plugins' health |
@@ -88,6 +89,7 @@ pub fn router(context: NodeContext) -> Router {
         .route("/payments/redeem", post(payments::redeem))
         .route("/channels/{id}", get(payments::show))
         .route("/channels/{id}/close", post(payments::close))
+        .route("/channels/recover", post(payments::recover))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(log_request))

@@ -105,6 +105,11 @@ enum ChannelCommand {
         #[command(flatten)]
         node: NodeAddress,
     },
+    /// Finds the node's channels again on the chain, after it lost its database.
+    Recover {
+        #[command(flatten)]
+        node: NodeAddress,
+    },
     /// Shows one channel, or every channel of the node.
     Status {
         /// The channel's ID; every channel when absent.
@@ -361,6 +366,9 @@ async fn run_channel_command(command: ChannelCommand) -> anyhow::Result<()> {
         ),
         ChannelCommand::Close { id, node } => {
             (node, Method::POST, format!("/channels/{id}/close"), None)
+        }
+        ChannelCommand::Recover { node } => {
+            (node, Method::POST, "/channels/recover".to_owned(), None)
         }
         ChannelCommand::Status { id: Some(id), node } => {
             (node, Method::GET, format!("/channels/{id}"), None)

@@ -158,6 +158,13 @@ pub async fn open(
         .into_response())
 }
 
+/// Finds the channels this node opened again from the chain, after it lost its database.
+pub async fn recover(State(context): State<NodeContext>) -> Result<Response, Error> {
+    let recovered = enabled(&context)?.payer.recover().await?;
+    let channels: Vec<_> = recovered.iter().map(channel_json).collect();
+    Ok(axum::Json(serde_json::json!({ "recovered": channels })).into_response())
+}
+
 /// One channel this node pays through.
 pub async fn show(
     State(context): State<NodeContext>,

@@ -153,6 +153,23 @@ impl Chain {
         Ok(Some(state))
     }
 
+    /// Returns the IDs of every channel `requester` opened, from the contract's `ChannelOpened`
+    /// events since the first block.
+    pub async fn channels_opened_by(&self, requester: Address) -> Result<Vec<B256>, Error> {
+        let opened = self
+            .contract
+            .ChannelOpened_filter()
+            .topic2(requester.into_word())
+            .from_block(0)
+            .query()
+            .await
+            .map_err(|error| chain_unreachable(&error))?;
+        Ok(opened
+            .into_iter()
+            .map(|(event, _)| event.channelId)
+            .collect())
+    }
+
     /// Opens a channel to `provider` with `deposit` wei; returns its ID.
     pub async fn open(&self, provider: Address, deposit: U256) -> Result<(B256, Mined), Error> {
         let _one_at_a_time = self.sending.lock().await;

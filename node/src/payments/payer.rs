@@ -505,6 +505,52 @@ impl Payer {
         Ok(record)
     }
 
+    /// Finds the channels this node opened again from the chain, after it lost its records, and
+    /// returns those it did not know. What was redeemed on each counts as spent and signed; the
+    /// node cannot know what it signed beyond that, so it never catches up past it: a provider
+    /// holding later vouchers refuses the next ones, and such a channel is best closed.
+    pub async fn recover(&self) -> Result<Vec<OutgoingChannel>, Error> {
+        let own_address = self.inner.signer.address();
+        let mut recovered = Vec::new();
+        for channel_id in self.inner.chain.channels_opened_by(own_address).await? {
+            if self.lock().contains_key(&channel_id) {
+                continue;
+            }
+            let Some(state) = self.inner.chain.channel(channel_id, true).await? else {
+                continue;
+            };
+            let phase = if state.closed {
+                ChannelPhase::Closed
+            } else if state.close_requested_at != 0 {
+                ChannelPhase::Closing
+            } else {
+                ChannelPhase::Open
+            };
+            let channel = OutgoingChannel {
+                channel_id,
+                provider: state.provider,
+                deposit: state.deposit,
+                signed: state.redeemed,
+                signed_ceiling: state.redeemed,
+                spent: state.redeemed,
+                phase,
+                opened_at_ms: crate::clock::now_ms(),
+                refunded: state
+                    .closed
+                    .then(|| state.deposit.saturating_sub(state.redeemed)),
+                version: 0,
+                in_flight: U256::ZERO,
+                recovered_ceiling: U256::ZERO,
+                ceiling_version: 0,
+            };
+            self.lock().insert(channel_id, channel.clone());
+            self.store(channel_id, 0, Durability::Synced).await?;
+            tracing::info!(channel = %channel_id, provider = %state.provider, "recovered a payment channel from the chain");
+            recovered.push(channel);
+        }
+        Ok(recovered)
+    }
+
     /// Opens a channel to `provider` with `deposit` wei.
     pub async fn open_channel(
         &self,

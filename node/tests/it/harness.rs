@@ -20,6 +20,9 @@ pub struct TestNode {
     /// The configuration the node was started with, reused on restart.
     config: Option<Value>,
     client: reqwest::Client,
+    /// Whether dropping the node removes its data directory (kept when the test failed, to
+    /// look at its log; handed over on restart).
+    removes_data_dir: bool,
 }
 
 /// How to start a test node.
@@ -113,6 +116,7 @@ impl TestNode {
             environment: options.environment,
             config: options.config,
             client: reqwest::Client::new(),
+            removes_data_dir: true,
         }
     }
 
@@ -179,6 +183,7 @@ impl TestNode {
             environment: self.environment.clone(),
             config: self.config.clone(),
         });
+        self.removes_data_dir = false;
         *self = restarted;
     }
 
@@ -192,6 +197,11 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A passing test leaves nothing behind (some write gigabytes); a failing one keeps the
+        // node's directory and log for a look.
+        if self.removes_data_dir && !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 

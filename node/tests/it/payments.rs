@@ -809,3 +809,44 @@ async fn a_requester_that_lost_its_count_in_a_crash_catches_up_with_the_provider
     assert_eq!(payments_of(&pair.requester).await["spent_wei"], "8000");
     assert_eq!(payments_of(&pair.provider).await["earned_wei"], "8000");
 }
+
+#[tokio::test]
+async fn a_requester_that_lost_its_database_finds_its_channels_on_the_chain() {
+    let mut pair = PaidPair::start(json!({})).await;
+    let (channel, _) = pair.open_channel("100000").await;
+    for _ in 0..3 {
+        assert_eq!(pair.task("hello").await.0, 200);
+    }
+    let (status, body) = pair
+        .provider
+        .call(reqwest::Method::POST, "/payments/redeem", "")
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    assert!(pair.requester.terminate().success());
+    std::fs::remove_dir_all(pair.requester.data_dir.join("db")).expect("remove the database");
+    pair.requester.restart();
+    assert_eq!(
+        payments_of(&pair.requester).await["channels_out"],
+        json!([])
+    );
+    let (status, body) = pair
+        .requester
+        .call(reqwest::Method::POST, "/channels/recover", "")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let recovered = &body["recovered"][0];
+    assert_eq!(recovered["channel_id"], channel.as_str(), "{body}");
+    assert_eq!(recovered["deposit_wei"], "100000");
+    assert_eq!(recovered["spent_wei"], "3000");
+    assert_eq!(recovered["phase"], "open");
+    // Found once: a second look adds nothing.
+    let (_, again) = pair
+        .requester
+        .call(reqwest::Method::POST, "/channels/recover", "")
+        .await;
+    assert_eq!(again["recovered"], json!([]));
+
+    assert_eq!(pair.task("hello").await.0, 200);
+    assert_eq!(payments_of(&pair.provider).await["earned_wei"], "4000");
+}
