@@ -14,6 +14,11 @@ use sphere_contracts::voucher_domain;
 
 use crate::error::{Error, ErrorCode};
 
+/// A channel read from the chain (`None`: no such channel) and when.
+type CachedRead = (Instant, Option<ChannelState>);
+
+/// Size of the channel cache past which expired reads are dropped.
+const CACHE_PRUNE_AT: usize = 4096;
 /// Longest wait for a sent transaction to be mined.
 const RECEIPT_WAIT: Duration = Duration::from_secs(120);
 
@@ -60,7 +65,9 @@ pub struct Chain {
     domain: Eip712Domain,
     challenge_period_seconds: u64,
     cache_for: Duration,
-    cache: Arc<Mutex<HashMap<B256, (Instant, ChannelState)>>>,
+    /// Channel reads by ID, absent channels included, so that vouchers naming made-up channels
+    /// cost one chain read per ID and cache period, not one each.
+    cache: Arc<Mutex<HashMap<B256, CachedRead>>>,
     /// Held from sending a transaction to its receipt: nonces are asked of the chain, so two
     /// transactions sent at once would get the same one.
     sending: Arc<tokio::sync::Mutex<()>>,
@@ -126,7 +133,7 @@ impl Chain {
             if let Some((read_at, state)) = cache.get(&id)
                 && read_at.elapsed() < self.cache_for
             {
-                return Ok(Some(state.clone()));
+                return Ok(state.clone());
             }
         }
         let read = self
@@ -135,22 +142,23 @@ impl Chain {
             .call()
             .await
             .map_err(|error| chain_unreachable(&error))?;
-        if read.requester == Address::ZERO {
-            return Ok(None);
-        }
-        let state = ChannelState {
+        let state = (read.requester != Address::ZERO).then_some(ChannelState {
             requester: read.requester,
             provider: read.provider,
             deposit: read.deposit,
             redeemed: read.redeemed,
             close_requested_at: read.closeRequestedAt,
             closed: read.closed,
-        };
-        self.cache
+        });
+        let mut cache = self
+            .cache
             .lock()
-            .expect("channel cache lock is never poisoned")
-            .insert(id, (Instant::now(), state.clone()));
-        Ok(Some(state))
+            .expect("channel cache lock is never poisoned");
+        if cache.len() >= CACHE_PRUNE_AT {
+            cache.retain(|_, (read_at, _)| read_at.elapsed() < self.cache_for);
+        }
+        cache.insert(id, (Instant::now(), state.clone()));
+        Ok(state)
     }
 
     /// Returns the IDs of every channel `requester` opened, from the contract's `ChannelOpened`
