@@ -9,28 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install -y wrk" >&2; exit 1; }
-anvil=.tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
-[ -x "$anvil" ] || { echo "anvil is missing: run scripts/test-all first" >&2; exit 1; }
 cargo build --release --quiet -p sphere-node
 source bench/lib.sh
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$anvil" --port "$port" --silent >"$work/anvil.out" 2>&1 &
-anvil_pid=$!
+source demo/dev-chain.sh
+start_dev_chain
 trap 'kill $anvil_pid 2>/dev/null; stop_nodes; rm -rf "$work"' EXIT
-rpc="http://127.0.0.1:$port"
-for _ in $(seq 100); do
-  curl -s -o /dev/null "$rpc" -XPOST -d '{}' && break
-  sleep 0.1
-done
-# anvil's well-known development accounts 0, 1 and 2 (funded with 10,000 ETH each).
-keys=(ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
-  59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d
-  5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a)
-for i in 0 1 2; do
-  mkdir -p "$work/key$i" && echo "${keys[$i]}" >"$work/key$i/node.key" && chmod 600 "$work/key$i/node.key"
-done
-contract=$("$sphere" payments deploy --rpc-url "$rpc" --key-file "$work/key0/node.key")
 cat >"$work/paid.json" <<JSON
 {"payments": {"enabled": true, "rpc_url": "$rpc", "chain_id": 31337, "contract": "$contract",
   "prices": {"task_wei": 1000000000000}, "redeem_threshold_wei": 1000000000000000000000,
@@ -66,21 +50,20 @@ read -r free_requester_pid free_requester_http _ < <(start_node free-requester)
 read -r free_provider_pid _ free_provider_grpc < <(start_node free-provider)
 run off "$free_requester_pid" "$free_requester_http" "$free_provider_pid" "$free_provider_grpc"
 
-cp "$work/paid.json" "$work/key1/config.json"
-read -r requester_pid requester_http _ < <(start_node key1 --config "$work/paid.json")
-read -r provider_pid _ provider_grpc < <(start_node key2 --config "$work/paid.json")
+read -r requester_pid requester_http _ < <(start_node node1 --config "$work/paid.json")
+read -r provider_pid _ provider_grpc < <(start_node node2 --config "$work/paid.json")
 curl -sf -XPOST "http://$requester_http/channels" \
   -d "{\"target\": \"$provider_grpc\", \"deposit\": \"1000eth\"}" >"$work/open.json"
 total_tasks=0
 run on "$requester_pid" "$requester_http" "$provider_pid" "$provider_grpc"
-provider_http=$(sed -E 's/.*http=([^ ]+).*/\1/' "$work/key2.out")
+provider_http=$(sed -E 's/.*http=([^ ]+).*/\1/' "$work/node2.out")
 earned=$(curl -sf "http://$provider_http/payments" | sed -E 's/.*"earned_wei":"([^"]+)".*/\1/')
 curl -sf -XPOST "http://$provider_http/payments/redeem" >"$work/redeem.json"
 
 open_tx=$(sed -E 's/.*"tx":"([^"]+)".*/\1/' "$work/open.json")
 redeem_tx=$(sed -E 's/.*"tx":"([^"]+)".*/\1/' "$work/redeem.json")
 gas_of() { rpc_call eth_getTransactionReceipt "[\"$1\"]" | sed -E 's/.*"gasUsed":"([^"]+)".*/\1/'; }
-requester_id=$(awk '{print $3}' "$work/key1.out"); provider_id=$(awk '{print $3}' "$work/key2.out")
+requester_id=$(awk '{print $3}' "$work/node1.out"); provider_id=$(awk '{print $3}' "$work/node2.out")
 echo
 echo "paid tasks: $total_tasks; transactions: requester $(( $(nonce "$requester_id") )), provider $(( $(nonce "$provider_id") ))"
 echo "gas: open $(( $(gas_of "$open_tx") )), redeem $(( $(gas_of "$redeem_tx") )), total $(( $(gas_of "$open_tx") + $(gas_of "$redeem_tx") ))"

@@ -7,29 +7,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tasks=${1:-100}
-anvil=.tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
-[ -x "$anvil" ] || { echo "anvil is missing: npm install --prefix .tools @foundry-rs/anvil-linux-amd64@1.7.1" >&2; exit 1; }
 cargo build --release --quiet -p sphere-node
 sphere=target/release/sphere
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 step() { printf '\n== %s\n' "$*"; }
 
 step "a local chain (anvil) and the payment contract"
-port=$(free_port)
-"$anvil" --port "$port" --silent & pids+=($!)
-rpc="http://127.0.0.1:$port"
-until curl -s -o /dev/null -XPOST "$rpc" -d '{}'; do sleep 0.1; done
-# anvil's well-known development accounts: 0 deploys, 1 is the requester, 2 the provider.
-keys=(ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
-  59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d
-  5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a)
-for i in 0 1 2; do
-  mkdir -p "$work/node$i" && echo "${keys[$i]}" >"$work/node$i/node.key" && chmod 600 "$work/node$i/node.key"
-done
-contract=$("$sphere" payments deploy --rpc-url "$rpc" --key-file "$work/node0/node.key" --challenge-period-seconds 3600)
+source demo/dev-chain.sh
+start_dev_chain 3600
+pids+=("$anvil_pid")
 echo "contract $contract on $rpc"
 
 step "a requester and a provider with payments on"

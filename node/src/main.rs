@@ -234,18 +234,10 @@ fn main() -> anyhow::Result<()> {
         Command::File(command) => runtime()?.block_on(run_file_command(command)),
         Command::Channel(command) => runtime()?.block_on(run_channel_command(command)),
         Command::Payments(PaymentsCommand::Status { node }) => runtime()?.block_on(async {
-            let status = NodeClient::new(&node.url)
-                .call_with(reqwest::Method::GET, "/payments", None)
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&status)?);
-            Ok(())
+            print_json(&ask(&node, reqwest::Method::GET, "/payments", None).await?)
         }),
         Command::Payments(PaymentsCommand::Redeem { node }) => runtime()?.block_on(async {
-            let outcome = NodeClient::new(&node.url)
-                .call_with(reqwest::Method::POST, "/payments/redeem", None)
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&outcome)?);
-            Ok(())
+            print_json(&ask(&node, reqwest::Method::POST, "/payments/redeem", None).await?)
         }),
         Command::Payments(PaymentsCommand::Deploy {
             rpc_url,
@@ -348,7 +340,7 @@ async fn run_file_command(command: FileCommand) -> anyhow::Result<()> {
 async fn run_channel_command(command: ChannelCommand) -> anyhow::Result<()> {
     use reqwest::Method;
     use serde_json::json;
-    let (node, method, path, body) = match command {
+    match command {
         ChannelCommand::Open {
             target,
             provider,
@@ -356,38 +348,49 @@ async fn run_channel_command(command: ChannelCommand) -> anyhow::Result<()> {
             node,
         } => {
             let body = json!({"target": target, "provider": provider, "deposit": deposit});
-            (node, Method::POST, "/channels".to_owned(), Some(body))
+            let opened = ask(&node, Method::POST, "/channels", Some(body)).await?;
+            // The ID alone on stdout, for scripts; the whole channel on stderr, for people.
+            println!("{}", opened["channel_id"].as_str().unwrap_or_default());
+            eprintln!("{}", serde_json::to_string_pretty(&opened)?);
         }
-        ChannelCommand::Topup { id, amount, node } => (
-            node,
-            Method::POST,
-            format!("/channels/{id}/topup"),
-            Some(json!({ "amount": amount })),
-        ),
+        ChannelCommand::Topup { id, amount, node } => {
+            let body = json!({ "amount": amount });
+            let path = format!("/channels/{id}/topup");
+            print_json(&ask(&node, Method::POST, &path, Some(body)).await?)?;
+        }
         ChannelCommand::Close { id, node } => {
-            (node, Method::POST, format!("/channels/{id}/close"), None)
+            let path = format!("/channels/{id}/close");
+            print_json(&ask(&node, Method::POST, &path, None).await?)?;
         }
         ChannelCommand::Recover { node } => {
-            (node, Method::POST, "/channels/recover".to_owned(), None)
+            print_json(&ask(&node, Method::POST, "/channels/recover", None).await?)?;
         }
         ChannelCommand::Status { id: Some(id), node } => {
-            (node, Method::GET, format!("/channels/{id}"), None)
+            let path = format!("/channels/{id}");
+            print_json(&ask(&node, Method::GET, &path, None).await?)?;
         }
         ChannelCommand::Status { id: None, node } => {
-            (node, Method::GET, "/payments".to_owned(), None)
+            let payments = ask(&node, Method::GET, "/payments", None).await?;
+            print_json(&payments["channels_out"])?;
         }
-    };
-    let answer = NodeClient::new(&node.url)
-        .call_with(method.clone(), &path, body.as_ref())
-        .await?;
-    if method == Method::POST && path == "/channels" {
-        println!("{}", answer["channel_id"].as_str().unwrap_or_default());
-        eprintln!("{}", serde_json::to_string_pretty(&answer)?);
-    } else if path == "/payments" {
-        println!("{}", serde_json::to_string_pretty(&answer["channels_out"])?);
-    } else {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
     }
+    Ok(())
+}
+
+/// Sends `body` (if any) to `path` on the node; returns its JSON answer or its error.
+async fn ask(
+    node: &NodeAddress,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    NodeClient::new(&node.url)
+        .call_with(method, path, body.as_ref())
+        .await
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

@@ -277,7 +277,7 @@ impl Payments {
             amount::storage_price(
                 bytes,
                 self.storage_period_seconds,
-                self.prices.storage_gib_day_wei,
+                U256::from(self.prices.storage_gib_day_wei),
             ),
             self.storage_period_seconds.saturating_mul(1000),
         )
@@ -285,7 +285,7 @@ impl Payments {
 
     /// Returns the price of reading `bytes` back.
     pub fn read_price(&self, bytes: u64) -> U256 {
-        amount::price_per_gib(bytes, self.prices.read_gib_wei)
+        amount::price_per_gib(bytes, U256::from(self.prices.read_gib_wei))
     }
 
     /// Returns the terms other nodes see in `NodeService.GetInfo`.

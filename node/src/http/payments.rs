@@ -96,23 +96,21 @@ pub async fn redeem(State(context): State<NodeContext>) -> Result<Response, Erro
     let payments = enabled(&context)?;
     let outcomes = payments.payee.redeem_all().await;
     payee::log_failures(&outcomes);
-    let (redeemed, failed): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(Result::is_ok);
-    let redeemed: Vec<_> = redeemed
-        .into_iter()
-        .flatten()
-        .map(|(channel, redemption)| {
-            let mut body = payee::redemption_json(&redemption);
-            body["channel_id"] = channel.to_string().into();
-            body
-        })
-        .collect();
-    let failed: Vec<_> = failed
-        .into_iter()
-        .filter_map(Result::err)
-        .map(|(channel, error)| {
-            serde_json::json!({"channel_id": channel.to_string(), "code": error.code.as_str(), "message": error.message})
-        })
-        .collect();
+    let (mut redeemed, mut failed) = (Vec::new(), Vec::new());
+    for outcome in outcomes {
+        match outcome {
+            Ok((channel, redemption)) => {
+                let mut body = payee::redemption_json(&redemption);
+                body["channel_id"] = channel.to_string().into();
+                redeemed.push(body);
+            }
+            Err((channel, error)) => failed.push(serde_json::json!({
+                "channel_id": channel.to_string(),
+                "code": error.code.as_str(),
+                "message": error.message,
+            })),
+        }
+    }
     Ok(axum::Json(serde_json::json!({ "redeemed": redeemed, "failed": failed })).into_response())
 }
 

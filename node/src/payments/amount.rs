@@ -54,17 +54,20 @@ pub fn parse_amount(text: &str) -> Result<U256, String> {
         .map_err(|error| format!("{text:?} is not an amount of {unit}: {error}"))
 }
 
-/// Returns the price of `bytes` at `wei_per_gib`, rounded up to a whole wei.
-pub fn price_per_gib(bytes: u64, wei_per_gib: u64) -> U256 {
-    div_ceil(U256::from(bytes) * U256::from(wei_per_gib), U256::from(GIB))
+/// Returns the price of `bytes` at `wei_per_gib`, rounded up to a whole wei. Rates come from
+/// other nodes too, so products saturate instead of overflowing.
+pub fn price_per_gib(bytes: u64, wei_per_gib: U256) -> U256 {
+    U256::from(bytes)
+        .saturating_mul(wei_per_gib)
+        .div_ceil(U256::from(GIB))
 }
 
 /// Returns the price of keeping `bytes` for `seconds` at `wei_per_gib_day`, rounded up.
-pub fn storage_price(bytes: u64, seconds: u64, wei_per_gib_day: u64) -> U256 {
-    div_ceil(
-        U256::from(bytes) * U256::from(wei_per_gib_day) * U256::from(seconds),
-        U256::from(GIB) * U256::from(DAY_SECONDS),
-    )
+pub fn storage_price(bytes: u64, seconds: u64, wei_per_gib_day: U256) -> U256 {
+    U256::from(bytes)
+        .saturating_mul(wei_per_gib_day)
+        .saturating_mul(U256::from(seconds))
+        .div_ceil(U256::from(GIB) * U256::from(DAY_SECONDS))
 }
 
 /// Returns the bytes a read of an object of `size` bytes in `chunk_count` chunks costs from chunk
@@ -75,10 +78,6 @@ pub fn read_bytes(size: u64, chunk_count: u64, start: u64) -> u64 {
     let remaining = chunk_count.saturating_sub(start);
     u64::try_from((u128::from(size) * u128::from(remaining)).div_ceil(u128::from(chunk_count)))
         .unwrap_or(u64::MAX)
-}
-
-fn div_ceil(numerator: U256, denominator: U256) -> U256 {
-    numerator.div_ceil(denominator)
 }
 
 #[cfg(test)]
@@ -113,11 +112,17 @@ mod tests {
 
     #[test]
     fn prices_round_up_to_a_whole_wei() {
-        assert_eq!(price_per_gib(GIB, 1000), U256::from(1000));
-        assert_eq!(price_per_gib(1, 1000), U256::from(1));
-        assert_eq!(price_per_gib(0, 1000), U256::ZERO);
-        assert_eq!(storage_price(GIB, DAY_SECONDS, 10), U256::from(10));
-        assert_eq!(storage_price(GIB / 2, DAY_SECONDS * 2, 10), U256::from(10));
-        assert_eq!(storage_price(1, 1, 10), U256::from(1));
+        assert_eq!(price_per_gib(GIB, U256::from(1000)), U256::from(1000));
+        assert_eq!(price_per_gib(1, U256::from(1000)), U256::from(1));
+        assert_eq!(price_per_gib(0, U256::from(1000)), U256::ZERO);
+        assert_eq!(
+            storage_price(GIB, DAY_SECONDS, U256::from(10)),
+            U256::from(10)
+        );
+        assert_eq!(
+            storage_price(GIB / 2, DAY_SECONDS * 2, U256::from(10)),
+            U256::from(10)
+        );
+        assert_eq!(storage_price(1, 1, U256::from(10)), U256::from(1));
     }
 }

@@ -180,18 +180,9 @@ impl Chain {
 
     /// Opens a channel to `provider` with `deposit` wei; returns its ID.
     pub async fn open(&self, provider: Address, deposit: U256) -> Result<(B256, Mined), Error> {
-        let _one_at_a_time = self.sending.lock().await;
         let receipt = self
-            .contract
-            .open(provider)
-            .value(deposit)
-            .send()
-            .await
-            .map_err(refused)?
-            .with_timeout(Some(RECEIPT_WAIT))
-            .get_receipt()
-            .await
-            .map_err(|error| chain_unreachable(&error))?;
+            .send(self.contract.open(provider).value(deposit))
+            .await?;
         let opened = receipt
             .decoded_log::<SpherePayments::ChannelOpened>()
             .ok_or_else(|| {
@@ -208,59 +199,69 @@ impl Chain {
 
     /// Adds `amount` wei to a channel's deposit.
     pub async fn top_up(&self, id: B256, amount: U256) -> Result<Mined, Error> {
-        let _one_at_a_time = self.sending.lock().await;
-        let call = self.contract.topUp(id).value(amount);
-        self.transact(id, call.send().await).await
+        let receipt = self.send(self.contract.topUp(id).value(amount)).await?;
+        Ok(self.changed(id, &receipt))
     }
 
     /// Asks to close a channel; the challenge period starts.
     pub async fn request_close(&self, id: B256) -> Result<Mined, Error> {
-        let _one_at_a_time = self.sending.lock().await;
-        let call = self.contract.requestClose(id);
-        self.transact(id, call.send().await).await
+        let receipt = self.send(self.contract.requestClose(id)).await?;
+        Ok(self.changed(id, &receipt))
     }
 
     /// Closes a channel whose challenge period is over and takes back what was not redeemed.
     pub async fn close(&self, id: B256) -> Result<Mined, Error> {
-        let _one_at_a_time = self.sending.lock().await;
-        let call = self.contract.close(id);
-        self.transact(id, call.send().await).await
+        let receipt = self.send(self.contract.close(id)).await?;
+        Ok(self.changed(id, &receipt))
     }
 
     /// Redeems a voucher for `amount` wei in all on a channel to this node.
     pub async fn redeem(&self, id: B256, amount: U256, signature: Bytes) -> Result<Mined, Error> {
-        let _one_at_a_time = self.sending.lock().await;
-        let call = self.contract.redeem(id, amount, signature);
-        self.transact(id, call.send().await).await
+        let receipt = self
+            .send(self.contract.redeem(id, amount, signature))
+            .await?;
+        Ok(self.changed(id, &receipt))
     }
 
-    async fn transact<N: alloy::network::Network>(
+    /// Sends `call` as a transaction, one at a time, and returns its receipt once mined; a
+    /// refusal by the contract comes back in its words, a mined revert as an error.
+    async fn send<D: alloy::contract::CallDecoder>(
         &self,
-        id: B256,
-        sent: Result<alloy::providers::PendingTransactionBuilder<N>, alloy::contract::Error>,
-    ) -> Result<Mined, Error> {
-        let receipt = sent
+        call: alloy::contract::CallBuilder<&DynProvider, D>,
+    ) -> Result<Receipt, Error> {
+        let _one_at_a_time = self.sending.lock().await;
+        let receipt = call
+            .send()
+            .await
             .map_err(refused)?
             .with_timeout(Some(RECEIPT_WAIT))
             .get_receipt()
             .await
             .map_err(|error| chain_unreachable(&error))?;
-        self.cache
-            .lock()
-            .expect("channel cache lock is never poisoned")
-            .remove(&id);
         if !receipt.status() {
             return Err(Error::new(
                 ErrorCode::TargetError,
                 format!(
                     "transaction {} was mined but reverted",
-                    receipt.transaction_hash()
+                    receipt.transaction_hash
                 ),
             ));
         }
-        Ok(mined(&receipt))
+        Ok(receipt)
+    }
+
+    /// Forgets the cached state of channel `id`, which `receipt`'s transaction changed.
+    fn changed(&self, id: B256, receipt: &Receipt) -> Mined {
+        self.cache
+            .lock()
+            .expect("channel cache lock is never poisoned")
+            .remove(&id);
+        mined(receipt)
     }
 }
+
+/// A mined transaction's receipt.
+type Receipt = <alloy::network::Ethereum as alloy::network::Network>::ReceiptResponse;
 
 fn mined(receipt: &impl ReceiptResponse) -> Mined {
     Mined {

@@ -36,14 +36,27 @@ pub struct Ledger<T> {
     db: Db,
     prefix: &'static str,
     records: Mutex<BTreeMap<B256, T>>,
-    /// Versions written, and versions synced, per channel; writers take this lock in turn.
-    stored_versions: tokio::sync::Mutex<StoredVersions>,
+    /// Versions written, and versions synced, per channel. Read without waiting for a writer,
+    /// so a record that is on the disk already costs nothing to store again.
+    stored_versions: Mutex<StoredVersions>,
+    /// Taken by writers in turn.
+    writing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
 struct StoredVersions {
     written: BTreeMap<B256, u64>,
     synced: BTreeMap<B256, u64>,
+}
+
+impl StoredVersions {
+    fn covers(&self, channel_id: &B256, version: u64, durability: Durability) -> bool {
+        let done = match durability {
+            Durability::Synced => &self.synced,
+            Durability::Lazy => &self.written,
+        };
+        done.get(channel_id).is_some_and(|done| *done >= version)
+    }
 }
 
 impl<T: Record> Ledger<T> {
@@ -59,7 +72,8 @@ impl<T: Record> Ledger<T> {
                     .map(|record| (record.channel_id(), record))
                     .collect(),
             ),
-            stored_versions: tokio::sync::Mutex::default(),
+            stored_versions: Mutex::default(),
+            writing: tokio::sync::Mutex::default(),
         })
     }
 
@@ -81,12 +95,12 @@ impl<T: Record> Ledger<T> {
         version: u64,
         durability: Durability,
     ) -> Result<(), Error> {
-        let mut stored = self.stored_versions.lock().await;
-        let done = match durability {
-            Durability::Synced => &stored.synced,
-            Durability::Lazy => &stored.written,
-        };
-        if done.get(&channel_id).is_some_and(|done| *done >= version) {
+        if self.stored().covers(&channel_id, version, durability) {
+            return Ok(());
+        }
+        let _writer = self.writing.lock().await;
+        // Another writer may have stored it while this one waited.
+        if self.stored().covers(&channel_id, version, durability) {
             return Ok(());
         }
         let Some(record) = self.lock().get(&channel_id).cloned() else {
@@ -101,10 +115,17 @@ impl<T: Record> Ledger<T> {
             }
         }
         .map_err(Error::from)?;
+        let mut stored = self.stored();
         stored.written.insert(channel_id, record.version());
         if let Durability::Synced = durability {
             stored.synced.insert(channel_id, record.version());
         }
         Ok(())
+    }
+
+    fn stored(&self) -> MutexGuard<'_, StoredVersions> {
+        self.stored_versions
+            .lock()
+            .expect("ledger lock is never poisoned")
     }
 }

@@ -141,12 +141,6 @@ impl Work<'_> {
             }
             Self::Store(bytes) => {
                 let per_gib_day = wei(&terms.storage_gib_day_wei, "storage_gib_day_wei")?;
-                let per_gib_day = u64::try_from(per_gib_day).map_err(|_| {
-                    Error::new(
-                        ErrorCode::TargetError,
-                        "the target's storage price is too large",
-                    )
-                })?;
                 Ok((
                     super::amount::storage_price(*bytes, terms.storage_period_seconds, per_gib_day),
                     format!("storing {bytes} bytes for one period"),
@@ -154,12 +148,6 @@ impl Work<'_> {
             }
             Self::Read(bytes) => {
                 let per_gib = wei(&terms.read_gib_wei, "read_gib_wei")?;
-                let per_gib = u64::try_from(per_gib).map_err(|_| {
-                    Error::new(
-                        ErrorCode::TargetError,
-                        "the target's read price is too large",
-                    )
-                })?;
                 Ok((
                     super::amount::price_per_gib(*bytes, per_gib),
                     format!("reading {bytes} bytes"),

@@ -93,20 +93,8 @@ fn refused_start(payments: serde_json::Value) -> String {
 #[tokio::test]
 async fn payments_are_off_by_default() {
     let node = TestNode::start();
-    let (status, body) = node.call(reqwest::Method::GET, "/payments", "").await;
-    assert_eq!(status, 200);
-    assert_eq!(body, json!({"enabled": false}));
-    let mut info = sphere_proto::v1::node_service_client::NodeServiceClient::connect(format!(
-        "http://{}",
-        node.target()
-    ))
-    .await
-    .expect("connect");
-    let answer = info
-        .get_info(sphere_proto::v1::GetInfoRequest {})
-        .await
-        .expect("info")
-        .into_inner();
+    assert_eq!(payments_of(&node).await, json!({"enabled": false}));
+    let answer = node_info(&node).await;
     assert!(answer.payment_terms.is_none());
     assert_eq!(answer.node_id, node.node_id);
 }
@@ -133,28 +121,15 @@ async fn a_deployed_contract_is_used_and_a_wrong_chain_or_contract_is_refused_by
         config: Some(json!({ "payments": settings })),
         ..NodeOptions::default()
     });
-    let (status, body) = node.call(reqwest::Method::GET, "/payments", "").await;
-    assert_eq!(status, 200, "{body}");
+    let body = payments_of(&node).await;
     assert_eq!(body["enabled"], true);
     assert_eq!(body["contract"], contract);
     assert_eq!(body["chain_id"], chain.chain_id());
-    assert_eq!(body["challenge_period_seconds"], 600);
+    assert_eq!(body["challenge_period_seconds"], CHALLENGE_PERIOD_SECONDS);
     assert_eq!(body["prices"]["task_wei"], 5000);
 
     // Other nodes see the same terms through the node-to-node API.
-    let mut info = sphere_proto::v1::node_service_client::NodeServiceClient::connect(format!(
-        "http://{}",
-        node.target()
-    ))
-    .await
-    .expect("connect");
-    let terms = info
-        .get_info(sphere_proto::v1::GetInfoRequest {})
-        .await
-        .expect("info")
-        .into_inner()
-        .payment_terms
-        .expect("payment terms");
+    let terms = node_info(&node).await.payment_terms.expect("payment terms");
     assert_eq!(terms.contract, contract);
     assert_eq!(terms.chain_id, chain.chain_id());
     assert_eq!(terms.task_wei, "5000");
@@ -306,6 +281,16 @@ impl PaidPair {
         )
     }
 
+    /// Has the provider redeem everything now (`POST /payments/redeem`); returns its answer.
+    async fn redeem(&self) -> Value {
+        let (status, body) = self
+            .provider
+            .call(reqwest::Method::POST, "/payments/redeem", "")
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     /// Asks the requester to close `channel` (`POST /channels/{id}/close`).
     async fn close(&self, channel: &str) -> (u16, Value) {
         self.requester
@@ -345,6 +330,20 @@ impl PaidPair {
             .await
             .expect("mine");
     }
+}
+
+/// Asks `node` who it is through the node-to-node API, as other nodes do.
+async fn node_info(node: &TestNode) -> sphere_proto::v1::GetInfoResponse {
+    sphere_proto::v1::node_service_client::NodeServiceClient::connect(format!(
+        "http://{}",
+        node.target()
+    ))
+    .await
+    .expect("connect")
+    .get_info(sphere_proto::v1::GetInfoRequest {})
+    .await
+    .expect("info")
+    .into_inner()
 }
 
 async fn payments_of(node: &TestNode) -> Value {
@@ -393,11 +392,7 @@ async fn a_thousand_paid_tasks_cost_two_transactions_and_pay_the_provider_exactl
     // Nothing was redeemed while the tasks ran: no transaction per task.
     assert_eq!(pair.transactions_sent(&pair.provider).await, 0);
 
-    let (status, body) = pair
-        .provider
-        .call(reqwest::Method::POST, "/payments/redeem", "")
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = pair.redeem().await;
     assert_eq!(body["failed"], json!([]));
     let redemption = &body["redeemed"][0];
     assert_eq!(redemption["paid_wei"], spent.as_str(), "{body}");
@@ -476,19 +471,11 @@ async fn unpaid_underpaid_forged_and_failed_work_is_not_paid_for() {
         .await;
     assert_eq!(status, 422, "{body}");
     // Its voucher is the largest the provider has, but nothing is earned: nothing to redeem.
-    let redeem = async || {
-        let (status, body) = pair
-            .provider
-            .call(reqwest::Method::POST, "/payments/redeem", "")
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body
-    };
-    assert_eq!(redeem().await["redeemed"], json!([]));
+    assert_eq!(pair.redeem().await["redeemed"], json!([]));
     // The next task uses the refused task's credit, and that is what gets redeemed.
     let (status, body) = pair.task("hello").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(redeem().await["redeemed"][0]["paid_wei"], "1000");
+    assert_eq!(pair.redeem().await["redeemed"][0]["paid_wei"], "1000");
     assert_eq!(payments_of(&pair.provider).await["earned_wei"], "1000");
     assert_eq!(payments_of(&pair.requester).await["spent_wei"], "1000");
 
@@ -817,11 +804,7 @@ async fn a_requester_that_lost_its_database_finds_its_channels_on_the_chain() {
     for _ in 0..3 {
         assert_eq!(pair.task("hello").await.0, 200);
     }
-    let (status, body) = pair
-        .provider
-        .call(reqwest::Method::POST, "/payments/redeem", "")
-        .await;
-    assert_eq!(status, 200, "{body}");
+    pair.redeem().await;
 
     assert!(pair.requester.terminate().success());
     std::fs::remove_dir_all(pair.requester.data_dir.join("db")).expect("remove the database");
