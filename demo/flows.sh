@@ -4,10 +4,15 @@
 # Usage: demo/flows.sh [node REST address] [target gRPC address]
 #   local nodes (see README):   demo/flows.sh 127.0.0.1:3000 127.0.0.1:8082
 #   docker compose:             demo/flows.sh 127.0.0.1:3000 node2:8081
+# A node whose REST API listens beyond loopback (as in docker compose) needs its token: set
+# SPHERE_HTTP__TOKEN to the content of its data directory's api.token.
 set -euo pipefail
 node=${1:-127.0.0.1:3000}
 target=${2:-127.0.0.1:8082}
 show() { printf '\n$ %s\n' "$*"; "$@"; echo; }
+if [ -n "${SPHERE_HTTP__TOKEN:-}" ]; then
+  curl() { command curl -H "Authorization: Bearer $SPHERE_HTTP__TOKEN" "$@"; }
+fi
 
 show curl -sS -X POST "$node/task" -d "{\"target\": \"$target\", \"id\": \"1\", \"input\": \"hello\"}"
 

@@ -31,17 +31,26 @@ pub struct NodeClient {
 }
 
 impl NodeClient {
-    /// Returns a client of the node at `base` (for example `http://127.0.0.1:3000`).
-    pub fn new(base: &str) -> Self {
+    /// Returns a client of the node at `base` (for example `http://127.0.0.1:3000`) that sends
+    /// `token` as its bearer token, if given.
+    pub fn new(base: &str, token: Option<&str>) -> Self {
         let base = if base.contains("://") {
             base.trim_end_matches('/').to_owned()
         } else {
             format!("http://{}", base.trim_end_matches('/'))
         };
-        Self {
-            base,
-            http: reqwest::Client::new(),
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(mut value) = token.and_then(|token| {
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).ok()
+        }) {
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
         }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap_or_default();
+        Self { base, http }
     }
 
     /// Streams the file at `path` to the node; returns the stored file's JSON.
@@ -220,38 +229,59 @@ fn encode_path_segment(segment: &str) -> String {
 
 /// Formats `GET /files` as a table for people.
 pub fn files_table(listing: &Value) -> String {
+    let text = |value: &Value| printable(value.as_str().unwrap_or("?"));
     let mut lines = vec![format!(
-        "{:<32}  {:>12}  {:<24}  {:<30}  {}",
-        "ID", "SIZE", "CREATED", "NAME", "REPLICAS"
+        "{:<32}  {:>12}  {:<24}  {:<8}  {:<30}  {}",
+        "ID", "SIZE", "CREATED", "HEALTH", "NAME", "REPLICAS"
     )];
     for file in listing["files"].as_array().into_iter().flatten() {
         let replicas: Vec<String> = file["replicas"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(|replica| {
-                format!(
-                    "{}:{}",
-                    replica["target"].as_str().unwrap_or("?"),
-                    replica["health"].as_str().unwrap_or("?")
-                )
-            })
+            .map(|replica| format!("{}:{}", text(&replica["target"]), text(&replica["health"])))
             .collect();
         lines.push(format!(
-            "{:<32}  {:>12}  {:<24}  {:<30}  {}",
-            file["id"].as_str().unwrap_or(""),
+            "{:<32}  {:>12}  {:<24}  {:<8}  {:<30}  {}",
+            text(&file["id"]),
             file["size"].as_u64().unwrap_or(0),
-            file["created_at"].as_str().unwrap_or(""),
-            file["name"].as_str().unwrap_or(""),
+            text(&file["created_at"]),
+            text(&file["health"]),
+            text(&file["name"]),
             replicas.join(" ")
         ));
     }
     lines.join("\n")
 }
 
+/// Returns `text` with control and bidirectional-formatting characters escaped (`\u{1b}`), so
+/// that a name chosen by someone else cannot drive or disguise the terminal's output.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|character| {
+            let disguising = matches!(
+                character,
+                '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            );
+            if character.is_control() || disguising {
+                character.escape_unicode().to_string()
+            } else {
+                character.to_string()
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_and_bidi_characters_are_escaped_for_the_terminal() {
+        assert_eq!(printable("ok name.txt"), "ok name.txt");
+        assert_eq!(printable("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\u{a}");
+        assert_eq!(printable("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
+    }
 
     #[test]
     fn names_are_encoded_for_paths() {

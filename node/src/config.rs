@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::connections::ConnectionLimits;
+
 /// Prefix of the environment variables that override configuration fields. Nested fields are
 /// separated by a double underscore: `SPHERE_HTTP__LISTEN=0.0.0.0:3000` sets `http.listen`.
 pub const ENV_PREFIX: &str = "SPHERE";
@@ -56,6 +58,10 @@ pub struct GrpcConfig {
     pub connect_timeout_ms: u64,
     /// Deadline for a whole task run on another node, plugin included.
     pub task_timeout_ms: u64,
+    /// Limits on the connections other nodes (and strangers) open to this one.
+    pub connections: ConnectionLimits,
+    /// Most requests in flight at once on one HTTP/2 connection.
+    pub max_streams_per_connection: u32,
 }
 
 /// The REST API.
@@ -67,6 +73,11 @@ pub struct HttpConfig {
     /// Largest accepted JSON request body (`POST /task`, `POST /file`); larger ones get 413.
     /// Streaming uploads (`PUT /files/{name}`) have no such limit.
     pub max_json_body_bytes: u64,
+    /// Limits on the connections clients open to the REST API.
+    pub connections: ConnectionLimits,
+    /// Bearer token every route but `GET /health` requires. Unset: the node writes a random one
+    /// to `<data_dir>/api.token` and requires it when `listen` is not a loopback address.
+    pub token: Option<String>,
 }
 
 /// The plugins that run this node's tasks, and how the node watches them.
@@ -80,6 +91,10 @@ pub struct PluginsConfig {
     /// Longest wait before restarting a managed plugin that keeps dying (the wait doubles from
     /// 200 ms after each quick death).
     pub restart_backoff_max_ms: u64,
+    /// How long a managed plugin may fail every health check (hung, or saying NOT_SERVING)
+    /// before the node stops it (SIGTERM, then SIGKILL) and starts it again. External plugins
+    /// are only taken out of rotation.
+    pub unhealthy_restart_ms: u64,
     /// The plugins. `None` runs the built-in demo plugin ("hello"); an empty list runs none
     /// (a storage-only node).
     pub entries: Option<Vec<PluginConfig>>,
@@ -188,6 +203,8 @@ impl Default for GrpcConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             connect_timeout_ms: 3_000,
             task_timeout_ms: 30_000,
+            connections: ConnectionLimits::default(),
+            max_streams_per_connection: 256,
         }
     }
 }
@@ -197,6 +214,8 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             max_json_body_bytes: 16 * 1024 * 1024,
+            connections: ConnectionLimits::default(),
+            token: None,
         }
     }
 }
@@ -207,6 +226,7 @@ impl Default for PluginsConfig {
             default: None,
             health_interval_ms: 1_000,
             restart_backoff_max_ms: 10_000,
+            unhealthy_restart_ms: 30_000,
             entries: None,
         }
     }
@@ -250,6 +270,14 @@ pub enum ConfigError {
     /// The file, an environment variable or a flag could not be read or has the wrong type.
     #[error("invalid configuration: {0}")]
     Load(#[from] config::ConfigError),
+    /// The configuration file cannot be read, is not JSON or has a field the node does not know.
+    #[error("invalid configuration file {}: {problem}", file.display())]
+    File {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A field has a value of the right type that the node cannot use.
     #[error("invalid configuration: field `{field}` {problem}")]
     Invalid {
@@ -271,6 +299,7 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {
+            check_file_fields(file)?;
             builder = builder.add_source(
                 config::File::from(file)
                     .format(config::FileFormat::Json)
@@ -279,7 +308,7 @@ impl Config {
         }
         let environment: HashMap<String, String> = environment
             .into_iter()
-            .filter(|(name, _)| is_config_variable(name))
+            .filter(|(name, _)| is_config_variable(name) && field_of_variable(name).is_some())
             .collect();
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
@@ -315,6 +344,36 @@ impl Config {
         positive("grpc.connect_timeout_ms", self.grpc.connect_timeout_ms)?;
         positive("grpc.task_timeout_ms", self.grpc.task_timeout_ms)?;
         positive("http.max_json_body_bytes", self.http.max_json_body_bytes)?;
+        for (field, limits) in [
+            ("grpc.connections", &self.grpc.connections),
+            ("http.connections", &self.http.connections),
+        ] {
+            for (name, value) in [
+                ("max", u64::from(limits.max)),
+                ("max_pending", u64::from(limits.max_pending)),
+                ("handshake_timeout_ms", limits.handshake_timeout_ms),
+                ("idle_timeout_ms", limits.idle_timeout_ms),
+            ] {
+                if value == 0 {
+                    return Err(ConfigError::Invalid {
+                        field,
+                        problem: format!("has `{name}` 0; it must be greater than 0"),
+                    });
+                }
+            }
+        }
+        if let Some(token) = &self.http.token
+            && (token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(ConfigError::Invalid {
+                field: "http.token",
+                problem: "must be at least 16 characters, without spaces".to_owned(),
+            });
+        }
+        positive(
+            "grpc.max_streams_per_connection",
+            u64::from(self.grpc.max_streams_per_connection),
+        )?;
         positive(
             "plugins.health_interval_ms",
             self.plugins.health_interval_ms,
@@ -331,6 +390,10 @@ impl Config {
         positive(
             "plugins.restart_backoff_max_ms",
             self.plugins.restart_backoff_max_ms,
+        )?;
+        positive(
+            "plugins.unhealthy_restart_ms",
+            self.plugins.unhealthy_restart_ms,
         )?;
         self.validate_plugins()?;
         if !CHUNK_SIZE_RANGE.contains(&self.storage.chunk_size_bytes) {
@@ -470,6 +533,59 @@ fn is_config_variable(name: &str) -> bool {
     name.starts_with(&format!("{ENV_PREFIX}_")) && !name.starts_with("SPHERE_PLUGIN_")
 }
 
+/// Returns the dotted configuration field a `SPHERE_*` variable sets, or `None` when no field
+/// has that name.
+fn field_of_variable(name: &str) -> Option<String> {
+    let path: Vec<String> = name
+        .strip_prefix(&format!("{ENV_PREFIX}_"))?
+        .split("__")
+        .map(str::to_lowercase)
+        .collect();
+    let defaults = serde_json::to_value(Config::default()).expect("defaults serialise");
+    let mut value = &defaults;
+    for segment in &path {
+        match value {
+            serde_json::Value::Object(fields) => value = fields.get(segment)?,
+            // Inside a list, a map or an unset optional section, any name may be valid.
+            _ => break,
+        }
+    }
+    Some(path.join("."))
+}
+
+/// Returns the `SPHERE_*` variables of `environment` that set no configuration field (deployments
+/// often set others, such as `SPHERE_ENV=prod`): the node ignores them and warns.
+pub fn unknown_variables(environment: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let mut unknown: Vec<String> = environment
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| is_config_variable(name) && field_of_variable(name).is_none())
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+/// Refuses a configuration file with a field the node does not know, naming the file and the
+/// field's dotted path (a misspelt field must not be silently ignored).
+fn check_file_fields(file: &Path) -> Result<(), ConfigError> {
+    let invalid = |problem: String| ConfigError::File {
+        file: file.to_owned(),
+        problem,
+    };
+    let text = std::fs::read_to_string(file).map_err(|error| invalid(error.to_string()))?;
+    let mut deserializer = serde_json::Deserializer::from_str(&text);
+    let Err(error) = serde_path_to_error::deserialize::<_, Config>(&mut deserializer) else {
+        return Ok(());
+    };
+    let path = error.path().to_string();
+    let problem = error.into_inner();
+    Err(invalid(if path == "." {
+        problem.to_string()
+    } else {
+        format!("field `{path}`: {problem}")
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,10 +642,36 @@ mod tests {
     }
 
     #[test]
-    fn unknown_field_is_refused_by_name() {
-        let environment = [("SPHERE_HTTP__LISTN".to_owned(), "x".to_owned())];
-        let error = Config::load(None, environment, &[]).expect_err("must refuse");
-        assert!(error.to_string().contains("listn"), "{error}");
+    fn unknown_variables_are_named_and_ignored() {
+        let environment = vec![
+            ("SPHERE_ENV".to_owned(), "prod".to_owned()),
+            ("SPHERE_HTTP__LISTN".to_owned(), "x".to_owned()),
+            ("SPHERE_HTTP__LISTEN".to_owned(), "0.0.0.0:4000".to_owned()),
+            (
+                "SPHERE_PAYMENTS__RPC_URL".to_owned(),
+                "http://chain:8545".to_owned(),
+            ),
+            ("SPHERE_PLUGIN_LISTEN".to_owned(), "ignored".to_owned()),
+        ];
+        assert_eq!(
+            unknown_variables(environment.clone()),
+            ["SPHERE_ENV", "SPHERE_HTTP__LISTN"]
+        );
+        let config = Config::load(None, environment, &[]).expect("unknown variables are ignored");
+        assert_eq!(config.http.listen, "0.0.0.0:4000".parse().expect("address"));
+    }
+
+    #[test]
+    fn an_unknown_field_in_the_file_is_refused_naming_file_and_field() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("node.json");
+        std::fs::write(&file, r#"{"http": {"listn": "0.0.0.0:3000"}}"#).expect("write");
+        let error = Config::load(Some(&file), [], &[]).expect_err("must refuse");
+        let message = error.to_string();
+        assert!(
+            message.contains("node.json") && message.contains("http") && message.contains("listn"),
+            "{message}"
+        );
     }
 
     #[test]

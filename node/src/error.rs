@@ -32,6 +32,10 @@ pub enum ErrorCode {
     PluginNotFound,
     /// The plugin's slots and queue are full; retry after the `Retry-After` seconds.
     Overloaded,
+    /// The file is known but none of its replicas can give it back any more (every one lost).
+    FileLost,
+    /// This node's account cannot pay for the deposit and the gas of a payment transaction.
+    InsufficientFunds,
     /// The plugin refused the task's input as something it cannot work on.
     TaskRejected,
     /// No route for that path.
@@ -40,6 +44,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// An object with that ID is already stored; stored objects are never overwritten.
     AlreadyExists,
+    /// The REST request lacks the bearer token this node requires, or carries a wrong one.
+    Unauthorized,
     /// The request is not signed by the object's owner, or was replayed.
     PermissionDenied,
     /// The provider has no space left for the object.
@@ -77,7 +83,10 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 28] = [
+    const ALL: [ErrorCode; 31] = [
+        Self::Unauthorized,
+        Self::FileLost,
+        Self::InsufficientFunds,
         Self::PaymentsOff,
         Self::ChannelNotFound,
         Self::ChannelStateConflict,
@@ -116,12 +125,15 @@ impl ErrorCode {
             Self::InvalidField => "invalid_field",
             Self::PayloadTooLarge => "payload_too_large",
             Self::FileNotFound => "file_not_found",
+            Self::FileLost => "file_lost",
+            Self::InsufficientFunds => "insufficient_funds",
             Self::PluginNotFound => "plugin_not_found",
             Self::Overloaded => "overloaded",
             Self::TaskRejected => "task_rejected",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::AlreadyExists => "already_exists",
+            Self::Unauthorized => "unauthorized",
             Self::PermissionDenied => "permission_denied",
             Self::ProviderFull => "provider_full",
             Self::PaymentRequired => "payment_required",
@@ -155,10 +167,13 @@ impl ErrorCode {
             Self::FileNotFound | Self::RouteNotFound | Self::PluginNotFound => {
                 StatusCode::NOT_FOUND
             }
+            Self::FileLost => StatusCode::GONE,
+            Self::InsufficientFunds => StatusCode::CONFLICT,
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             Self::TaskRejected => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::AlreadyExists => StatusCode::CONFLICT,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::PermissionDenied => StatusCode::FORBIDDEN,
             Self::ProviderFull => StatusCode::INSUFFICIENT_STORAGE,
             Self::PaymentRequired => StatusCode::PAYMENT_REQUIRED,
@@ -187,10 +202,13 @@ impl ErrorCode {
             Self::FileNotFound | Self::RouteNotFound | Self::PluginNotFound => {
                 tonic::Code::NotFound
             }
+            Self::FileLost => tonic::Code::DataLoss,
+            Self::InsufficientFunds => tonic::Code::FailedPrecondition,
             Self::Overloaded => tonic::Code::ResourceExhausted,
             Self::TaskRejected => tonic::Code::FailedPrecondition,
             Self::MethodNotAllowed => tonic::Code::Unimplemented,
             Self::AlreadyExists => tonic::Code::AlreadyExists,
+            Self::Unauthorized => tonic::Code::Unauthenticated,
             Self::PermissionDenied => tonic::Code::PermissionDenied,
             Self::ProviderFull => tonic::Code::ResourceExhausted,
             Self::PaymentRequired => tonic::Code::FailedPrecondition,

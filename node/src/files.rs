@@ -36,7 +36,7 @@ use sphere_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::auth::{self, Operation};
+use crate::auth::{self, SignedRequest};
 use crate::error::{Error, ErrorCode};
 use crate::identity::NodeIdentity;
 use crate::payments::payer::{Payer, Payment, Work};
@@ -261,10 +261,7 @@ impl Files {
             }
         }
         if sources.is_empty() {
-            return Err(Error::new(
-                ErrorCode::FileNotFound,
-                "the file has no replica left",
-            ));
+            return Err(lost(&record.manifest.id));
         }
         let expected = record.manifest.chunk_hashes()?;
         let cipher = Arc::new(
@@ -290,8 +287,12 @@ impl Files {
                     }
                 }
             }
-            let error = last_error
-                .unwrap_or_else(|| Error::new(ErrorCode::Internal, "no replica was tried"));
+            let error = match last_error {
+                // The record says the file exists: providers that no longer hold it lost it.
+                Some(error) if error.code == ErrorCode::FileNotFound => lost(&manifest.id),
+                Some(error) => error,
+                None => Error::new(ErrorCode::Internal, "no replica was tried"),
+            };
             let _ = sender.send(Err(error)).await;
         });
         Ok(Box::pin(ReceiverStream::new(receiver)))
@@ -413,12 +414,13 @@ impl Files {
         parts: impl Stream<Item = PutObjectRequest> + Send + 'static,
     ) -> Result<Replica, Error> {
         let mut client = self.peers.storage(target)?;
+        let header = ObjectHeader {
+            object_id: object_id.to_owned(),
+            auth: None,
+            kind: kind.to_owned(),
+        };
         let header = PutObjectRequest {
-            part: Some(Part::Header(ObjectHeader {
-                object_id: object_id.to_owned(),
-                auth: Some(auth::sign(&self.identity, Operation::Put, object_id)),
-                kind: kind.to_owned(),
-            })),
+            part: Some(Part::Header(self.signed_for(target, header).await?)),
         };
         // The price depends on the size, known at the trailer: pay there. If paying fails, the
         // trailer is held back, so the provider stores nothing, and the payment's error is
@@ -487,10 +489,11 @@ impl Files {
         };
         let request = GetObjectRequest {
             object_id: object_id.to_owned(),
-            auth: Some(auth::sign(&self.identity, Operation::Get, object_id)),
+            auth: None,
             start_chunk: start,
             voucher: payment.as_ref().map(Payment::voucher),
         };
+        let request = self.signed_for(source, request).await?;
         let stream = self
             .peers
             .storage(source)?
@@ -516,15 +519,18 @@ impl Files {
         let payment = payer.pay(target, Work::Store(size)).await?;
         let request = RenewObjectRequest {
             object_id: object_id.to_owned(),
-            auth: Some(auth::sign(&self.identity, Operation::Renew, object_id)),
+            auth: None,
             voucher: payment.as_ref().map(Payment::voucher),
         };
-        let response = self
-            .peers
-            .storage(target)?
-            .renew_object(request)
-            .await
-            .map_err(|status| Error::from_remote_status(&status, target));
+        let response = match self.signed_for(target, request).await {
+            Ok(request) => self
+                .peers
+                .storage(target)?
+                .renew_object(request)
+                .await
+                .map_err(|status| Error::from_remote_status(&status, target)),
+            Err(error) => Err(error),
+        };
         settle(payment, &response).await;
         Ok(response?.into_inner().paid_until_ms)
     }
@@ -568,9 +574,10 @@ impl Files {
     async fn delete_objects(&self, target: &str, id: &str) -> Result<(), Error> {
         for object_id in [id.to_owned(), manifest_object_id(id)] {
             let request = DeleteObjectRequest {
-                auth: Some(auth::sign(&self.identity, Operation::Delete, &object_id)),
+                auth: None,
                 object_id,
             };
+            let request = self.signed_for(target, request).await?;
             match self.peers.storage(target)?.delete_object(request).await {
                 Ok(_) => {}
                 Err(status) => {
@@ -590,6 +597,13 @@ impl Files {
         if let Err(error) = self.delete_objects(target, id).await {
             tracing::warn!(file_id = id, target, %error, "could not delete a copy that must not be kept");
         }
+    }
+
+    /// Returns `request` signed by this node for the provider at `target` (whose node ID it asks
+    /// when it does not know it), so that no other provider accepts it.
+    async fn signed_for<R: SignedRequest>(&self, target: &str, request: R) -> Result<R, Error> {
+        let provider = self.peers.node_id(target).await?;
+        Ok(auth::sign(&self.identity, &provider, request))
     }
 
     /// Returns the key of the data of file `id`.
@@ -641,6 +655,16 @@ async fn settle<T>(payment: Option<Payment>, outcome: &Result<T, Error>) {
     if let Some(payment) = payment {
         payment.settle(outcome).await;
     }
+}
+
+fn lost(id: &str) -> Error {
+    Error::new(
+        ErrorCode::FileLost,
+        format!(
+            "file {id} is lost: none of its replicas holds it any more; delete it, or store it \
+             again from another copy"
+        ),
+    )
 }
 
 fn integrity(message: String) -> Error {

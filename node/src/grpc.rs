@@ -8,25 +8,29 @@ mod tasks;
 use std::future::Future;
 use std::time::Duration;
 
+use crate::connections::{GuardedListener, TrackRequestsLayer};
+use crate::node::NodeContext;
+use crate::peers::MAX_MESSAGE_BYTES;
 use sphere_proto::v1::node_service_server::NodeServiceServer;
 use sphere_proto::v1::storage_service_server::StorageServiceServer;
 use sphere_proto::v1::task_service_server::TaskServiceServer;
-use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
-
-use crate::node::NodeContext;
-use crate::peers::MAX_MESSAGE_BYTES;
 
 pub use storage::ProviderStorage;
 
-/// Serves every node-to-node service on `listener` until `shutdown` completes, then lets
-/// in-flight calls finish.
+/// Serves every node-to-node service on `listener`, at most `max_streams` calls at once per
+/// connection, until `shutdown` completes, then lets in-flight calls finish.
 pub async fn serve(
-    listener: TcpListener,
+    listener: GuardedListener,
+    max_streams: u32,
     context: NodeContext,
     provider: ProviderStorage,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    // A task's input crosses in one message; the plugins' limits say how large it may be.
+    let task_message_bytes = context
+        .plugins
+        .largest_task_message_bytes()
+        .max(MAX_MESSAGE_BYTES);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<TaskServiceServer<tasks::TaskGrpc>>()
@@ -40,21 +44,25 @@ pub async fn serve(
         .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO));
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(Some(max_streams))
+        .layer(TrackRequestsLayer)
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(trace)
         .add_service(health_service)
         .add_service(NodeServiceServer::new(node_info::NodeInfoGrpc::new(
             context.clone(),
         )))
-        .add_service(TaskServiceServer::new(tasks::TaskGrpc::new(context)))
+        .add_service(
+            TaskServiceServer::new(tasks::TaskGrpc::new(context))
+                .max_decoding_message_size(task_message_bytes)
+                .max_encoding_message_size(task_message_bytes),
+        )
         .add_service(
             StorageServiceServer::new(provider)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(listener.into_stream(), shutdown)
         .await
 }

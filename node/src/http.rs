@@ -23,6 +23,7 @@
 //!
 //! Every failure answers `{"error": {"code": "...", "message": "..."}}` (see [`crate::error`]).
 
+pub mod access;
 mod extract;
 mod files;
 mod payments;
@@ -36,25 +37,22 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
 
+use crate::connections::{ConnectionHandle, GuardedListener, TrackRequestsLayer};
 use crate::error::{Error, ErrorCode};
 use crate::node::NodeContext;
 
 /// Serves the REST API on `listener` until `shutdown` completes, then lets in-flight requests
 /// finish.
 pub async fn serve(
-    listener: TcpListener,
+    listener: GuardedListener,
     context: NodeContext,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router(context))
+    let app = router(context)
+        .layer(TrackRequestsLayer)
+        .into_make_service_with_connect_info::<ConnectionHandle>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -92,6 +90,10 @@ pub fn router(context: NodeContext) -> Router {
         .route("/channels/recover", post(payments::recover))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            context.api_access.clone(),
+            access::require_token,
+        ))
         .layer(axum::middleware::from_fn(log_request))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,

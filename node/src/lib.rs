@@ -12,6 +12,7 @@
 //! - [`clock`]: the wall-clock timestamps records carry.
 //! - [`http`]: the REST API (axum).
 //! - [`grpc`]: the node-to-node gRPC services (tonic).
+//! - [`connections`]: both listeners' connections, held within limits.
 //! - [`peers`]: gRPC connections to other nodes.
 //! - [`plugin`]: the plugin client, and the plugin process the node runs itself.
 //! - [`files`]: the owner's file flow: chunk, encrypt, spread; fetch, verify, decrypt; audits,
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod files;
 pub mod grpc;

@@ -1,11 +1,12 @@
 //! The `sphere` command: runs a node, makes node keys, and runs the built-in demo plugin.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sphere_node::client::NodeClient;
-use sphere_node::config::Config;
+use sphere_node::config::{self, Config};
 use sphere_node::identity::NodeIdentity;
 use sphere_node::node::Node;
 
@@ -173,6 +174,24 @@ struct NodeAddress {
     /// REST address of the node to use.
     #[arg(long = "node", default_value = "http://127.0.0.1:3000")]
     url: String,
+    /// Bearer token of the node's REST API (needed when it listens beyond loopback); by default
+    /// read from api.token in --data-dir.
+    #[arg(long, env = "SPHERE_HTTP__TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Data directory of the node, where its api.token is.
+    #[arg(long, env = "SPHERE_DATA_DIR", default_value = "sphere-data")]
+    data_dir: PathBuf,
+}
+
+impl NodeAddress {
+    /// Returns a client of the node, with its token if one is given or found.
+    fn client(&self) -> NodeClient {
+        let token = self
+            .token
+            .clone()
+            .or_else(|| sphere_node::http::access::token_in(&self.data_dir));
+        NodeClient::new(&self.url, token.as_deref())
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -216,8 +235,19 @@ impl NodeArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The message and its causes, never a backtrace: these errors are for the person who
+            // ran the command, whatever RUST_BACKTRACE says.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(args) => run_node(args),
         Command::Keygen { out } => {
@@ -267,6 +297,9 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         config.use_plugin_address(address)?;
     }
     init_logging(&config.log)?;
+    for name in config::unknown_variables(std::env::vars()) {
+        tracing::warn!("ignoring environment variable {name}: it sets no configuration field");
+    }
     runtime()?.block_on(async {
         // Watch the signals before anyone can see the node, so none arrives unhandled.
         let shutdown_requested = shutdown_signal()?;
@@ -309,16 +342,16 @@ async fn run_file_command(command: FileCommand) -> anyhow::Result<()> {
                 targets,
                 replicas,
             };
-            let stored = NodeClient::new(&node.url).put(&path, &options).await?;
+            let stored = node.client().put(&path, &options).await?;
             println!("{}", stored["id"].as_str().unwrap_or_default());
             eprintln!("{}", serde_json::to_string_pretty(&stored)?);
         }
         FileCommand::Get { id, path, node } => {
-            let bytes = NodeClient::new(&node.url).get(&id, &path).await?;
+            let bytes = node.client().get(&id, &path).await?;
             eprintln!("wrote {bytes} bytes to {}", path.display());
         }
         FileCommand::Ls { json, node } => {
-            let listing = NodeClient::new(&node.url).list().await?;
+            let listing = node.client().list().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&listing)?);
             } else {
@@ -326,11 +359,11 @@ async fn run_file_command(command: FileCommand) -> anyhow::Result<()> {
             }
         }
         FileCommand::Rm { id, node } => {
-            NodeClient::new(&node.url).remove(&id).await?;
+            node.client().remove(&id).await?;
             eprintln!("deleted {id}");
         }
         FileCommand::Recover { node } => {
-            let report = NodeClient::new(&node.url).recover().await?;
+            let report = node.client().recover().await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
     }
@@ -384,9 +417,7 @@ async fn ask(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
-    NodeClient::new(&node.url)
-        .call_with(method, path, body.as_ref())
-        .await
+    node.client().call_with(method, path, body.as_ref()).await
 }
 
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {

@@ -20,8 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::connections::{self, GuardedListener};
 use crate::files::{FileOptions, Files};
 use crate::grpc::ProviderStorage;
+use crate::http::access::ApiAccess;
 use crate::identity::{IdentityError, NodeIdentity};
 use crate::payments::{Payments, PaymentsError};
 use crate::peers::Peers;
@@ -58,6 +60,8 @@ pub struct NodeContext {
     pub task_timeout: Duration,
     /// Largest JSON request body.
     pub max_json_body_bytes: usize,
+    /// The bearer token the REST API requires, if any.
+    pub api_access: ApiAccess,
 }
 
 /// Why a node could not start. Each message says what to change.
@@ -73,6 +77,14 @@ pub enum StartError {
         path: PathBuf,
         /// Why.
         source: StorageError,
+    },
+    /// The REST API's token file could not be read or written.
+    #[error("could not read or create the REST API token {}: {source}", path.display())]
+    ApiToken {
+        /// The token file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
     },
     /// Payments are on but the chain or the contract is not usable.
     #[error(transparent)]
@@ -127,6 +139,19 @@ impl Node {
         };
         let db = Db::open(&config.data_dir.join("db")).map_err(storage_error)?;
         let chunks = ChunkStore::open(&config.data_dir.join("chunks")).map_err(storage_error)?;
+        let api_access =
+            ApiAccess::for_config(&config.http, &config.data_dir).map_err(|source| {
+                StartError::ApiToken {
+                    path: config.data_dir.join(crate::http::access::TOKEN_FILE),
+                    source,
+                }
+            })?;
+        if api_access.is_required() {
+            tracing::info!(
+                "the REST API requires the bearer token (http.token, or {} in the data directory)",
+                crate::http::access::TOKEN_FILE
+            );
+        }
 
         let demo_program = match &config.plugins.entries {
             Some(_) => String::new(),
@@ -146,6 +171,7 @@ impl Node {
             SupervisorOptions {
                 health_interval: Duration::from_millis(config.plugins.health_interval_ms),
                 restart_backoff_max: Duration::from_millis(config.plugins.restart_backoff_max_ms),
+                unhealthy_restart: Duration::from_millis(config.plugins.unhealthy_restart_ms),
             },
             &plugins_shutdown_token,
             &plugin_tasks,
@@ -157,6 +183,15 @@ impl Node {
         let http_listener = bind(config.http.listen, "http.listen", "--http-listen").await?;
         let grpc_address = local_address(&grpc_listener, config.grpc.listen);
         let http_address = local_address(&http_listener, config.http.listen);
+        let mut grpc_limits = config.grpc.connections.clone();
+        let mut http_limits = config.http.connections.clone();
+        if let Some(file_limit) = connections::raise_file_limit() {
+            connections::fit_to_file_limit(&mut grpc_limits, "grpc.connections", file_limit);
+            connections::fit_to_file_limit(&mut http_limits, "http.connections", file_limit);
+        }
+        let grpc_listener = GuardedListener::new(grpc_listener, grpc_limits);
+        let http_listener = GuardedListener::new(http_listener, http_limits);
+        let max_streams = config.grpc.max_streams_per_connection;
 
         let objects = ObjectStore::open(db.clone(), chunks, config.storage.capacity_bytes)
             .await
@@ -188,6 +223,7 @@ impl Node {
             task_timeout: Duration::from_millis(config.grpc.task_timeout_ms),
             max_json_body_bytes: usize::try_from(config.http.max_json_body_bytes)
                 .unwrap_or(usize::MAX),
+            api_access,
         };
 
         let shutdown_token = CancellationToken::new();
@@ -195,8 +231,14 @@ impl Node {
         let grpc_shutdown = shutdown_token.clone().cancelled_owned();
         let grpc_context = context.clone();
         servers.spawn(async move {
-            if let Err(error) =
-                crate::grpc::serve(grpc_listener, grpc_context, provider, grpc_shutdown).await
+            if let Err(error) = crate::grpc::serve(
+                grpc_listener,
+                max_streams,
+                grpc_context,
+                provider,
+                grpc_shutdown,
+            )
+            .await
             {
                 tracing::error!(%error, "gRPC server failed");
             }

@@ -7,8 +7,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use sphere_proto::v1::GetInfoRequest;
 use sphere_proto::v1::node_service_client::NodeServiceClient;
 use sphere_proto::v1::storage_service_client::StorageServiceClient;
 use sphere_proto::v1::task_service_client::TaskServiceClient;
@@ -24,10 +25,16 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 17 * 1024 * 1024;
 
+/// How long the node ID a target gave is trusted before it is asked again (a target address may
+/// come to be served by another node).
+const NODE_ID_TTL: Duration = Duration::from_secs(60);
+
 /// The channels to other nodes, one per target address.
 #[derive(Debug, Clone)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// The node ID each target address last gave, and when.
+    node_ids: Arc<Mutex<HashMap<String, (String, Instant)>>>,
     connect_timeout: Duration,
 }
 
@@ -36,6 +43,7 @@ impl Peers {
     pub fn new(connect_timeout: Duration) -> Self {
         Self {
             channels: Arc::default(),
+            node_ids: Arc::default(),
             connect_timeout,
         }
     }
@@ -49,6 +57,35 @@ impl Peers {
     /// Returns a node-information client for `target`.
     pub fn node(&self, target: &str) -> Result<NodeServiceClient<Channel>, Error> {
         Ok(NodeServiceClient::new(self.channel(target)?))
+    }
+
+    /// Returns the node ID of the node serving `target`, as it last said (asked again after a
+    /// minute).
+    pub async fn node_id(&self, target: &str) -> Result<String, Error> {
+        let uri = target_uri(target)?;
+        if let Some((node_id, asked)) = self
+            .node_ids
+            .lock()
+            .expect("node ID map lock is never poisoned")
+            .get(&uri)
+            && asked.elapsed() < NODE_ID_TTL
+        {
+            return Ok(node_id.clone());
+        }
+        let mut request = tonic::Request::new(GetInfoRequest {});
+        request.set_timeout(self.connect_timeout + KEEP_ALIVE_TIMEOUT);
+        let node_id = self
+            .node(target)?
+            .get_info(request)
+            .await
+            .map_err(|status| Error::from_remote_status(&status, target))?
+            .into_inner()
+            .node_id;
+        self.node_ids
+            .lock()
+            .expect("node ID map lock is never poisoned")
+            .insert(uri, (node_id.clone(), Instant::now()));
+        Ok(node_id)
     }
 
     /// Returns a storage client for `target`.

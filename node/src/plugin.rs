@@ -72,6 +72,18 @@ pub enum PluginError {
         /// The limit.
         limit: u64,
     },
+    /// The plugin's own gRPC receive limit is below the task's input.
+    #[error(
+        "plugin {name} cannot take a task this large: its gRPC library refused the message \
+         ({message}); send a smaller input, or raise the plugin's receive limit \
+         (SPHERE_PLUGIN_MAX_MESSAGE_BYTES, see docs/writing-a-plugin.md)"
+    )]
+    InputOverPluginLimit {
+        /// The plugin.
+        name: String,
+        /// What its gRPC library said.
+        message: String,
+    },
     /// The plugin returned more than the node accepts.
     #[error("plugin {name} returned more than {limit} bytes")]
     OutputTooLarge {
@@ -113,9 +125,9 @@ impl From<PluginError> for Error {
             PluginError::Overloaded { .. } => Error::new(ErrorCode::Overloaded, message)
                 .with_details(serde_json::json!({ "retry_after_seconds": RETRY_AFTER_SECONDS })),
             PluginError::Timeout { .. } => Error::new(ErrorCode::PluginTimeout, message),
-            PluginError::InputTooLarge { .. } | PluginError::OutputTooLarge { .. } => {
-                Error::new(ErrorCode::PayloadTooLarge, message)
-            }
+            PluginError::InputTooLarge { .. }
+            | PluginError::InputOverPluginLimit { .. }
+            | PluginError::OutputTooLarge { .. } => Error::new(ErrorCode::PayloadTooLarge, message),
             PluginError::Rejected { .. } => Error::new(ErrorCode::TaskRejected, message),
             PluginError::Failed { .. } => Error::new(ErrorCode::PluginFailed, message),
         }

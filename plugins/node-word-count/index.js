@@ -66,7 +66,12 @@ const service = {
 
 function main() {
   const listen = process.env.SPHERE_PLUGIN_LISTEN || '127.0.0.1:50052';
-  const server = new grpc.Server();
+  // gRPC refuses messages over 4 MiB by default; the node says how large tasks may be.
+  const maxMessage = Number(process.env.SPHERE_PLUGIN_MAX_MESSAGE_BYTES || 16 * 1024 * 1024 + 65536);
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': maxMessage,
+    'grpc.max_send_message_length': maxMessage,
+  });
   server.addService(sphere.PluginService.service, service);
   const health = new HealthImplementation({ '': 'SERVING' });
   health.addToServer(server);

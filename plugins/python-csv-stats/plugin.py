@@ -87,7 +87,15 @@ class CsvStats(plugin_pb2_grpc.PluginServiceServicer):
 
 def main():
     listen = os.environ.get("SPHERE_PLUGIN_LISTEN", "127.0.0.1:50051")
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_CONCURRENCY))
+    # gRPC refuses messages over 4 MiB by default; the node says how large tasks may be.
+    max_message = int(os.environ.get("SPHERE_PLUGIN_MAX_MESSAGE_BYTES", 16 * 1024 * 1024 + 65536))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=MAX_CONCURRENCY),
+        options=[
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", max_message),
+        ],
+    )
     plugin_pb2_grpc.add_PluginServiceServicer_to_server(CsvStats(), server)
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

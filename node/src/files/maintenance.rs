@@ -23,7 +23,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{CHUNKS_IN_FLIGHT, Files, KIND_DATA};
-use crate::auth::{self, Operation};
 use crate::clock::now_ms;
 use crate::error::{Error, ErrorCode};
 use crate::storage::chunks::ChunkHash;
@@ -154,10 +153,11 @@ impl Files {
         let segment_index = rand::random_range(0..segment_count);
         let request = AuditObjectRequest {
             object_id: manifest.id.clone(),
-            auth: Some(auth::sign(&self.identity, Operation::Audit, &manifest.id)),
+            auth: None,
             chunk_index: chunk_index as u64,
             segment_index: segment_index as u64,
         };
+        let request = self.signed_for(&replica.address, request).await?;
         let answer = self
             .peers
             .storage(&replica.address)?
@@ -380,16 +380,16 @@ mod tests {
         let chunk = vec![7u8; (1 << 20) + crate::storage::crypto::TAG_LEN];
         let segment_count = merkle::segment_count(chunk.len());
         let (segment, proof) = merkle::prove(&chunk, segment_count / 2).expect("segment");
-        let request = AuditObjectRequest {
-            object_id: "0".repeat(32),
-            auth: Some(auth::sign(
-                &NodeIdentity::generate(),
-                Operation::Audit,
-                &"0".repeat(32),
-            )),
-            chunk_index: 1000,
-            segment_index: (segment_count / 2) as u64,
-        };
+        let request = crate::auth::sign(
+            &NodeIdentity::generate(),
+            &NodeIdentity::generate().node_id(),
+            AuditObjectRequest {
+                object_id: "0".repeat(32),
+                auth: None,
+                chunk_index: 1000,
+                segment_index: (segment_count / 2) as u64,
+            },
+        );
         let response = AuditObjectResponse {
             segment: Bytes::from(segment),
             proof: proof

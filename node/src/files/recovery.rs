@@ -8,10 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use sphere_proto::v1::{GetInfoRequest, ListObjectsRequest};
+use sphere_proto::v1::ListObjectsRequest;
 
 use super::{Files, KIND_DATA, KIND_MANIFEST, manifest_object_id};
-use crate::auth::{self, Operation};
+use crate::auth;
 use crate::error::Error;
 use crate::storage::files::{FileRecord, Manifest, Replica};
 
@@ -78,20 +78,15 @@ impl Files {
 
     /// Returns `provider`'s node ID and the manifests of this node's files it holds.
     async fn manifests_on(&self, provider: &str) -> Result<(String, Vec<Manifest>), Error> {
-        let provider_id = self
-            .peers
-            .node(provider)?
-            .get_info(GetInfoRequest {})
-            .await
-            .map_err(|status| Error::from_remote_status(&status, provider))?
-            .into_inner()
-            .node_id;
+        let provider_id = self.peers.node_id(provider).await?;
         let listing = self
             .peers
             .storage(provider)?
-            .list_objects(ListObjectsRequest {
-                auth: Some(auth::sign(&self.identity, Operation::List, "")),
-            })
+            .list_objects(auth::sign(
+                &self.identity,
+                &provider_id,
+                ListObjectsRequest { auth: None },
+            ))
             .await
             .map_err(|status| Error::from_remote_status(&status, provider))?
             .into_inner();

@@ -16,14 +16,14 @@ use sphere_proto::v1::storage_service_server::StorageService;
 use sphere_proto::v1::{
     AuditObjectRequest, AuditObjectResponse, DeleteObjectRequest, DeleteObjectResponse,
     GetCapacityRequest, GetCapacityResponse, GetObjectRequest, GetObjectResponse,
-    ListObjectsRequest, ListObjectsResponse, ObjectSummary, ObjectTrailer, OwnerSignature,
-    PutObjectRequest, PutObjectResponse, RenewObjectRequest, RenewObjectResponse,
+    ListObjectsRequest, ListObjectsResponse, ObjectSummary, ObjectTrailer, PutObjectRequest,
+    PutObjectResponse, RenewObjectRequest, RenewObjectResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{Operation, RequestVerifier};
+use crate::auth::{RequestVerifier, SignedRequest};
 use crate::error::{Error, ErrorCode};
 use crate::payments::{Payments, amount, payee};
 use crate::storage::StorageError;
@@ -50,36 +50,27 @@ impl ProviderStorage {
     /// Returns the provider storage of node `node_id`.
     pub fn new(node_id: String, store: ObjectStore, payments: Option<Payments>) -> Self {
         Self {
-            node_id,
             store,
             payments,
-            verifier: Arc::default(),
+            verifier: Arc::new(RequestVerifier::new(
+                node_id.parse().expect("a node ID is an address"),
+            )),
+            node_id,
             uploads_in_progress: Arc::default(),
         }
     }
 
-    /// Checks the owner's signature and returns the owner's node ID.
-    fn authorize(
-        &self,
-        auth: Option<&OwnerSignature>,
-        operation: Operation,
-        object_id: &str,
-    ) -> Result<String, Error> {
-        Ok(self
-            .verifier
-            .verify(auth, operation, object_id)?
-            .to_checksum(None))
+    /// Checks the owner's signature on `request` and returns the owner's node ID.
+    fn authorize<R: SignedRequest>(&self, request: &R) -> Result<String, Error> {
+        Ok(self.verifier.verify(request)?.to_checksum(None))
     }
 
-    /// Returns the record of `object_id` if `auth` proves the caller owns it. A stranger learns
-    /// nothing: an object of someone else's looks like no object at all.
-    async fn owned_object(
-        &self,
-        object_id: &str,
-        auth: Option<&OwnerSignature>,
-        operation: Operation,
-    ) -> Result<ObjectRecord, Error> {
-        let caller = self.authorize(auth, operation, object_id)?;
+    /// Returns the record of the object `request` is about if its signature proves the caller
+    /// owns it. A stranger learns nothing: an object of someone else's looks like no object at
+    /// all.
+    async fn owned_object<R: SignedRequest>(&self, request: &R) -> Result<ObjectRecord, Error> {
+        let caller = self.authorize(request)?;
+        let object_id = request.object_id();
         let not_found = || {
             Error::new(
                 ErrorCode::FileNotFound,
@@ -107,8 +98,8 @@ impl ProviderStorage {
             Some(Part::Header(header)) => header,
             _ => return Err(bad_stream("the first message must be a header")),
         };
+        let owner = self.authorize(&header)?;
         let object_id = header.object_id;
-        let owner = self.authorize(header.auth.as_ref(), Operation::Put, &object_id)?;
         if !crate::storage::is_valid_id(&object_id) {
             return Err(Error::invalid_field(
                 "object_id",
@@ -282,9 +273,7 @@ impl StorageService for ProviderStorage {
         request: Request<GetObjectRequest>,
     ) -> Result<Response<Self::GetObjectStream>, Status> {
         let request = request.into_inner();
-        let record = self
-            .owned_object(&request.object_id, request.auth.as_ref(), Operation::Get)
-            .await?;
+        let record = self.owned_object(&request).await?;
         let hashes = record.chunk_hashes().map_err(Error::from)?;
         let start = usize::try_from(request.start_chunk)
             .unwrap_or(usize::MAX)
@@ -337,9 +326,7 @@ impl StorageService for ProviderStorage {
         request: Request<RenewObjectRequest>,
     ) -> Result<Response<RenewObjectResponse>, Status> {
         let request = request.into_inner();
-        let record = self
-            .owned_object(&request.object_id, request.auth.as_ref(), Operation::Renew)
-            .await?;
+        let record = self.owned_object(&request).await?;
         let free = || {
             Error::new(
                 ErrorCode::PaymentsOff,
@@ -376,9 +363,7 @@ impl StorageService for ProviderStorage {
         request: Request<DeleteObjectRequest>,
     ) -> Result<Response<DeleteObjectResponse>, Status> {
         let request = request.into_inner();
-        let record = self
-            .owned_object(&request.object_id, request.auth.as_ref(), Operation::Delete)
-            .await?;
+        let record = self.owned_object(&request).await?;
         let freed_bytes = self.store.delete(&record).await.map_err(Error::from)?;
         tracing::info!(object_id = record.object_id, freed_bytes, "object deleted");
         Ok(Response::new(DeleteObjectResponse { freed_bytes }))
@@ -389,9 +374,7 @@ impl StorageService for ProviderStorage {
         request: Request<AuditObjectRequest>,
     ) -> Result<Response<AuditObjectResponse>, Status> {
         let request = request.into_inner();
-        let record = self
-            .owned_object(&request.object_id, request.auth.as_ref(), Operation::Audit)
-            .await?;
+        let record = self.owned_object(&request).await?;
         let hashes = record.chunk_hashes().map_err(Error::from)?;
         let hash = usize::try_from(request.chunk_index)
             .ok()
@@ -430,7 +413,7 @@ impl StorageService for ProviderStorage {
         &self,
         request: Request<ListObjectsRequest>,
     ) -> Result<Response<ListObjectsResponse>, Status> {
-        let owner = self.authorize(request.get_ref().auth.as_ref(), Operation::List, "")?;
+        let owner = self.authorize(request.get_ref())?;
         let objects = self
             .store
             .list(&owner)

@@ -4,8 +4,9 @@
 //! `application/x-www-form-urlencoded`, and existing scripts rely on that.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorCode};
@@ -85,6 +86,54 @@ pub fn base64_field(value: &str, field: &str) -> Result<Vec<u8>, Error> {
 pub fn to_base64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A path parameter; a segment that does not decode (`GET /files/%ff`) is a JSON
+/// `invalid_field` error rather than axum's plain-text 400.
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Path(value))
+            .map_err(|rejection| {
+                Error::new(
+                    ErrorCode::InvalidField,
+                    format!("the path is not valid: {}", rejection.body_text()),
+                )
+            })
+    }
+}
+
+/// Query parameters; a repeated or malformed parameter (`?target=a&target=b`) is a JSON
+/// `invalid_field` error rather than axum's plain-text 400.
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Query(value))
+            .map_err(|rejection| {
+                Error::new(
+                    ErrorCode::InvalidField,
+                    format!("the query string is not valid: {}", rejection.body_text()),
+                )
+            })
+    }
 }
 
 #[cfg(test)]

@@ -3,14 +3,14 @@
 //! view of the space it offers.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{JsonBody, base64_field, required, to_base64};
+use super::extract::{JsonBody, Path, Query, base64_field, required, to_base64};
 use crate::error::{Error, ErrorCode};
 use crate::files::{ByteStream, Placement};
 use crate::node::NodeContext;
@@ -88,6 +88,9 @@ pub struct FileInfo {
     target: String,
     /// Node ID of that provider.
     provider_id: String,
+    /// `ok` (as many healthy replicas as wanted), `degraded` (fewer, or some failing audits)
+    /// or `lost` (no replica left that is not lost: reads answer 410 `file_lost`).
+    health: &'static str,
     /// Replicas the file should have.
     replicas_wanted: u32,
     /// Every provider holding the file, with what the audits found.
@@ -107,6 +110,22 @@ impl FileInfo {
         let grace_ms = context.files.options().lost_after.as_millis() as u64;
         let now = crate::clock::now_ms();
         let first_replica = record.replicas.first();
+        let replicas: Vec<ReplicaInfo> = record
+            .replicas
+            .iter()
+            .map(|replica| ReplicaInfo::of(replica, now, grace_ms))
+            .collect();
+        let healthy = replicas
+            .iter()
+            .filter(|replica| matches!(replica.health, "ok" | "unaudited"))
+            .count();
+        let health = if replicas.iter().all(|replica| replica.health == "lost") {
+            "lost"
+        } else if healthy >= record.replicas_wanted as usize {
+            "ok"
+        } else {
+            "degraded"
+        };
         Self {
             id: record.manifest.id.clone(),
             name: record.manifest.name.clone(),
@@ -118,12 +137,9 @@ impl FileInfo {
             provider_id: first_replica
                 .map(|replica| replica.provider_id.clone())
                 .unwrap_or_default(),
+            health,
             replicas_wanted: record.replicas_wanted,
-            replicas: record
-                .replicas
-                .iter()
-                .map(|replica| ReplicaInfo::of(replica, now, grace_ms))
-                .collect(),
+            replicas,
             data,
         }
     }

@@ -2,12 +2,12 @@
 //! the channels it pays through.
 
 use alloy::primitives::{Address, B256, U256};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::extract::{JsonBody, required};
+use super::extract::{JsonBody, Path, required};
 use crate::error::{Error, ErrorCode};
 use crate::node::NodeContext;
 use crate::payments::chain::Mined;

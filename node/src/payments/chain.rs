@@ -278,6 +278,14 @@ fn chain_unreachable(error: &dyn std::fmt::Display) -> Error {
     )
 }
 
+/// Returns whether a node's answer to a transaction says the sender's balance is too low (geth
+/// says "insufficient funds for gas * price + value", anvil "Insufficient funds ...", others
+/// "gas required exceeds allowance").
+fn is_insufficient_funds(message: &str) -> bool {
+    let message = message.to_lowercase();
+    message.contains("insufficient funds") || message.contains("exceeds allowance")
+}
+
 /// Turns a transaction the contract refused into an error that says why, in the contract's words.
 fn refused(error: alloy::contract::Error) -> Error {
     let Some(reason) = error.as_decoded_interface_error::<SpherePaymentsErrors>() else {
@@ -288,10 +296,13 @@ fn refused(error: alloy::contract::Error) -> Error {
             )
         } else {
             let message = error.to_string();
-            if message.contains("insufficient funds") {
+            if is_insufficient_funds(&message) {
                 Error::new(
-                    ErrorCode::PaymentRequired,
-                    format!("this node's account cannot pay for the transaction: {message}"),
+                    ErrorCode::InsufficientFunds,
+                    format!(
+                        "this node's account cannot pay the deposit and gas of the transaction; \
+                         fund it or ask for less: {message}"
+                    ),
                 )
             } else {
                 chain_unreachable(&message)

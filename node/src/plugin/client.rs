@@ -38,6 +38,8 @@ pub enum CallError {
     Timeout,
     /// The plugin refused the input (INVALID_ARGUMENT).
     Rejected(String),
+    /// The plugin's gRPC library refused a message that large (its receive limit).
+    InputOverPluginLimit(String),
     /// The answer was larger than allowed.
     OutputTooLarge,
     /// Any other failure, garbage answers included.
@@ -144,6 +146,17 @@ fn classify(status: &tonic::Status) -> CallError {
             CallError::Unavailable(format!("the connection broke: {message}"))
         }
         tonic::Code::InvalidArgument => CallError::Rejected(message),
+        // gRPC libraries (C core, grpc-js, grpc-go) word their receive limit this way.
+        tonic::Code::ResourceExhausted
+            if message
+                .to_lowercase()
+                .contains("received message larger than max")
+                || message
+                    .to_lowercase()
+                    .contains("grpc: received message larger") =>
+        {
+            CallError::InputOverPluginLimit(message)
+        }
         tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
             if message.contains("too large") =>
         {

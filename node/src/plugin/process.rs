@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
-use sphere_plugin::{ADDR_LINE_PREFIX, LISTEN_ENV};
+use sphere_plugin::{ADDR_LINE_PREFIX, LISTEN_ENV, MAX_MESSAGE_ENV};
 
 use super::limits::{LimitsApplied, PreparedLimits};
 use crate::config::PluginConfig;
@@ -83,6 +83,7 @@ impl ManagedPlugin {
             .args(&config.args)
             .envs(&config.env)
             .env(LISTEN_ENV, "127.0.0.1:0")
+            .env(MAX_MESSAGE_ENV, max_message_bytes(config).to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -188,6 +189,15 @@ impl ManagedPlugin {
             }
         }
     }
+}
+
+/// Returns the largest gRPC message the plugin of `config` must accept and may send: its input
+/// and output limits, plus room for framing and the task ID.
+pub(super) fn max_message_bytes(config: &PluginConfig) -> u64 {
+    config
+        .max_input_bytes
+        .max(config.max_output_bytes)
+        .saturating_add(64 * 1024)
 }
 
 fn forward_to_log(

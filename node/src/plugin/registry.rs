@@ -169,6 +169,16 @@ impl Plugins {
             .collect()
     }
 
+    /// Returns the largest gRPC message a task for one of these plugins may need: the largest
+    /// input or output limit, plus framing.
+    pub fn largest_task_message_bytes(&self) -> usize {
+        self.slots()
+            .iter()
+            .map(|slot| super::process::max_message_bytes(&slot.config))
+            .max()
+            .map_or(0, |bytes| usize::try_from(bytes).unwrap_or(usize::MAX))
+    }
+
     /// Returns whether every plugin is serving.
     pub fn all_serving(&self) -> bool {
         self.slots
@@ -202,6 +212,8 @@ struct SlotState {
     max_concurrency: u32,
     pid: Option<u32>,
     limits: Option<LimitsApplied>,
+    /// Since when health checks have failed without a pass, if they fail now.
+    unhealthy_since: Option<Instant>,
 }
 
 impl Slot {
@@ -219,6 +231,7 @@ impl Slot {
                 max_concurrency,
                 pid: None,
                 limits: None,
+                unhealthy_since: None,
             }),
             admitted: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
@@ -269,6 +282,7 @@ impl Slot {
         state.description = None;
         state.health = SlotHealth::Starting;
         state.problem = None;
+        state.unhealthy_since = None;
     }
 
     /// Takes the plugin out of rotation, for `reason`.
@@ -290,7 +304,22 @@ impl Slot {
         let previous = state.health;
         state.health = health;
         state.problem = problem;
+        if health == SlotHealth::Serving {
+            state.unhealthy_since = None;
+        } else if state.unhealthy_since.is_none() {
+            state.unhealthy_since = Some(Instant::now());
+        }
         (previous != health).then_some(previous)
+    }
+
+    /// Returns why the plugin is out of rotation, if it is.
+    pub(super) fn problem(&self) -> Option<String> {
+        self.state().problem.clone()
+    }
+
+    /// Returns how long health checks have failed without a pass, if they fail now.
+    pub(super) fn unhealthy_for(&self) -> Option<Duration> {
+        self.state().unhealthy_since.map(|since| since.elapsed())
     }
 
     /// Returns whether the plugin still needs describing (new process, or not yet accepted).
@@ -427,6 +456,9 @@ impl Slot {
             CallError::Unavailable(reason) => PluginError::Unavailable { name, reason },
             CallError::Timeout => PluginError::Timeout { name, time_allowed },
             CallError::Rejected(message) => PluginError::Rejected { name, message },
+            CallError::InputOverPluginLimit(message) => {
+                PluginError::InputOverPluginLimit { name, message }
+            }
             CallError::OutputTooLarge => PluginError::OutputTooLarge {
                 name,
                 limit: self.config.max_output_bytes,

@@ -25,6 +25,9 @@ pub struct SupervisorOptions {
     pub health_interval: Duration,
     /// Longest wait before restarting a plugin that keeps dying.
     pub restart_backoff_max: Duration,
+    /// How long a managed plugin may fail every health check (stuck, or saying NOT_SERVING)
+    /// before it is stopped and started again.
+    pub unhealthy_restart: Duration,
 }
 
 /// Connects external plugins and starts managed ones, and spawns their watchers on `tracker`;
@@ -130,6 +133,19 @@ async fn check(slot: &Slot) {
     }
 }
 
+/// Returns once the plugin of `slot` has failed every health check for
+/// `options.unhealthy_restart`, with how long that was.
+async fn stays_unhealthy(slot: &Slot, options: SupervisorOptions) -> Duration {
+    loop {
+        tokio::time::sleep(options.health_interval).await;
+        if let Some(unhealthy_for) = slot.unhealthy_for()
+            && unhealthy_for >= options.unhealthy_restart
+        {
+            return unhealthy_for;
+        }
+    }
+}
+
 async fn supervise(slot: Arc<Slot>, options: SupervisorOptions, shutdown: CancellationToken) {
     let name = slot.name();
     let mut backoff = INITIAL_BACKOFF;
@@ -146,6 +162,16 @@ async fn supervise(slot: Arc<Slot>, options: SupervisorOptions, shutdown: Cancel
                     exit = process.wait() => {
                         tracing::warn!(plugin = name, %exit, "plugin process died; restarting it");
                         slot.detach(SlotHealth::Unreachable, format!("its process {exit}; restarting"));
+                    }
+                    unhealthy_for = stays_unhealthy(&slot, options) => {
+                        let reason = format!(
+                            "it failed every health check for {}s ({}); restarting it",
+                            unhealthy_for.as_secs(),
+                            slot.problem().unwrap_or_default()
+                        );
+                        tracing::warn!(plugin = name, "{reason}");
+                        slot.detach(SlotHealth::Unreachable, reason);
+                        process.stop().await;
                     }
                     () = shutdown.cancelled() => {
                         slot.detach(SlotHealth::Stopped, "the node is stopping".to_owned());

@@ -165,6 +165,27 @@ async fn bad_requests_get_400_404_405_with_codes() {
             405,
             "method_not_allowed",
         ),
+        (
+            Method::GET,
+            "/files/%ff",
+            String::new(),
+            400,
+            "invalid_field",
+        ),
+        (
+            Method::GET,
+            "/file/x?target=a&target=b",
+            String::new(),
+            400,
+            "invalid_field",
+        ),
+        (
+            Method::PUT,
+            "/files/name?replicas=many",
+            "data".to_owned(),
+            400,
+            "invalid_field",
+        ),
     ];
     for (method, path, body, expected_status, expected_code) in cases {
         let (status, answer) = node.call(method.clone(), path, &body).await;

@@ -19,6 +19,8 @@ pub struct TestNode {
     environment: Vec<(String, String)>,
     /// The configuration the node was started with, reused on restart.
     config: Option<Value>,
+    /// The file limit the node was started with, reused on restart.
+    file_limit: Option<u64>,
     client: reqwest::Client,
     /// Whether dropping the node removes its data directory (kept when the test failed, to
     /// look at its log; handed over on restart).
@@ -32,11 +34,15 @@ pub struct NodeOptions {
     pub data_dir: Option<PathBuf>,
     /// gRPC address; `127.0.0.1:0` when `None`.
     pub grpc_listen: Option<SocketAddr>,
+    /// REST address; `127.0.0.1:0` when `None`.
+    pub http_listen: Option<SocketAddr>,
     /// Extra environment variables (configuration overrides).
     pub environment: Vec<(String, String)>,
     /// A configuration file's content, written into the data directory and passed with
     /// `--config`.
     pub config: Option<Value>,
+    /// The node's limit on open files (soft and hard); inherited when `None`.
+    pub file_limit: Option<u64>,
 }
 
 impl TestNode {
@@ -57,6 +63,9 @@ impl TestNode {
         let grpc_listen = options
             .grpc_listen
             .map_or_else(|| "127.0.0.1:0".to_owned(), |address| address.to_string());
+        let http_listen = options
+            .http_listen
+            .map_or_else(|| "127.0.0.1:0".to_owned(), |address| address.to_string());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -67,7 +76,7 @@ impl TestNode {
             .args([
                 "node",
                 "--http-listen",
-                "127.0.0.1:0",
+                &http_listen,
                 "--grpc-listen",
                 &grpc_listen,
             ])
@@ -77,6 +86,23 @@ impl TestNode {
             let path = data_dir.join("config.json");
             std::fs::write(&path, config.to_string()).expect("write config");
             command.arg("--config").arg(path);
+        }
+        if let Some(limit) = options.file_limit {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let mut child = command
             .envs(options.environment.iter().cloned())
@@ -110,11 +136,12 @@ impl TestNode {
         TestNode {
             child,
             node_id,
-            http: field("http").parse().expect("http address"),
+            http: reachable(field("http").parse().expect("http address")),
             grpc: field("grpc").parse().expect("grpc address"),
             data_dir,
             environment: options.environment,
             config: options.config,
+            file_limit: options.file_limit,
             client: reqwest::Client::new(),
             removes_data_dir: true,
         }
@@ -180,8 +207,10 @@ impl TestNode {
         let restarted = TestNode::start_with(NodeOptions {
             data_dir: Some(self.data_dir.clone()),
             grpc_listen: Some(self.grpc),
+            http_listen: None,
             environment: self.environment.clone(),
             config: self.config.clone(),
+            file_limit: self.file_limit,
         });
         self.removes_data_dir = false;
         *self = restarted;
@@ -203,6 +232,14 @@ impl Drop for TestNode {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
     }
+}
+
+/// Returns `address` with an unspecified IP (`0.0.0.0`) replaced by loopback, to connect to.
+fn reachable(mut address: SocketAddr) -> SocketAddr {
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    address
 }
 
 /// Sends `signal` to process `pid`.

@@ -75,6 +75,58 @@ fn a_bad_configuration_is_refused_naming_the_field() {
 }
 
 #[test]
+fn unknown_variables_are_warnings_and_errors_stay_short_with_rust_backtrace() {
+    let node = TestNode::start_with(crate::harness::NodeOptions {
+        environment: vec![
+            ("SPHERE_ENV".to_owned(), "prod".to_owned()),
+            ("RUST_BACKTRACE".to_owned(), "1".to_owned()),
+        ],
+        ..Default::default()
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || node
+            .log()
+            .contains("ignoring environment variable SPHERE_ENV")),
+        "{}",
+        node.log()
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("node.json");
+    std::fs::write(&config, r#"{"storage": {"replica": 3}}"#).expect("write config");
+    let output = Command::new(env!("CARGO_BIN_EXE_sphere"))
+        .args(["node", "--data-dir"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("node.json") && stderr.contains("replica"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.lines().count() <= 3 && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_sphere"))
+        .args(["file", "ls", "--node", "http://127.0.0.1:1"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("error: ") && stderr.lines().count() <= 3,
+        "{stderr}"
+    );
+}
+
+#[test]
 fn keygen_writes_the_identity_a_node_then_uses() {
     let dir = tempfile::tempdir().expect("temp dir");
     let key_file = dir.path().join("my.key");

@@ -8,5 +8,7 @@ mod harness;
 mod lifecycle;
 mod payments;
 mod plugins;
+mod proxy;
+mod security;
 mod storage;
 mod tasks;

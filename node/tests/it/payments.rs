@@ -553,6 +553,17 @@ async fn unpaid_underpaid_forged_and_failed_work_is_not_paid_for() {
 #[tokio::test]
 async fn closing_refunds_the_requester_after_the_challenge_period_and_the_provider_redeems_first() {
     let pair = PaidPair::start(json!({})).await;
+    // More than the account holds (anvil's accounts hold 10,000 ether): the chain's answer, in
+    // its own code, not "the chain did not answer".
+    let (status, body) = pair
+        .requester
+        .post(
+            "/channels",
+            &json!({"target": pair.provider.target(), "deposit": "100000000000000000000000"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "insufficient_funds", "{body}");
     let (channel, _) = pair.open_channel("100000").await;
     for _ in 0..10 {
         let (status, body) = pair.task("hello").await;

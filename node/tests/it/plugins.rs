@@ -7,8 +7,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    NodeOptions, TestNode, children_of, eventually, hello_plugin, is_alive, misbehaving_plugin,
-    node_with_plugins, python_stubs, repo_root, signal,
+    NodeOptions, TestNode, children_of, eventually, hello_plugin, is_alive, merge,
+    misbehaving_plugin, node_with_plugins, plugins_config, python_stubs, repo_root, signal,
 };
 
 /// Returns the `GET /plugins` entry of plugin `name`.
@@ -385,6 +385,137 @@ async fn an_unhealthy_plugin_leaves_rotation_and_comes_back() {
         let (_, health) = node.call(Method::GET, "/health", "").await;
         assert_eq!(health["status"], "ok");
     }
+}
+
+#[tokio::test]
+async fn ten_mib_inputs_pass_through_every_example_plugin_and_a_plugin_limit_is_413() {
+    const TEN_MIB: usize = 10 * 1024 * 1024;
+    let provider = node_with_plugins(vec![
+        hello_plugin(),
+        csv_stats_plugin(),
+        word_count_plugin(),
+        // Keeps gRPC's default 4 MiB receive limit.
+        misbehaving_plugin("small", json!({})),
+    ]);
+    let requester = TestNode::start();
+    let target = provider.target();
+
+    let echoed = "e".repeat(TEN_MIB);
+    let (status, body) = run(&requester, json!({"target": target, "input": echoed})).await;
+    assert_eq!(status, 200, "{}", body["error"]);
+    assert_eq!(body["output"].as_str().map(str::len), Some(TEN_MIB));
+
+    let mut csv = String::from("n,word\n");
+    let mut rows = 0;
+    while csv.len() < TEN_MIB {
+        csv.push_str(&format!("{rows},w{}\n", rows % 7));
+        rows += 1;
+    }
+    let (status, body) = run(
+        &requester,
+        json!({"target": target, "plugin": "csv-stats", "input": csv}),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", body["error"]);
+    let stats: Value =
+        serde_json::from_str(body["output"].as_str().expect("text output")).expect("JSON output");
+    assert_eq!(stats["rows"], rows);
+
+    let text = "lorem ipsum ".repeat(TEN_MIB / 12 + 1);
+    let (status, body) = run(
+        &requester,
+        json!({"target": target, "plugin": "word-count", "input": text}),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", body["error"]);
+    let counts: Value =
+        serde_json::from_str(body["output"].as_str().expect("text output")).expect("JSON output");
+    assert_eq!(counts["words"], 2 * (TEN_MIB / 12 + 1));
+
+    let (status, body) = run(
+        &requester,
+        json!({"target": target, "plugin": "small", "input": "s".repeat(5 * 1024 * 1024)}),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot take a task this large"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_whose_workers_all_hang_is_stopped_and_restarted() {
+    let mut config = plugins_config(vec![misbehaving_plugin(
+        "stuck",
+        json!({"env": {"MAX_WORKERS": "2"}, "timeout_ms": 600_000}),
+    )]);
+    merge(
+        &mut config,
+        json!({"plugins": {"unhealthy_restart_ms": 2_000}}),
+    );
+    let node = TestNode::start_with(NodeOptions {
+        config: Some(config),
+        ..NodeOptions::default()
+    });
+    let (status, body) = run(&node, json!({"input": "pid"})).await;
+    assert_eq!(status, 200, "{body}");
+    let first_pid: u32 = body["output"].as_str().expect("pid").parse().expect("pid");
+
+    // Both workers hang: the plugin is alive but answers nothing, health checks included.
+    let hung: Vec<_> = (0..2)
+        .map(|_| {
+            let client = node.http().clone();
+            let url = node.url("/task");
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .json(&json!({"input": "sleep:600000"}))
+                    .send()
+                    .await
+                    .expect("answered")
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let restarted = loop {
+        let status = plugin_status(&node, "stuck").await;
+        if status["restarts"].as_u64() >= Some(1) && status["health"] == "serving" {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stuck plugin was never restarted: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(restarted["pid"], first_pid, "{restarted}");
+    assert!(
+        eventually(Duration::from_secs(10), || !is_alive(first_pid)),
+        "the stuck process was killed"
+    );
+    assert!(
+        node.log().contains("failed every health check"),
+        "{}",
+        node.log()
+    );
+    for task in hung {
+        let status = task.await.expect("joined");
+        assert_eq!(
+            status, 502,
+            "a task of the killed process fails instead of hanging"
+        );
+    }
+    let (status, body) = run(&node, json!({"input": "pid"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["output"], first_pid.to_string());
 }
 
 #[tokio::test]

@@ -7,10 +7,10 @@ use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sphere_node::auth::{self, Operation};
+use sphere_node::auth;
 use sphere_node::identity::NodeIdentity;
-use sphere_proto::v1::GetObjectRequest;
 use sphere_proto::v1::storage_service_client::StorageServiceClient;
+use sphere_proto::v1::{DeleteObjectRequest, GetObjectRequest};
 
 use crate::harness::{NodeOptions, TestNode, base64, files_under};
 
@@ -327,12 +327,14 @@ async fn only_the_owner_may_read_and_a_replayed_request_is_refused() {
     let mut client = StorageServiceClient::connect(format!("http://{}", providers[0].target()))
         .await
         .expect("connect");
-    let signed = GetObjectRequest {
+    let provider_id = providers[0].node_id.clone();
+    let read_request = GetObjectRequest {
         object_id: id.clone(),
-        auth: Some(auth::sign(&owner_key, Operation::Get, &id)),
+        auth: None,
         start_chunk: 0,
         voucher: None,
     };
+    let signed = auth::sign(&owner_key, &provider_id, read_request.clone());
     let mut stream = client
         .get_object(signed.clone())
         .await
@@ -341,7 +343,7 @@ async fn only_the_owner_may_read_and_a_replayed_request_is_refused() {
     assert!(stream.message().await.expect("chunk").is_some());
 
     let replayed = client
-        .get_object(signed)
+        .get_object(signed.clone())
         .await
         .expect_err("a replay is refused");
     assert_eq!(
@@ -351,27 +353,24 @@ async fn only_the_owner_may_read_and_a_replayed_request_is_refused() {
     );
     assert!(replayed.message().contains("replayed"), "{replayed:?}");
 
+    let mut altered = auth::sign(&owner_key, &provider_id, read_request.clone());
+    altered.start_chunk = 1;
+    let refused = client
+        .get_object(altered)
+        .await
+        .expect_err("a request altered after signing is refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
     let stranger = NodeIdentity::generate();
-    let foreign = GetObjectRequest {
-        object_id: id.clone(),
-        auth: Some(auth::sign(&stranger, Operation::Get, &id)),
-        start_chunk: 0,
-        voucher: None,
-    };
+    let foreign = auth::sign(&stranger, &provider_id, read_request.clone());
     let refused = client
         .get_object(foreign)
         .await
         .expect_err("a stranger is refused");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 
-    let mut impersonation = auth::sign(&stranger, Operation::Get, &id);
-    impersonation.owner = owner_key.node_id();
-    let impersonated = GetObjectRequest {
-        object_id: id.clone(),
-        auth: Some(impersonation),
-        start_chunk: 0,
-        voucher: None,
-    };
+    let mut impersonated = auth::sign(&stranger, &provider_id, read_request);
+    impersonated.auth.as_mut().expect("signed").owner = owner_key.node_id();
     let refused = client
         .get_object(impersonated)
         .await
@@ -577,5 +576,64 @@ async fn a_download_carries_on_from_another_replica_when_its_provider_dies() {
         owner.log().contains("replica failed; trying the next one"),
         "the download never switched replicas, so this test proved nothing:\n{}",
         owner.log()
+    );
+}
+
+#[tokio::test]
+async fn a_file_whose_replicas_are_all_lost_is_listed_lost_and_reads_as_file_lost() {
+    let providers = providers(1);
+    let owner = owner_of(&providers, 1);
+    let name = "report\u{1b}[2J\u{202e}fdp.exe";
+    let stored = store(&owner, json!({"name": name, "data": base64(b"soon gone")})).await;
+    let id = stored["id"].as_str().expect("id").to_owned();
+
+    // The provider loses the data, as a wiped disk would (here through the owner's own delete).
+    let owner_key = NodeIdentity::load(&owner.data_dir.join("node.key")).expect("owner key");
+    let mut client = StorageServiceClient::connect(format!("http://{}", providers[0].target()))
+        .await
+        .expect("connect");
+    client
+        .delete_object(auth::sign(
+            &owner_key,
+            &providers[0].node_id,
+            DeleteObjectRequest {
+                object_id: id.clone(),
+                auth: None,
+            },
+        ))
+        .await
+        .expect("deleted");
+
+    wait_until(
+        "the file is listed as lost",
+        Duration::from_secs(30),
+        || {
+            let owner = &owner;
+            let id = &id;
+            async move { file_entry(owner, id).await["health"] == "lost" }
+        },
+    )
+    .await;
+    let (status, read) = read_back(&owner, &id).await;
+    assert_eq!(status, 410, "{read}");
+    assert_eq!(read["error"]["code"], "file_lost", "{read}");
+
+    // `sphere file ls` shows it lost, and does not hand the name's escape sequences to the
+    // terminal.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sphere"))
+        .args(["file", "ls", "--node", &owner.url("")])
+        .output()
+        .expect("runs");
+    assert!(output.status.success());
+    let table = String::from_utf8(output.stdout).expect("UTF-8");
+    let row = table
+        .lines()
+        .find(|line| line.contains(&id))
+        .expect("listed");
+    assert!(row.contains("lost"), "{row}");
+    assert!(row.contains("report\\u{1b}[2J\\u{202e}fdp.exe"), "{row}");
+    assert!(
+        !table.contains('\u{1b}') && !table.contains('\u{202e}'),
+        "{table:?}"
     );
 }

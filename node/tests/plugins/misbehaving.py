@@ -11,7 +11,8 @@ Its input says what to do:
   anything else is echoed.
 Environment: PLUGIN_NAME (the name it describes itself with, default "misbehaving"),
 HEALTH_FILE (a file whose content, SERVING or NOT_SERVING, sets its health status, polled every
-50 ms), MAX_CONCURRENCY (its own concurrency limit in Describe, default 0).
+50 ms), MAX_CONCURRENCY (its own concurrency limit in Describe, default 0), MAX_WORKERS (threads serving
+every call, health checks included, default 16).
 """
 
 import os
@@ -82,7 +83,7 @@ def follow_health_file(servicer, path, stop):
 
 def main():
     listen = os.environ.get("SPHERE_PLUGIN_LISTEN", "127.0.0.1:0")
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=int(os.environ.get("MAX_WORKERS", "16"))))
     handlers = {
         "Execute": grpc.unary_unary_rpc_method_handler(
             execute,

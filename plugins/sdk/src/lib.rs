@@ -55,6 +55,22 @@ pub const LISTEN_ENV: &str = "SPHERE_PLUGIN_LISTEN";
 pub const ADDR_LINE_PREFIX: &str = "SPHERE_PLUGIN_ADDR=";
 /// Address used when `SPHERE_PLUGIN_LISTEN` is not set.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Environment variable giving the largest gRPC message (in bytes) a plugin must accept and may
+/// send: the node's input and output limits for it, plus room for framing. gRPC libraries
+/// default to 4 MiB, below the node's default limits (16 MiB).
+pub const MAX_MESSAGE_ENV: &str = "SPHERE_PLUGIN_MAX_MESSAGE_BYTES";
+/// Message limit used when `SPHERE_PLUGIN_MAX_MESSAGE_BYTES` is not set: the node's default
+/// input and output limit (16 MiB) plus room for framing.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024 + 64 * 1024;
+
+/// Returns the message limit the node asks for (`SPHERE_PLUGIN_MAX_MESSAGE_BYTES`), or the
+/// default.
+pub fn max_message_bytes() -> usize {
+    std::env::var(MAX_MESSAGE_ENV)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES)
+}
 
 /// Any error, for `main`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -201,9 +217,14 @@ pub async fn serve<P: Plugin>(
     let service = PluginGrpc {
         plugin: Arc::new(plugin),
     };
+    let max_message_bytes = max_message_bytes();
     tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(PluginServiceServer::new(service))
+        .add_service(
+            PluginServiceServer::new(service)
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        )
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
