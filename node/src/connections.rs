@@ -4,10 +4,13 @@
 //! A connection is *pending* until its first complete request (HTTP/1 headers, or the HTTP/2
 //! preface and a request's headers) and *idle* while no request is in flight. Pending
 //! connections are closed after [`ConnectionLimits::handshake_timeout_ms`], idle ones after
-//! [`ConnectionLimits::idle_timeout_ms`]. When a new connection would pass
-//! [`ConnectionLimits::max_pending`] or [`ConnectionLimits::max`], the oldest pending connection
-//! is closed, else the longest idle one, else the new one is refused: a flood of connections that
-//! never speak crowds out only itself, and requests in flight are never cut.
+//! [`ConnectionLimits::idle_timeout_ms`]. At [`ConnectionLimits::max`] sockets (closed ones
+//! count until their server drops them), the listener closes the oldest pending connection, else
+//! the one idle longest, and accepts only once a socket is dropped; while every connection has a
+//! request in flight, newcomers wait in the kernel's backlog. Past
+//! [`ConnectionLimits::max_pending`], the oldest pending connection is closed if it has had a
+//! second to speak. A flood of connections that never speak crowds out only itself, a burst of
+//! clients connecting at once is served, and requests in flight are never cut.
 //!
 //! The servers (axum, tonic) see a [`GuardedStream`]; closing a connection makes its reads and
 //! writes fail, so the server drops it. [`TrackRequestsLayer`] tells each connection when its
@@ -32,6 +35,9 @@ use tokio::time::Instant;
 /// File descriptors kept for everything but the two listeners' connections: the database, chunk
 /// files, plugin and peer connections.
 const RESERVED_FILE_DESCRIPTORS: u64 = 256;
+
+/// How long a pending connection is spared when `max_pending` is reached.
+const PENDING_GRACE: Duration = Duration::from_secs(1);
 
 /// How often expired connections are looked for.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -174,6 +180,8 @@ impl Connection {
 struct Connections {
     open: HashMap<u64, Arc<Connection>>,
     pending: usize,
+    /// Connections whose socket is not dropped yet, closed ones included: the descriptors held.
+    held: usize,
     next_id: u64,
 }
 
@@ -187,6 +195,25 @@ impl Connections {
             connection.close();
         }
     }
+
+    /// Returns the connection to close to make room: the oldest pending one, else the one idle
+    /// longest; `None` when every connection has a request in flight.
+    fn victim(&self, now: Instant) -> Option<u64> {
+        let oldest_pending = self
+            .open
+            .values()
+            .filter(|connection| connection.is_pending())
+            .min_by_key(|connection| (connection.accepted_at, connection.id));
+        match oldest_pending {
+            Some(connection) => Some(connection.id),
+            None => self
+                .open
+                .values()
+                .filter_map(|c| c.idle_for(now).map(|idle| (idle, c.id)))
+                .max()
+                .map(|(_, id)| id),
+        }
+    }
 }
 
 /// The open connections of one listener.
@@ -194,6 +221,8 @@ impl Connections {
 struct Registry {
     limits: ConnectionLimits,
     connections: Mutex<Connections>,
+    /// Signalled when a connection's socket is dropped.
+    room: tokio::sync::Notify,
 }
 
 impl Registry {
@@ -203,36 +232,50 @@ impl Registry {
             .expect("connection registry lock is never poisoned")
     }
 
-    /// Registers a new connection, first closing another if the limits are reached; `None` when
-    /// every connection has a request in flight and the new one must be refused.
-    fn admit(self: &Arc<Self>) -> Option<Arc<Connection>> {
+    /// Returns once fewer than `max` sockets are held, closing the oldest pending connection,
+    /// else the one idle longest, to make room. While every connection has a request in flight,
+    /// it waits: new connections wait in the kernel's backlog, holding no descriptor.
+    async fn make_room(&self) {
+        loop {
+            let dropped = self.room.notified();
+            tokio::pin!(dropped);
+            dropped.as_mut().enable();
+            {
+                let mut connections = self.lock();
+                if connections.held < self.limits.max as usize {
+                    return;
+                }
+                // Close only what makes room for one: the rest are closing already.
+                if connections.open.len() >= self.limits.max as usize
+                    && let Some(victim) = connections.victim(Instant::now())
+                {
+                    connections.remove(victim);
+                    continue;
+                }
+            }
+            // A closed connection frees its descriptor once its server drops it.
+            let _ = tokio::time::timeout(Duration::from_millis(100), dropped).await;
+        }
+    }
+
+    /// Registers a new connection. Past `max_pending`, the oldest pending connection is closed
+    /// first if it has had [`PENDING_GRACE`] to speak: a burst of clients connecting at once is
+    /// not a flood.
+    fn admit(self: &Arc<Self>) -> Arc<Connection> {
         let mut connections = self.lock();
         let now = Instant::now();
-        let over_pending = connections.pending >= self.limits.max_pending as usize;
-        let over_total = connections.open.len() >= self.limits.max as usize;
-        if over_pending || over_total {
-            let oldest_pending = connections
+        if connections.pending >= self.limits.max_pending as usize {
+            let stale = connections
                 .open
                 .values()
                 .filter(|connection| connection.is_pending())
-                .min_by_key(|connection| connection.accepted_at)
+                .min_by_key(|connection| (connection.accepted_at, connection.id))
+                .filter(|connection| {
+                    now.saturating_duration_since(connection.accepted_at) >= PENDING_GRACE
+                })
                 .map(|connection| connection.id);
-            let victim = oldest_pending.or_else(|| {
-                over_total
-                    .then(|| {
-                        connections
-                            .open
-                            .values()
-                            .filter_map(|c| c.idle_for(now).map(|idle| (idle, c.id)))
-                            .max()
-                            .map(|(_, id)| id)
-                    })
-                    .flatten()
-            });
-            match victim {
-                Some(id) => connections.remove(id),
-                None if over_total => return None,
-                None => {}
+            if let Some(id) = stale {
+                connections.remove(id);
             }
         }
         let id = connections.next_id;
@@ -250,7 +293,17 @@ impl Registry {
         });
         connections.open.insert(id, Arc::clone(&connection));
         connections.pending += 1;
-        Some(connection)
+        connections.held += 1;
+        connection
+    }
+
+    /// Forgets the connection `id` whose socket was dropped.
+    fn release(&self, id: u64) {
+        let mut connections = self.lock();
+        connections.remove(id);
+        connections.held -= 1;
+        drop(connections);
+        self.room.notify_waiters();
     }
 
     /// Closes the pending connections past the handshake timeout and the idle ones past the
@@ -293,6 +346,7 @@ impl GuardedListener {
         let registry = Arc::new(Registry {
             limits,
             connections: Mutex::default(),
+            room: tokio::sync::Notify::new(),
         });
         let watched = Arc::downgrade(&registry);
         tokio::spawn(async move {
@@ -312,6 +366,7 @@ impl GuardedListener {
     /// Waits for the next connection the limits admit.
     pub async fn accept(&mut self) -> (GuardedStream, SocketAddr) {
         loop {
+            self.registry.make_room().await;
             let (stream, peer) = match self.listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -322,10 +377,7 @@ impl GuardedListener {
                     continue;
                 }
             };
-            let Some(connection) = self.registry.admit() else {
-                tracing::debug!(%peer, "connection refused: every connection has a request in flight");
-                continue;
-            };
+            let connection = self.registry.admit();
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, "could not set TCP_NODELAY");
             }
@@ -388,7 +440,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Guar
 impl Drop for GuardedStream {
     fn drop(&mut self) {
         if let Some(registry) = self.connection.registry.upgrade() {
-            registry.lock().remove(self.connection.id);
+            registry.release(self.connection.id);
         }
     }
 }
@@ -570,59 +622,127 @@ mod tests {
                 idle_timeout_ms: 60_000,
             },
             connections: Mutex::default(),
+            room: tokio::sync::Notify::new(),
         })
     }
 
-    #[test]
-    fn past_max_pending_the_oldest_pending_connection_is_closed() {
+    /// Drops the sockets of the connections closed so far, as their servers would.
+    fn drop_closed(registry: &Registry, connections: &[&Arc<Connection>]) {
+        for connection in connections {
+            if connection.is_closed() && registry.lock().open.contains_key(&connection.id) {
+                panic!("a closed connection is still registered as open");
+            }
+        }
+        let closed: Vec<u64> = connections
+            .iter()
+            .filter(|connection| connection.is_closed())
+            .map(|connection| connection.id)
+            .collect();
+        for _ in closed {
+            let mut connections = registry.lock();
+            connections.held -= 1;
+        }
+        registry.room.notify_waiters();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_max_pending_the_oldest_pending_connection_is_closed_once_it_had_time() {
         let registry = registry(10, 2);
-        let first = registry.admit().expect("admitted");
-        let second = registry.admit().expect("admitted");
-        let third = registry.admit().expect("admitted");
+        let first = registry.admit();
+        let second = registry.admit();
+        let burst = registry.admit();
+        assert!(
+            !first.is_closed(),
+            "a burst of young connections is admitted whole"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let late = registry.admit();
         assert!(first.is_closed());
-        assert!(!second.is_closed() && !third.is_closed());
-        assert_eq!(registry.lock().pending, 2);
+        assert!(!second.is_closed() && !burst.is_closed() && !late.is_closed());
+        assert_eq!(registry.lock().pending, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_max_the_oldest_pending_connection_makes_room_however_young() {
+        let registry = registry(2, 2);
+        let first = registry.admit();
+        let second = registry.admit();
+        let making_room = tokio::spawn({
+            let registry = Arc::clone(&registry);
+            async move { registry.make_room().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(first.is_closed() && !second.is_closed());
+        assert!(
+            !making_room.is_finished(),
+            "room comes when the socket is dropped"
+        );
+        drop_closed(&registry, &[&first, &second]);
+        making_room.await.expect("room made");
+        assert_eq!(registry.lock().held, 1);
     }
 
     #[test]
     fn a_connection_that_sent_a_request_is_no_longer_pending() {
         let registry = registry(10, 1);
-        let first = registry.admit().expect("admitted");
+        let first = registry.admit();
         first.request_started();
-        let second = registry.admit().expect("admitted");
+        let second = registry.admit();
         assert!(
             !first.is_closed(),
             "a connection with a request in flight is kept"
         );
         assert!(!second.is_closed());
+        assert_eq!(registry.lock().pending, 1);
     }
 
-    #[test]
-    fn past_max_the_idle_connection_goes_and_busy_ones_refuse_newcomers() {
+    #[tokio::test(start_paused = true)]
+    async fn at_max_the_idle_connection_goes_and_busy_ones_make_newcomers_wait() {
         let registry = registry(2, 2);
-        let busy = registry.admit().expect("admitted");
+        let busy = registry.admit();
         busy.request_started();
-        let idle = registry.admit().expect("admitted");
+        let idle = registry.admit();
         idle.request_started();
         idle.request_ended();
-        let newcomer = registry.admit().expect("the idle connection makes room");
+        let making_room = tokio::spawn({
+            let registry = Arc::clone(&registry);
+            async move { registry.make_room().await }
+        });
+        tokio::task::yield_now().await;
         assert!(idle.is_closed() && !busy.is_closed());
+        drop_closed(&registry, &[&idle]);
+        making_room.await.expect("room made");
+
+        let newcomer = registry.admit();
         newcomer.request_started();
+        let waiting = tokio::spawn({
+            let registry = Arc::clone(&registry);
+            async move { registry.make_room().await }
+        });
+        tokio::time::advance(Duration::from_secs(5)).await;
         assert!(
-            registry.admit().is_none(),
-            "every connection has a request in flight"
+            !waiting.is_finished(),
+            "every connection has a request in flight: the next one waits"
         );
         assert!(!busy.is_closed() && !newcomer.is_closed());
+        busy.request_ended();
+        tokio::time::advance(Duration::from_millis(200)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(busy.is_closed(), "once idle, it makes room");
+        drop_closed(&registry, &[&busy]);
+        waiting.await.expect("room made");
     }
 
     #[tokio::test(start_paused = true)]
     async fn pending_and_idle_connections_expire_but_busy_ones_do_not() {
         let registry = registry(10, 10);
-        let pending = registry.admit().expect("admitted");
-        let idle = registry.admit().expect("admitted");
+        let pending = registry.admit();
+        let idle = registry.admit();
         idle.request_started();
         idle.request_ended();
-        let busy = registry.admit().expect("admitted");
+        let busy = registry.admit();
         busy.request_started();
         tokio::time::advance(Duration::from_secs(11)).await;
         registry.close_expired();

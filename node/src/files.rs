@@ -592,11 +592,44 @@ impl Files {
     }
 
     /// Deletes what `target` holds of file `id` when that copy must not be kept (a failed upload
-    /// or repair, a lost replica); a provider that cannot be reached is logged and left alone.
+    /// or repair, a lost replica). The copy is recorded first, and a delete that fails is tried
+    /// again by [`Files::retry_discards`] until it succeeds.
     async fn discard_copy(&self, target: &str, id: &str) {
-        if let Err(error) = self.delete_objects(target, id).await {
-            tracing::warn!(file_id = id, target, %error, "could not delete a copy that must not be kept");
+        if let Err(error) = self.index.add_discard(id, target).await {
+            tracing::warn!(file_id = id, target, %error, "could not record a copy to delete");
         }
+        match self.delete_objects(target, id).await {
+            Ok(()) => {
+                if let Err(error) = self.index.remove_discard(id, target).await {
+                    tracing::warn!(file_id = id, target, %error, "could not forget a deleted copy");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(file_id = id, target, %error, "could not delete a copy that must not be kept; will retry");
+            }
+        }
+    }
+
+    /// Tries again to delete every copy that must not be kept, except those the file's record
+    /// lists as replicas again.
+    pub(crate) async fn retry_discards(&self) -> Result<(), Error> {
+        for pending in self.index.discards().await? {
+            let (file_id, address) = (&pending.file_id, &pending.address);
+            let wanted = self
+                .index
+                .get(file_id)
+                .await?
+                .is_some_and(|record| record.replicas.iter().any(|r| r.address == *address));
+            if !wanted {
+                if let Err(error) = self.delete_objects(address, file_id).await {
+                    tracing::debug!(file_id, address, %error, "a copy to delete is still there");
+                    continue;
+                }
+                tracing::info!(file_id, address, "deleted a copy that must not be kept");
+            }
+            self.index.remove_discard(file_id, address).await?;
+        }
+        Ok(())
     }
 
     /// Returns `request` signed by this node for the provider at `target` (whose node ID it asks

@@ -127,6 +127,7 @@ pub struct Node {
 impl Node {
     /// Starts a node: identity, storage, plugin, then the gRPC and HTTP servers.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
+        let started_at = std::time::SystemTime::now();
         let (key_file, create_key) = config.key_file();
         let (identity, key_created) = NodeIdentity::load_or_create(&key_file, create_key)?;
         if key_created {
@@ -249,6 +250,11 @@ impl Node {
                 tracing::error!(%error, "HTTP server failed");
             }
         });
+        servers.spawn(
+            objects
+                .clone()
+                .run_sweeps(started_at, shutdown_token.clone()),
+        );
         servers.spawn(crate::files::maintenance::run(
             files,
             shutdown_token.clone(),

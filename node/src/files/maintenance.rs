@@ -39,6 +39,9 @@ pub async fn run(files: Files, shutdown: CancellationToken) {
         if let Err(error) = files.maintain().await {
             tracing::warn!(%error, "audit round failed");
         }
+        if let Err(error) = files.retry_discards().await {
+            tracing::warn!(%error, "could not retry the deletion of copies");
+        }
     }
 }
 
@@ -220,10 +223,23 @@ impl Files {
             tracing::error!(file_id, "no healthy replica left to repair from");
             return;
         };
+        // Not back onto a provider whose copy of this file is waiting to be deleted.
+        let discarding: Vec<String> = match self.index.discards().await {
+            Ok(discards) => discards
+                .into_iter()
+                .filter(|pending| pending.file_id == *file_id)
+                .map(|pending| pending.address)
+                .collect(),
+            Err(error) => {
+                tracing::warn!(file_id, %error, "could not read the copies to delete; no repair now");
+                return;
+            }
+        };
         let holders: Vec<&str> = record
             .replicas
             .iter()
             .map(|replica| replica.address.as_str())
+            .chain(discarding.iter().map(String::as_str))
             .collect();
         let mut added = Vec::new();
         for candidate in self

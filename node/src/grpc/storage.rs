@@ -263,7 +263,14 @@ impl StorageService for ProviderStorage {
         &self,
         request: Request<Streaming<PutObjectRequest>>,
     ) -> Result<Response<PutObjectResponse>, Status> {
-        Ok(Response::new(self.receive(request.into_inner()).await?))
+        // In a task of its own: when the client goes away, this handler is dropped, but the
+        // upload still waits for its chunk writes in flight and removes what it wrote.
+        let provider = self.clone();
+        let stream = request.into_inner();
+        let received = tokio::spawn(async move { provider.receive(stream).await })
+            .await
+            .map_err(|join_error| Error::new(ErrorCode::Internal, join_error.to_string()))?;
+        Ok(Response::new(received?))
     }
 
     type GetObjectStream = ReceiverStream<Result<GetObjectResponse, Status>>;

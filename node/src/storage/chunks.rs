@@ -4,9 +4,15 @@
 //! A chunk is written to a temporary file, synced, and renamed into place, so a chunk file that
 //! exists under its final name is complete. Directory entries are synced by
 //! [`ChunkStore::sync_dirs`] before the object that uses them is acknowledged.
+//!
+//! A chunk file's modification time says when an upload last needed it: written, or found
+//! already there and touched. The sweep ([`ChunkStore::remove_if_untouched_since`]) relies on it
+//! to leave alone what uploads in flight use.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -66,6 +72,9 @@ impl ChunkHash {
 #[derive(Debug, Clone)]
 pub struct ChunkStore {
     root: PathBuf,
+    /// Held while an existing chunk file is touched for reuse, and while the sweep checks and
+    /// removes one, so that the sweep never removes a file an upload just decided to reuse.
+    reuse: Arc<Mutex<()>>,
 }
 
 impl ChunkStore {
@@ -79,6 +88,7 @@ impl ChunkStore {
         std::fs::create_dir_all(&temporary)?;
         Ok(Self {
             root: root.to_owned(),
+            reuse: Arc::default(),
         })
     }
 
@@ -88,8 +98,16 @@ impl ChunkStore {
         use std::io::Write;
         let hash = ChunkHash::of(chunk);
         let path = self.path_of(hash);
-        if path.exists() {
-            return Ok(hash);
+        {
+            let _reuse = self.reuse.lock().expect("reuse lock is never poisoned");
+            match std::fs::File::options().write(true).open(&path) {
+                Ok(existing) => {
+                    existing.set_modified(SystemTime::now())?;
+                    return Ok(hash);
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error.into()),
+            }
         }
         std::fs::create_dir_all(path.parent().expect("chunk paths have a parent"))?;
         let temporary =
@@ -127,6 +145,70 @@ impl ChunkStore {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// Returns the chunk files last written before `cutoff` in the directory of chunks whose
+    /// address starts with byte `prefix`. Blocks: call from a blocking thread.
+    pub fn untouched_since_blocking(
+        &self,
+        prefix: u8,
+        cutoff: SystemTime,
+    ) -> Result<Vec<ChunkHash>, StorageError> {
+        let directory = self.root.join(hex::encode([prefix]));
+        let entries = match std::fs::read_dir(&directory) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(error.into()),
+        };
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let Some(hash) = entry.file_name().to_str().and_then(ChunkHash::from_hex) else {
+                continue;
+            };
+            if entry.metadata()?.modified()? < cutoff {
+                found.push(hash);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Removes the chunk file of `hash` if it was last written before `cutoff`; returns the bytes
+    /// freed. Blocks: call from a blocking thread.
+    pub fn remove_if_untouched_since(
+        &self,
+        hash: ChunkHash,
+        cutoff: SystemTime,
+    ) -> Result<u64, StorageError> {
+        let path = self.path_of(hash);
+        let _reuse = self.reuse.lock().expect("reuse lock is never poisoned");
+        let metadata = match std::fs::metadata(&path) {
+            Ok(metadata) => metadata,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(error) => return Err(error.into()),
+        };
+        if metadata.modified()? >= cutoff {
+            return Ok(0);
+        }
+        std::fs::remove_file(&path)?;
+        Ok(metadata.len())
+    }
+
+    /// Removes temporary files older than `cutoff` (writes that never finished). Blocks: call
+    /// from a blocking thread.
+    pub fn remove_stale_temporary_files(&self, cutoff: SystemTime) -> Result<u64, StorageError> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(self.root.join("tmp"))? {
+            let entry = entry?;
+            if entry.metadata()?.modified()? < cutoff {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Returns where the chunk with `hash` lives.

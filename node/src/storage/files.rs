@@ -8,6 +8,21 @@ use super::db::Db;
 
 /// Key prefix of file records in the database. DO NOT CHANGE: on-disk format.
 const FILE_PREFIX: &str = "file/";
+/// Key prefix of copies to delete (`discard/<file id>/<provider address>`). DO NOT CHANGE:
+/// on-disk format.
+const DISCARD_PREFIX: &str = "discard/";
+
+/// A copy of a file on a provider that must not be kept (a dropped replica, a failed upload's
+/// copy) and whose deletion has not succeeded yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingDiscard {
+    /// The file.
+    pub file_id: String,
+    /// The provider's gRPC address.
+    pub address: String,
+    /// Since when the copy has been waiting for deletion (ms since the Unix epoch).
+    pub since_ms: u64,
+}
 
 /// A provider holding a copy of a file, and what the owner's audits found there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +158,36 @@ impl FileIndex {
             .write_durable(vec![(file_key(id).into_bytes(), None)])
             .await
     }
+}
+
+impl FileIndex {
+    /// Records durably that the copy of `file_id` at `address` must be deleted.
+    pub async fn add_discard(&self, file_id: &str, address: &str) -> Result<(), StorageError> {
+        let pending = PendingDiscard {
+            file_id: file_id.to_owned(),
+            address: address.to_owned(),
+            since_ms: crate::clock::now_ms(),
+        };
+        self.db
+            .put_json_durable(&discard_key(file_id, address), &pending)
+            .await
+    }
+
+    /// Forgets the copy of `file_id` at `address`: deleted, or wanted again.
+    pub async fn remove_discard(&self, file_id: &str, address: &str) -> Result<(), StorageError> {
+        self.db
+            .write_durable(vec![(discard_key(file_id, address).into_bytes(), None)])
+            .await
+    }
+
+    /// Returns every copy waiting for deletion.
+    pub async fn discards(&self) -> Result<Vec<PendingDiscard>, StorageError> {
+        self.db.scan_json(DISCARD_PREFIX).await
+    }
+}
+
+fn discard_key(file_id: &str, address: &str) -> String {
+    format!("{DISCARD_PREFIX}{file_id}/{address}")
 }
 
 fn file_key(id: &str) -> String {

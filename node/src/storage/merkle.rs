@@ -122,6 +122,39 @@ mod tests {
         }
     }
 
+    /// The construction `proto/sphere/v1/node.proto` documents for other implementations:
+    /// leaf = SHA-256(0x00 ‖ segment), inner node = SHA-256(left ‖ right), an odd node carried up.
+    #[test]
+    fn the_root_is_built_as_the_proto_documents() {
+        use sha2::{Digest, Sha256};
+        let chunk: Vec<u8> = (0..3 * SEGMENT_SIZE + 10)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let leaf = |segment: &[u8]| -> [u8; 32] {
+            Sha256::new()
+                .chain_update([0u8])
+                .chain_update(segment)
+                .finalize()
+                .into()
+        };
+        let inner = |left: [u8; 32], right: [u8; 32]| -> [u8; 32] {
+            Sha256::new()
+                .chain_update(left)
+                .chain_update(right)
+                .finalize()
+                .into()
+        };
+        let leaves: Vec<[u8; 32]> = chunk.chunks(SEGMENT_SIZE).map(leaf).collect();
+        assert_eq!(leaves.len(), 4);
+        let expected = inner(inner(leaves[0], leaves[1]), inner(leaves[2], leaves[3]));
+        assert_eq!(root(&chunk), expected);
+
+        let odd = &chunk[..2 * SEGMENT_SIZE + 1];
+        let leaves: Vec<[u8; 32]> = odd.chunks(SEGMENT_SIZE).map(leaf).collect();
+        let expected = inner(inner(leaves[0], leaves[1]), leaves[2]);
+        assert_eq!(root(odd), expected, "an odd node is carried up unchanged");
+    }
+
     #[test]
     fn roots_differ_for_different_chunks() {
         assert_ne!(root(b"a"), root(b"b"));

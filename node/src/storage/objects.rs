@@ -7,9 +7,16 @@
 //!
 //! Space is counted per object (what owners are charged for) against `storage.capacity_bytes`;
 //! an upload that would pass it is refused as it arrives, and what it had written is removed.
+//!
+//! Chunk files no object references (left by a provider killed during an upload, or by a write
+//! that finished after its upload was abandoned) are swept at start-up and every
+//! [`SWEEP_INTERVAL`], so the disk holds only what is counted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +26,12 @@ use super::db::Db;
 
 const OBJECT_PREFIX: &str = "object/";
 const CHUNK_REF_PREFIX: &str = "chunkref/";
+
+/// Time between sweeps of unreferenced chunk files.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+/// A chunk file written this recently is left to the next sweep, whatever the clock says of the
+/// uploads in flight.
+const SWEEP_GRACE: Duration = Duration::from_secs(60);
 
 /// What a provider knows of an object it stores: whose it is and which chunks, in which order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +77,15 @@ pub struct ObjectStore {
     chunks: ChunkStore,
     capacity_bytes: u64,
     usage: Arc<Mutex<Usage>>,
+    /// When each upload in flight began, by upload number: the sweep spares every chunk file
+    /// written since the oldest began.
+    uploads_in_flight: Arc<Mutex<UploadsInFlight>>,
+}
+
+#[derive(Debug, Default)]
+struct UploadsInFlight {
+    started_at: BTreeMap<u64, SystemTime>,
+    next: u64,
 }
 
 impl ObjectStore {
@@ -83,7 +105,76 @@ impl ObjectStore {
             chunks,
             capacity_bytes,
             usage: Arc::new(Mutex::new(usage)),
+            uploads_in_flight: Arc::default(),
         })
+    }
+
+    /// Removes unreferenced chunk files now, as of `started_at` (nothing written before this
+    /// process started belongs to an upload in flight), then every [`SWEEP_INTERVAL`] until
+    /// `shutdown`.
+    pub async fn run_sweeps(self, started_at: SystemTime, shutdown: CancellationToken) {
+        let mut cutoff = started_at;
+        loop {
+            match self.sweep(cutoff).await {
+                Ok((0, _)) => {}
+                Ok((files, bytes)) => {
+                    tracing::info!(files, bytes, "removed chunk files no object uses")
+                }
+                Err(error) => tracing::warn!(%error, "could not sweep unreferenced chunk files"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+                () = shutdown.cancelled() => return,
+            }
+            cutoff = SystemTime::now() - SWEEP_GRACE;
+        }
+    }
+
+    /// Removes the chunk files no object references that were last written before `cutoff` and
+    /// before the oldest upload in flight began, and temporary files as old; returns the chunk
+    /// files and bytes removed.
+    pub async fn sweep(&self, cutoff: SystemTime) -> Result<(usize, u64), StorageError> {
+        let cutoff = self
+            .uploads_in_flight
+            .lock()
+            .expect("uploads lock is never poisoned")
+            .started_at
+            .values()
+            .copied()
+            .chain([cutoff])
+            .min()
+            .expect("cutoff is there");
+        let (mut files, mut bytes) = (0, 0);
+        for prefix in 0..=u8::MAX {
+            let chunks = self.chunks.clone();
+            let candidates =
+                blocking(move || chunks.untouched_since_blocking(prefix, cutoff)).await?;
+            let mut unreferenced = Vec::new();
+            for hash in candidates {
+                if self
+                    .db
+                    .get(chunk_ref_key(hash).into_bytes())
+                    .await?
+                    .is_none()
+                {
+                    unreferenced.push(hash);
+                }
+            }
+            let chunks = self.chunks.clone();
+            let freed = blocking(move || {
+                unreferenced
+                    .into_iter()
+                    .map(|hash| chunks.remove_if_untouched_since(hash, cutoff))
+                    .filter(|freed| !matches!(freed, Ok(0)))
+                    .collect::<Result<Vec<u64>, StorageError>>()
+            })
+            .await?;
+            files += freed.len();
+            bytes += freed.iter().sum::<u64>();
+        }
+        let chunks = self.chunks.clone();
+        blocking(move || chunks.remove_stale_temporary_files(cutoff)).await?;
+        Ok((files, bytes))
     }
 
     fn usage(&self) -> std::sync::MutexGuard<'_, Usage> {
@@ -140,7 +231,18 @@ impl ObjectStore {
 
     /// Starts receiving an object; its chunks count against the capacity as they arrive.
     pub fn begin_upload(&self, object_id: String, owner: String, kind: String) -> Upload {
+        let number = {
+            let mut uploads = self
+                .uploads_in_flight
+                .lock()
+                .expect("uploads lock is never poisoned");
+            let number = uploads.next;
+            uploads.next += 1;
+            uploads.started_at.insert(number, SystemTime::now());
+            number
+        };
         Upload {
+            number,
             store: self.clone(),
             object_id,
             owner,
@@ -196,14 +298,13 @@ impl ObjectStore {
 
     async fn remove_chunk_files(&self, hashes: Vec<ChunkHash>) -> Result<(), StorageError> {
         let chunks = self.chunks.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             for hash in hashes {
                 chunks.remove_blocking(hash)?;
             }
             Ok(())
         })
         .await
-        .map_err(|join_error| StorageError::Database(join_error.to_string()))?
     }
 }
 
@@ -211,6 +312,8 @@ impl ObjectStore {
 /// that no stored object uses, and gives back its reserved space.
 #[derive(Debug)]
 pub struct Upload {
+    /// Its number among the uploads in flight.
+    number: u64,
     store: ObjectStore,
     object_id: String,
     owner: String,
@@ -254,9 +357,7 @@ impl Upload {
     ) -> Result<ObjectRecord, StorageError> {
         let chunks = self.store.chunks.clone();
         let written = self.written.clone();
-        tokio::task::spawn_blocking(move || chunks.sync_dirs(&written))
-            .await
-            .map_err(|join_error| StorageError::Database(join_error.to_string()))??;
+        blocking(move || chunks.sync_dirs(&written)).await?;
         let record = ObjectRecord {
             object_id: self.object_id.clone(),
             owner: self.owner.clone(),
@@ -283,6 +384,12 @@ impl Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
+        self.store
+            .uploads_in_flight
+            .lock()
+            .expect("uploads lock is never poisoned")
+            .started_at
+            .remove(&self.number);
         if self.committed {
             return;
         }
@@ -316,6 +423,15 @@ impl Drop for Upload {
             }
         });
     }
+}
+
+/// Runs disk work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|join_error| StorageError::Database(join_error.to_string()))?
 }
 
 fn object_key(object_id: &str) -> String {

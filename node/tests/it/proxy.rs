@@ -125,6 +125,14 @@ impl GrpcProxy {
             .insert(format!("/sphere.v1.StorageService/{method}"));
     }
 
+    /// Forwards calls of `method` again.
+    pub fn allow_calls_to(&self, method: &str) {
+        self.blocked
+            .lock()
+            .expect("lock")
+            .remove(&format!("/sphere.v1.StorageService/{method}"));
+    }
+
     /// Returns the captured calls of StorageService's `method`, oldest first.
     pub fn captured(&self, method: &str) -> Vec<Captured> {
         let path = format!("/sphere.v1.StorageService/{method}");

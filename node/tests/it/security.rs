@@ -372,3 +372,36 @@ async fn a_rest_api_beyond_loopback_requires_the_token_from_the_data_directory()
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_clients_connecting_at_once_is_served() {
+    const CLIENTS: usize = 400;
+    let node = TestNode::start();
+    // Every client connects and asks at the same moment, as `curl -Z` does: for an instant,
+    // far more connections are pending than `max_pending`.
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let start = std::sync::Arc::clone(&start);
+            let address = node.http;
+            tokio::spawn(async move {
+                start.wait().await;
+                let mut stream = tokio::net::TcpStream::connect(address).await?;
+                stream
+                    .write_all(b"GET /health HTTP/1.1\r\nHost: sphere\r\nConnection: close\r\n\r\n")
+                    .await?;
+                let mut answer = Vec::new();
+                stream.read_to_end(&mut answer).await?;
+                Ok::<_, std::io::Error>(answer)
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for client in clients {
+        let answer = client.await.expect("joined");
+        if answer.is_ok_and(|bytes| bytes.starts_with(b"HTTP/1.1 200")) {
+            served += 1;
+        }
+    }
+    assert_eq!(served, CLIENTS, "every client of the burst is answered");
+}

@@ -9,10 +9,12 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sphere_node::auth;
 use sphere_node::identity::NodeIdentity;
+use sphere_proto::v1::put_object_request::Part;
 use sphere_proto::v1::storage_service_client::StorageServiceClient;
-use sphere_proto::v1::{DeleteObjectRequest, GetObjectRequest};
+use sphere_proto::v1::{DeleteObjectRequest, GetObjectRequest, ObjectHeader, PutObjectRequest};
 
 use crate::harness::{NodeOptions, TestNode, base64, files_under};
+use crate::proxy::GrpcProxy;
 
 /// Starts `count` provider nodes.
 fn providers(count: usize) -> Vec<TestNode> {
@@ -214,6 +216,92 @@ async fn a_provider_killed_during_upload_leaves_nothing_that_looks_stored() {
     .await;
     let (_, storage) = survivor.call(Method::GET, "/storage", "").await;
     assert_eq!(storage["used_bytes"], 0, "{storage}");
+
+    // The killed provider's disk holds the chunks it had written, which no object uses: once
+    // restarted, it sweeps them, so what its disk holds is what it counts.
+    let killed_with = chunk_files(&providers[1]).len();
+    assert!(killed_with > 0, "the killed provider had written chunks");
+    providers[1].restart();
+    let restarted = &providers[1];
+    wait_until(
+        "the restarted provider sweeps the chunks of the killed upload",
+        Duration::from_secs(20),
+        || {
+            let count = chunk_files(restarted).len();
+            async move { count == 0 }
+        },
+    )
+    .await;
+    let (_, storage) = restarted.call(Method::GET, "/storage", "").await;
+    assert_eq!(storage["used_bytes"], 0, "{storage}");
+    assert!(
+        restarted
+            .log()
+            .contains("removed chunk files no object uses"),
+        "{}",
+        restarted.log()
+    );
+}
+
+#[tokio::test]
+async fn an_upload_whose_client_goes_away_leaves_no_chunk_behind() {
+    let provider = TestNode::start();
+    let owner_key = NodeIdentity::generate();
+    let mut client = StorageServiceClient::connect(format!("http://{}", provider.target()))
+        .await
+        .expect("connect");
+    let header = auth::sign(
+        &owner_key,
+        &provider.node_id,
+        ObjectHeader {
+            object_id: "0123456789abcdef0123456789abcdef".to_owned(),
+            kind: "data".to_owned(),
+            ..ObjectHeader::default()
+        },
+    );
+    let (sender, receiver) = tokio::sync::mpsc::channel::<PutObjectRequest>(64);
+    sender
+        .send(PutObjectRequest {
+            part: Some(Part::Header(header)),
+        })
+        .await
+        .expect("header");
+    let upload = tokio::spawn(async move {
+        client
+            .put_object(tokio_stream::wrappers::ReceiverStream::new(receiver))
+            .await
+    });
+    for index in 0..32u8 {
+        sender
+            .send(PutObjectRequest {
+                part: Some(Part::Chunk(pattern(256 * 1024, index).into())),
+            })
+            .await
+            .expect("chunk");
+    }
+    wait_until(
+        "the provider has written chunks",
+        Duration::from_secs(10),
+        || {
+            let count = chunk_files(&provider).len();
+            async move { count > 0 }
+        },
+    )
+    .await;
+    // The client goes away in the middle, with writes in flight.
+    upload.abort();
+    drop(sender);
+    wait_until(
+        "the chunks of the abandoned upload are removed",
+        Duration::from_secs(10),
+        || {
+            let count = chunk_files(&provider).len();
+            async move { count == 0 }
+        },
+    )
+    .await;
+    let (_, storage) = provider.call(Method::GET, "/storage", "").await;
+    assert_eq!(storage["used_bytes"], 0, "{storage}");
 }
 
 #[tokio::test]
@@ -310,6 +398,78 @@ async fn a_corrupted_chunk_is_caught_by_audits_and_repaired_and_never_read() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn a_dropped_replica_whose_delete_failed_is_deleted_later() {
+    let providers = providers(3);
+    let mut proxies = Vec::new();
+    for provider in &providers {
+        proxies.push(GrpcProxy::start(provider.grpc).await);
+    }
+    let owner = TestNode::start_with(NodeOptions {
+        config: Some(json!({
+            "peers": proxies.iter().map(GrpcProxy::target).collect::<Vec<_>>(),
+            "storage": {"replicas": 2, "audit_interval_ms": 200, "lost_after_ms": 1000},
+        })),
+        ..NodeOptions::default()
+    });
+    let contents = pattern(300_000, 4);
+    let stored = store(&owner, json!({"name": "doc", "data": base64(&contents)})).await;
+    let id = stored["id"].as_str().expect("id").to_owned();
+    let holders = replica_targets(&stored);
+    let victim = proxies
+        .iter()
+        .position(|proxy| proxy.target() == holders[0])
+        .expect("a holder");
+
+    // The victim's copy goes bad, and it cannot be reached for deletes.
+    proxies[victim].drop_calls_to("DeleteObject");
+    let mut chunks = chunk_files(&providers[victim]);
+    chunks.sort_by_key(|path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0));
+    let data_chunk = chunks.last().expect("a chunk");
+    let length = std::fs::metadata(data_chunk).expect("meta").len() as usize;
+    std::fs::write(data_chunk, pattern(length, 201)).expect("corrupt");
+
+    wait_until(
+        "the bad replica is replaced",
+        Duration::from_secs(30),
+        || {
+            let owner = &owner;
+            let id = &id;
+            let victim = proxies[victim].target();
+            async move {
+                let targets = replica_targets(&file_entry(owner, id).await);
+                targets.len() == 2 && !targets.contains(&victim)
+            }
+        },
+    )
+    .await;
+    assert!(
+        !proxies[victim].captured("DeleteObject").is_empty(),
+        "repair tried to delete the dropped copy"
+    );
+    assert!(
+        !chunk_files(&providers[victim]).is_empty(),
+        "the delete could not get through"
+    );
+
+    // Once the provider can be reached again, the copy is deleted.
+    proxies[victim].allow_calls_to("DeleteObject");
+    wait_until(
+        "the dropped copy is deleted",
+        Duration::from_secs(30),
+        || {
+            let count = chunk_files(&providers[victim]).len();
+            async move { count == 0 }
+        },
+    )
+    .await;
+    let (_, storage) = providers[victim].call(Method::GET, "/storage", "").await;
+    assert_eq!(storage["used_bytes"], 0, "{storage}");
+    let (status, read) = read_back(&owner, &id).await;
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["data"], base64(&contents));
 }
 
 #[tokio::test]
