@@ -162,25 +162,6 @@ async fn requests_captured_on_the_wire_are_refused_by_other_providers_and_after_
     assert_eq!(read["data"], base64(&contents));
 }
 
-/// Raises this test process's limit on open files to its hard limit, which must hold `needed`.
-fn raise_own_file_limit(needed: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    assert!(
-        limit.rlim_cur >= needed,
-        "this test holds {needed} connections but the hard limit on open files is {}",
-        limit.rlim_cur
-    );
-}
-
 fn open_files_of(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|entries| entries.count())
@@ -190,7 +171,12 @@ fn open_files_of(pid: u32) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_connections_neither_stop_the_node_nor_stay_open() {
     const PER_PORT: usize = 2_000;
-    raise_own_file_limit(2 * PER_PORT as u64 + 256);
+    let file_limit = sphere_node::connections::raise_file_limit().expect("file limit");
+    assert!(
+        file_limit >= 2 * PER_PORT as u64 + 256,
+        "this test holds {} connections but the hard limit on open files is {file_limit}",
+        2 * PER_PORT
+    );
     // About 1,000 such connections used to exhaust a limit of 1,024 open files.
     let node = TestNode::start_with(NodeOptions {
         file_limit: Some(1024),
