@@ -219,6 +219,8 @@ impl Connections {
 /// The open connections of one listener.
 #[derive(Debug)]
 struct Registry {
+    /// The listener's name in metrics: `http` or `grpc`.
+    name: &'static str,
     limits: ConnectionLimits,
     connections: Mutex<Connections>,
     /// Signalled when a connection's socket is dropped.
@@ -294,6 +296,7 @@ impl Registry {
         connections.open.insert(id, Arc::clone(&connection));
         connections.pending += 1;
         connections.held += 1;
+        crate::metrics::open_connections(self.name, connections.held);
         connection
     }
 
@@ -302,6 +305,7 @@ impl Registry {
         let mut connections = self.lock();
         connections.remove(id);
         connections.held -= 1;
+        crate::metrics::open_connections(self.name, connections.held);
         drop(connections);
         self.room.notify_waiters();
     }
@@ -341,9 +345,10 @@ pub struct GuardedListener {
 }
 
 impl GuardedListener {
-    /// Wraps `listener`, and starts closing its expired connections in the background.
-    pub fn new(listener: TcpListener, limits: ConnectionLimits) -> Self {
+    /// Wraps `listener` (named `name` in metrics), and starts closing its expired connections in the background.
+    pub fn new(listener: TcpListener, name: &'static str, limits: ConnectionLimits) -> Self {
         let registry = Arc::new(Registry {
+            name,
             limits,
             connections: Mutex::default(),
             room: tokio::sync::Notify::new(),
@@ -615,6 +620,7 @@ mod tests {
 
     fn registry(max: u32, max_pending: u32) -> Arc<Registry> {
         Arc::new(Registry {
+            name: "test",
             limits: ConnectionLimits {
                 max,
                 max_pending,

@@ -20,6 +20,7 @@
 //! | `POST /channels/{id}/topup` | adds to a channel's deposit |
 //! | `POST /channels/{id}/close` | asks to close a channel; after the challenge period, closes it |
 //! | `GET /health` | the node's identity and its plugins' health |
+//! | `GET /metrics` | Prometheus metrics: requests, tasks, connections |
 //!
 //! Every failure answers `{"error": {"code": "...", "message": "..."}}` (see [`crate::error`]).
 
@@ -82,6 +83,7 @@ pub fn router(context: NodeContext) -> Router {
         .route("/files/recover", post(files::recover))
         .route("/storage", get(files::storage))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/plugins", get(plugins))
         .route("/payments", get(payments::summary))
         .route("/payments/redeem", post(payments::redeem))
@@ -124,6 +126,18 @@ async fn health(State(context): State<NodeContext>) -> Response {
     .into_response()
 }
 
+/// The node's metrics in Prometheus's text format.
+async fn metrics() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
 /// Every plugin with its description, health, load and counters.
 async fn plugins(State(context): State<NodeContext>) -> Response {
     axum::Json(serde_json::json!({ "plugins": context.plugins.statuses() })).into_response()
@@ -152,8 +166,13 @@ async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |route| route.as_str().to_owned());
     let response = next.run(request).await;
     let status = response.status().as_u16();
+    crate::metrics::http_request(&route, method.as_str(), status, started.elapsed());
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     match response.extensions().get::<ErrorCode>() {
         Some(code) => {

@@ -13,6 +13,7 @@
 //! - [`http`]: the REST API (axum).
 //! - [`grpc`]: the node-to-node gRPC services (tonic).
 //! - [`connections`]: both listeners' connections, held within limits.
+//! - [`metrics`]: Prometheus metrics, served at `GET /metrics`.
 //! - [`peers`]: gRPC connections to other nodes.
 //! - [`plugin`]: the plugin client, and the plugin process the node runs itself.
 //! - [`files`]: the owner's file flow: chunk, encrypt, spread; fetch, verify, decrypt; audits,
@@ -31,6 +32,7 @@ pub mod files;
 pub mod grpc;
 pub mod http;
 pub mod identity;
+pub mod metrics;
 pub mod node;
 pub mod payments;
 pub mod peers;

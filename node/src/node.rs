@@ -128,6 +128,7 @@ impl Node {
     /// Starts a node: identity, storage, plugin, then the gRPC and HTTP servers.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
         let started_at = std::time::SystemTime::now();
+        crate::metrics::install();
         let (key_file, create_key) = config.key_file();
         let (identity, key_created) = NodeIdentity::load_or_create(&key_file, create_key)?;
         if key_created {
@@ -190,8 +191,8 @@ impl Node {
             connections::fit_to_file_limit(&mut grpc_limits, "grpc.connections", file_limit);
             connections::fit_to_file_limit(&mut http_limits, "http.connections", file_limit);
         }
-        let grpc_listener = GuardedListener::new(grpc_listener, grpc_limits);
-        let http_listener = GuardedListener::new(http_listener, http_limits);
+        let grpc_listener = GuardedListener::new(grpc_listener, "grpc", grpc_limits);
+        let http_listener = GuardedListener::new(http_listener, "http", http_limits);
         let max_streams = config.grpc.max_streams_per_connection;
 
         let objects = ObjectStore::open(db.clone(), chunks, config.storage.capacity_bytes)

@@ -28,7 +28,7 @@ pub use registry::{PluginStatus, Plugins};
 use crate::error::{Error, ErrorCode};
 
 /// Ways running a task on a plugin fails.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PluginError {
     /// No plugin has that name.
     #[error("no plugin named {name:?}; this node offers: {}", available.join(", "))]

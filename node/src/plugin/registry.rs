@@ -125,8 +125,14 @@ impl Plugins {
         deadline: Option<Duration>,
     ) -> Result<(Bytes, String), PluginError> {
         let slot = self.find(name)?;
-        let output = slot.execute(task_id, input, deadline).await?;
-        Ok((output, slot.name()))
+        let started = Instant::now();
+        let result = slot.execute(task_id, input, deadline).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) => crate::error::Error::from(error.clone()).code.as_str(),
+        };
+        crate::metrics::task(&slot.name(), outcome, started.elapsed());
+        Ok((result?, slot.name()))
     }
 
     /// Returns the name of the plugin `name` (the default one when `None`) would run on.

@@ -6,6 +6,7 @@ mod errors;
 mod files;
 mod harness;
 mod lifecycle;
+mod metrics;
 mod payments;
 mod plugins;
 mod proxy;

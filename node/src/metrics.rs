@@ -1,0 +1,82 @@
+//! Prometheus metrics (`GET /metrics`): the `metrics` facade, recorded by
+//! `metrics-exporter-prometheus` without a listener of its own (the REST API serves it).
+//!
+//! Names follow Prometheus conventions: `sphere_<what>_total` for counters, `_seconds` and
+//! `_bytes` for units. Recorded so far: REST requests by route, method and status with their
+//! latency; tasks by plugin and outcome with their latency; open connections per listener.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets, in seconds: 100 us to 30 s.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process's recorder (once; later calls reuse it) and keeps its histograms
+/// compact in the background; returns the handle that renders the metrics.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(&LATENCY_BUCKETS)
+                .expect("the buckets are not empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed in this process");
+            let upkeep = handle.clone();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    interval.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+            handle
+        })
+        .clone()
+}
+
+/// Returns the metrics in Prometheus's text format (empty before [`install`]).
+pub fn render() -> String {
+    HANDLE
+        .get()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default()
+}
+
+/// Records one REST request: its route (the matched pattern, so IDs do not multiply series),
+/// method, status and duration.
+pub fn http_request(route: &str, method: &str, status: u16, duration: Duration) {
+    let labels = [
+        ("route", route.to_owned()),
+        ("method", method.to_owned()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("sphere_http_requests_total", &labels).increment(1);
+    metrics::histogram!(
+        "sphere_http_request_duration_seconds",
+        "route" => route.to_owned()
+    )
+    .record(duration.as_secs_f64());
+}
+
+/// Records one task run by one of this node's plugins: `outcome` is `ok` or the error code.
+pub fn task(plugin: &str, outcome: &str, duration: Duration) {
+    metrics::counter!(
+        "sphere_tasks_total",
+        "plugin" => plugin.to_owned(),
+        "outcome" => outcome.to_owned()
+    )
+    .increment(1);
+    metrics::histogram!("sphere_task_duration_seconds", "plugin" => plugin.to_owned())
+        .record(duration.as_secs_f64());
+}
+
+/// Sets the number of connections `listener` (`http` or `grpc`) holds open.
+pub fn open_connections(listener: &'static str, open: usize) {
+    metrics::gauge!("sphere_connections_open", "listener" => listener).set(open as f64);
+}

@@ -1,0 +1,111 @@
+//! `GET /metrics`: Prometheus text whose values move with the work the node does.
+
+use serde_json::json;
+
+use crate::harness::TestNode;
+
+async fn scrape(node: &TestNode) -> String {
+    let response = node
+        .http()
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/plain"),
+        "{:?}",
+        response.headers()
+    );
+    response.text().await.expect("text")
+}
+
+/// Returns the value of the sample of `name` whose labels include every one of `labels`.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .map(|line| {
+            line.rsplit(' ')
+                .next()
+                .and_then(|value| value.parse::<f64>().ok())
+                .expect("a sample ends with its value")
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_count_requests_tasks_and_connections() {
+    let node = TestNode::start();
+    let before = scrape(&node).await;
+    for _ in 0..3 {
+        let (status, body) = node.post("/task", &json!({"input": "hello"})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, _) = node
+        .call(
+            reqwest::Method::GET,
+            "/files/0123456789abcdef0123456789abcdef",
+            "",
+        )
+        .await;
+    assert_eq!(status, 404);
+    let after = scrape(&node).await;
+
+    let tasks = |metrics: &str| {
+        sample(
+            metrics,
+            "sphere_tasks_total",
+            &["plugin=\"hello\"", "outcome=\"ok\""],
+        )
+    };
+    assert_eq!(tasks(&after) - tasks(&before), 3.0, "{after}");
+    let task_requests = |metrics: &str| {
+        sample(
+            metrics,
+            "sphere_http_requests_total",
+            &["route=\"/task\"", "method=\"POST\"", "status=\"200\""],
+        )
+    };
+    assert_eq!(
+        task_requests(&after) - task_requests(&before),
+        3.0,
+        "{after}"
+    );
+    // Routes are patterns, not paths: one series for every file ID.
+    assert_eq!(
+        sample(
+            &after,
+            "sphere_http_requests_total",
+            &["route=\"/files/{name_or_id}\"", "status=\"404\""]
+        ),
+        1.0,
+        "{after}"
+    );
+    assert!(
+        sample(
+            &after,
+            "sphere_http_request_duration_seconds_count",
+            &["route=\"/task\""]
+        ) >= 3.0,
+        "{after}"
+    );
+    assert!(
+        sample(
+            &after,
+            "sphere_task_duration_seconds_count",
+            &["plugin=\"hello\""]
+        ) >= 3.0,
+        "{after}"
+    );
+    assert!(
+        sample(&after, "sphere_connections_open", &["listener=\"http\""]) >= 1.0,
+        "{after}"
+    );
+}
