@@ -127,7 +127,18 @@ async fn health(State(context): State<NodeContext>) -> Response {
 }
 
 /// The node's metrics in Prometheus's text format.
-async fn metrics() -> Response {
+async fn metrics(State(context): State<NodeContext>) -> Response {
+    for plugin in context.plugins.statuses() {
+        crate::metrics::plugin(
+            &plugin.name,
+            plugin.health == crate::plugin::registry::SlotHealth::Serving,
+            plugin.restarts,
+            plugin.in_flight,
+            plugin.queued,
+        );
+    }
+    let (capacity_bytes, used_bytes) = context.objects.capacity();
+    crate::metrics::storage(capacity_bytes, used_bytes);
     (
         [(
             axum::http::header::CONTENT_TYPE,

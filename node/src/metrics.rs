@@ -2,8 +2,10 @@
 //! `metrics-exporter-prometheus` without a listener of its own (the REST API serves it).
 //!
 //! Names follow Prometheus conventions: `sphere_<what>_total` for counters, `_seconds` and
-//! `_bytes` for units. Recorded so far: REST requests by route, method and status with their
-//! latency; tasks by plugin and outcome with their latency; open connections per listener.
+//! `_bytes` for units. Recorded as things happen: REST requests by route, method and status with
+//! their latency; tasks by plugin and outcome with their latency; open connections per listener;
+//! audits by result; repairs. Read from the node's state at each scrape: plugins (up, restarts,
+//! in flight, queued) and the storage offered and used.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -79,4 +81,29 @@ pub fn task(plugin: &str, outcome: &str, duration: Duration) {
 /// Sets the number of connections `listener` (`http` or `grpc`) holds open.
 pub fn open_connections(listener: &'static str, open: usize) {
     metrics::gauge!("sphere_connections_open", "listener" => listener).set(open as f64);
+}
+
+/// Records one audit of one replica: `result` is `ok` or `failed`.
+pub fn audit(result: &'static str) {
+    metrics::counter!("sphere_audits_total", "result" => result).increment(1);
+}
+
+/// Records one replica copied to a new provider by repair.
+pub fn repair() {
+    metrics::counter!("sphere_repairs_total").increment(1);
+}
+
+/// Sets what a plugin's status says, at a scrape.
+pub fn plugin(name: &str, up: bool, restarts: u32, in_flight: u32, queued: u32) {
+    let plugin = || ("plugin", name.to_owned());
+    metrics::gauge!("sphere_plugin_up", &[plugin()]).set(if up { 1.0 } else { 0.0 });
+    metrics::counter!("sphere_plugin_restarts_total", &[plugin()]).absolute(u64::from(restarts));
+    metrics::gauge!("sphere_plugin_in_flight", &[plugin()]).set(f64::from(in_flight));
+    metrics::gauge!("sphere_plugin_queued", &[plugin()]).set(f64::from(queued));
+}
+
+/// Sets the space this node offers other nodes and what their objects use, at a scrape.
+pub fn storage(capacity_bytes: u64, used_bytes: u64) {
+    metrics::gauge!("sphere_storage_capacity_bytes").set(capacity_bytes as f64);
+    metrics::gauge!("sphere_storage_used_bytes").set(used_bytes as f64);
 }

@@ -56,6 +56,9 @@ impl Files {
                     .map(|replica| self.audit_replica(&record.manifest, replica)),
             )
             .await;
+            for outcome in &outcomes {
+                crate::metrics::audit(if outcome.is_ok() { "ok" } else { "failed" });
+            }
             let renewals = futures_util::future::join_all(
                 record
                     .replicas
@@ -256,6 +259,7 @@ impl Files {
                 .await
             {
                 Ok(replica) => {
+                    crate::metrics::repair();
                     tracing::info!(
                         file_id,
                         from = source.address,

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::harness::TestNode;
 
-async fn scrape(node: &TestNode) -> String {
+pub async fn scrape(node: &TestNode) -> String {
     let response = node
         .http()
         .get(node.url("/metrics"))
@@ -24,7 +24,7 @@ async fn scrape(node: &TestNode) -> String {
 }
 
 /// Returns the value of the sample of `name` whose labels include every one of `labels`.
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+pub fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
     metrics
         .lines()
         .filter(|line| {
@@ -106,6 +106,15 @@ async fn metrics_count_requests_tasks_and_connections() {
     );
     assert!(
         sample(&after, "sphere_connections_open", &["listener=\"http\""]) >= 1.0,
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, "sphere_plugin_up", &["plugin=\"hello\""]),
+        1.0,
+        "{after}"
+    );
+    assert!(
+        sample(&after, "sphere_storage_capacity_bytes", &[]) > 0.0,
         "{after}"
     );
 }

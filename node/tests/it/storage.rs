@@ -398,6 +398,20 @@ async fn a_corrupted_chunk_is_caught_by_audits_and_repaired_and_never_read() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let metrics = crate::metrics::scrape(&owner).await;
+    let sample = crate::metrics::sample;
+    assert!(
+        sample(&metrics, "sphere_audits_total", &["result=\"failed\""]) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "sphere_audits_total", &["result=\"ok\""]) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "sphere_repairs_total", &[]) >= 1.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
