@@ -4,7 +4,7 @@
 //! Names follow Prometheus conventions: `sphere_<what>_total` for counters, `_seconds` and
 //! `_bytes` for units. Recorded as things happen: REST requests by route, method and status with
 //! their latency; tasks by plugin and outcome with their latency; open connections per listener;
-//! audits by result; repairs. Read from the node's state at each scrape: plugins (up, restarts,
+//! audits by result; repairs; bytes stored and served as a provider. Read from the node's state at each scrape: plugins (up, restarts,
 //! in flight, queued) and the storage offered and used.
 
 use std::sync::OnceLock;
@@ -91,6 +91,12 @@ pub fn audit(result: &'static str) {
 /// Records one replica copied to a new provider by repair.
 pub fn repair() {
     metrics::counter!("sphere_repairs_total").increment(1);
+}
+
+/// Counts bytes this node, as a provider, `stored` (objects committed) or `served` (chunks sent
+/// to their owners).
+pub fn provider_bytes(direction: &'static str, bytes: u64) {
+    metrics::counter!("sphere_provider_bytes_total", "direction" => direction).increment(bytes);
 }
 
 /// Sets what a plugin's status says, at a scrape.

@@ -177,6 +177,7 @@ impl ProviderStorage {
             None => (payee::Reservation::free(), None),
         };
         let record = upload.commit(size, paid_until_ms).await?;
+        crate::metrics::provider_bytes("stored", size);
         payment.charge().await?;
         tracing::info!(
             object_id,
@@ -313,12 +314,14 @@ impl StorageService for ProviderStorage {
             .buffered(CHUNK_IO_IN_FLIGHT);
             while let Some(read) = reads.next().await {
                 let failed = read.is_err();
+                let served = read.as_ref().map_or(0, |chunk| chunk.len() as u64);
                 let message = read
                     .map(|chunk| GetObjectResponse { chunk })
                     .map_err(Status::from);
                 if sender.send(message).await.is_err() || failed {
                     return;
                 }
+                crate::metrics::provider_bytes("served", served);
             }
             // Every chunk was handed to the stream: the read is charged.
             if let Err(error) = payment.charge().await {
