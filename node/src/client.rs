@@ -1,5 +1,5 @@
-//! The `sphere file` and `sphere channel` commands: a client of a node's REST API, with progress
-//! bars on transfers.
+//! The `sphere file`, `sphere channel` and `sphere payments` commands: a client of a node's REST
+//! API, speaking the types of [`crate::api`], with progress bars on transfers.
 //!
 //! Progress goes to stderr and results to stdout, so `id=$(sphere file put photo.jpg)` works.
 
@@ -9,8 +9,16 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::Value;
+use reqwest::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
+
+use crate::api::{
+    Amount, ChannelChange, ChannelInfo, DeletedFile, ErrorAnswer, FileInfo, FileList,
+    OpenChannelRequest, PaymentsAnswer, RecoveredChannels, RecoveryReport, RedeemAnswer,
+    TopUpRequest,
+};
 
 /// Where a new file goes, as the command line says.
 #[derive(Debug, Clone, Default)]
@@ -53,8 +61,8 @@ impl NodeClient {
         Self { base, http }
     }
 
-    /// Streams the file at `path` to the node; returns the stored file's JSON.
-    pub async fn put(&self, path: &Path, options: &PutOptions) -> anyhow::Result<Value> {
+    /// Streams the file at `path` to the node; returns the stored file.
+    pub async fn put(&self, path: &Path, options: &PutOptions) -> anyhow::Result<FileInfo> {
         let file = tokio::fs::File::open(path)
             .await
             .with_context(|| format!("cannot open {}", path.display()))?;
@@ -92,7 +100,7 @@ impl NodeClient {
             .await
             .with_context(|| format!("cannot reach the node at {}", self.base))?;
         progress.finish_and_clear();
-        json_or_error(response).await
+        answer(response).await
     }
 
     /// Streams file `id` into `path` (through `<path>.part`, renamed when complete).
@@ -104,8 +112,7 @@ impl NodeClient {
             .await
             .with_context(|| format!("cannot reach the node at {}", self.base))?;
         if !response.status().is_success() {
-            json_or_error(response).await?;
-            bail!("unexpected answer");
+            return Err(failure(response).await);
         }
         let size = response.content_length().unwrap_or(0);
         let progress = transfer_bar(size, "reading");
@@ -139,35 +146,81 @@ impl NodeClient {
     }
 
     /// Returns the node's files.
-    pub async fn list(&self) -> anyhow::Result<Value> {
-        self.call(reqwest::Method::GET, "/files").await
+    pub async fn list(&self) -> anyhow::Result<FileList> {
+        self.call(Method::GET, "/files", None::<&()>).await
     }
 
     /// Deletes file `id` everywhere.
-    pub async fn remove(&self, id: &str) -> anyhow::Result<Value> {
-        self.call(
-            reqwest::Method::DELETE,
-            &format!("/files/{}", encode_path_segment(id)),
-        )
-        .await
+    pub async fn remove(&self, id: &str) -> anyhow::Result<DeletedFile> {
+        let path = format!("/files/{}", encode_path_segment(id));
+        self.call(Method::DELETE, &path, None::<&()>).await
     }
 
     /// Asks the node to find its files again on its peers.
-    pub async fn recover(&self) -> anyhow::Result<Value> {
-        self.call(reqwest::Method::POST, "/files/recover").await
+    pub async fn recover(&self) -> anyhow::Result<RecoveryReport> {
+        self.call(Method::POST, "/files/recover", None::<&()>).await
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str) -> anyhow::Result<Value> {
-        self.call_with(method, path, None).await
+    /// Returns the node's payments.
+    pub async fn payments(&self) -> anyhow::Result<PaymentsAnswer> {
+        self.call(Method::GET, "/payments", None::<&()>).await
     }
 
-    /// Sends `body` (if any) as JSON to `path`; returns the answer's JSON, or the node's error.
-    pub async fn call_with(
+    /// Redeems every unredeemed voucher now.
+    pub async fn redeem(&self) -> anyhow::Result<RedeemAnswer> {
+        self.call(Method::POST, "/payments/redeem", None::<&()>)
+            .await
+    }
+
+    /// Opens a channel to the provider at `target` (or with node ID `provider`).
+    pub async fn open_channel(
         &self,
-        method: reqwest::Method,
+        target: Option<String>,
+        provider: Option<String>,
+        deposit: &str,
+    ) -> anyhow::Result<ChannelChange> {
+        let request = OpenChannelRequest {
+            target,
+            provider,
+            deposit: Some(Amount::Text(deposit.to_owned())),
+        };
+        self.call(Method::POST, "/channels", Some(&request)).await
+    }
+
+    /// Adds `amount` to channel `id`'s deposit.
+    pub async fn top_up(&self, id: &str, amount: &str) -> anyhow::Result<ChannelChange> {
+        let request = TopUpRequest {
+            amount: Some(Amount::Text(amount.to_owned())),
+        };
+        let path = format!("/channels/{}/topup", encode_path_segment(id));
+        self.call(Method::POST, &path, Some(&request)).await
+    }
+
+    /// Asks to close channel `id`, or closes it after the challenge period.
+    pub async fn close_channel(&self, id: &str) -> anyhow::Result<ChannelChange> {
+        let path = format!("/channels/{}/close", encode_path_segment(id));
+        self.call(Method::POST, &path, None::<&()>).await
+    }
+
+    /// Returns channel `id`.
+    pub async fn channel(&self, id: &str) -> anyhow::Result<ChannelInfo> {
+        let path = format!("/channels/{}", encode_path_segment(id));
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// Finds the node's channels again on the chain.
+    pub async fn recover_channels(&self) -> anyhow::Result<RecoveredChannels> {
+        self.call(Method::POST, "/channels/recover", None::<&()>)
+            .await
+    }
+
+    /// Sends `body` (if any) as JSON to `path`; returns the answer, or the node's error.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
         path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<Value> {
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<T> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
             request = request.json(body);
@@ -176,23 +229,28 @@ impl NodeClient {
             .send()
             .await
             .with_context(|| format!("cannot reach the node at {}", self.base))?;
-        json_or_error(response).await
+        answer(response).await
     }
 }
 
-/// Returns the JSON body of a successful answer, or the node's error as an error.
-async fn json_or_error(response: reqwest::Response) -> anyhow::Result<Value> {
-    let status = response.status();
-    let body: Value = response
+/// Returns the body of a successful answer, or the node's error as an error.
+async fn answer<T: DeserializeOwned>(response: reqwest::Response) -> anyhow::Result<T> {
+    if !response.status().is_success() {
+        return Err(failure(response).await);
+    }
+    response
         .json()
         .await
-        .context("the node's answer is not JSON")?;
-    if status.is_success() {
-        return Ok(body);
+        .context("the node's answer is not what this version of sphere expects")
+}
+
+/// Returns the error a failed answer carries: its status, code and message.
+async fn failure(response: reqwest::Response) -> anyhow::Error {
+    let status = response.status();
+    match response.json::<ErrorAnswer>().await {
+        Ok(answer) => anyhow::anyhow!("{status}: {}: {}", answer.error.code, answer.error.message),
+        Err(_) => anyhow::anyhow!("{status}, with a body that is not a Sphere error"),
     }
-    let code = body["error"]["code"].as_str().unwrap_or("unknown");
-    let message = body["error"]["message"].as_str().unwrap_or("");
-    bail!("{status}: {code}: {message}")
 }
 
 fn transfer_bar(size: u64, verb: &str) -> ProgressBar {
@@ -228,30 +286,36 @@ fn encode_path_segment(segment: &str) -> String {
 }
 
 /// Formats `GET /files` as a table for people.
-pub fn files_table(listing: &Value) -> String {
-    let text = |value: &Value| printable(value.as_str().unwrap_or("?"));
+pub fn files_table(listing: &FileList) -> String {
     let mut lines = vec![format!(
         "{:<32}  {:>12}  {:<24}  {:<8}  {:<30}  {}",
         "ID", "SIZE", "CREATED", "HEALTH", "NAME", "REPLICAS"
     )];
-    for file in listing["files"].as_array().into_iter().flatten() {
-        let replicas: Vec<String> = file["replicas"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|replica| format!("{}:{}", text(&replica["target"]), text(&replica["health"])))
+    for file in &listing.files {
+        let replicas: Vec<String> = file
+            .replicas
+            .iter()
+            .map(|replica| format!("{}:{}", printable(&replica.target), label(&replica.health)))
             .collect();
         lines.push(format!(
             "{:<32}  {:>12}  {:<24}  {:<8}  {:<30}  {}",
-            text(&file["id"]),
-            file["size"].as_u64().unwrap_or(0),
-            text(&file["created_at"]),
-            text(&file["health"]),
-            text(&file["name"]),
+            printable(&file.id),
+            file.size,
+            printable(&file.created_at),
+            label(&file.health),
+            printable(&file.name),
             replicas.join(" ")
         ));
     }
     lines.join("\n")
+}
+
+/// Returns the JSON word for one of the API's enum values (`ok`, `degraded`, ...).
+fn label(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(word)) => word,
+        _ => "?".to_owned(),
+    }
 }
 
 /// Returns `text` with control and bidirectional-formatting characters escaped (`\u{1b}`), so
@@ -291,10 +355,14 @@ mod tests {
 
     #[test]
     fn the_table_lists_files_with_replica_health() {
-        let listing = serde_json::json!({"files": [{
+        let listing: FileList = serde_json::from_value(serde_json::json!({"files": [{
             "id": "abc", "size": 12, "created_at": "2026-11-29T12:00:00Z", "name": "n",
-            "replicas": [{"target": "127.0.0.1:8082", "health": "ok"}]
-        }]});
+            "target": "127.0.0.1:8082", "provider_id": "0x01", "health": "ok",
+            "replicas_wanted": 1,
+            "replicas": [{"target": "127.0.0.1:8082", "provider_id": "0x01", "health": "ok",
+                "last_audit": null, "last_audit_error": null}]
+        }]}))
+        .expect("a file list");
         let table = files_table(&listing);
         assert!(
             table.contains("abc") && table.contains("127.0.0.1:8082:ok"),

@@ -8,7 +8,8 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+
+use crate::api::{ErrorAnswer, ErrorDetail};
 
 /// Name of the gRPC metadata entry carrying an [`ErrorCode`] between nodes.
 pub const ERROR_CODE_METADATA: &str = "sphere-error-code";
@@ -16,7 +17,10 @@ pub const ERROR_CODE_METADATA: &str = "sphere-error-code";
 pub const ERROR_DETAILS_METADATA: &str = "sphere-error-details-bin";
 
 /// What went wrong, in a form scripts can match on. The string forms are part of the public API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The request body is not valid JSON, or a field has the wrong type.
     InvalidJson,
@@ -83,7 +87,8 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 31] = [
+    /// Every code, in no particular order.
+    pub const ALL: [ErrorCode; 31] = [
         Self::Unauthorized,
         Self::FileLost,
         Self::InsufficientFunds,
@@ -366,44 +371,35 @@ impl From<Error> for tonic::Status {
     }
 }
 
-/// The JSON body of every failed REST request: `{"error": {"code": "...", "message": "..."}}`,
-/// with any details next to code and message.
-#[derive(Debug, Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
-}
-
-#[derive(Debug, Serialize)]
-struct ErrorDetail<'a> {
-    code: &'static str,
-    message: &'a str,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    details: Option<&'a serde_json::Map<String, serde_json::Value>>,
+impl From<Error> for ErrorDetail {
+    fn from(error: Error) -> Self {
+        Self {
+            code: error.code,
+            message: error.message,
+            details: error.details.unwrap_or_default(),
+        }
+    }
 }
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.as_str(),
-                message: &self.message,
-                details: self.details.as_ref(),
-            },
-        };
-        let mut response = (self.code.http_status(), axum::Json(body)).into_response();
-        if self.code == ErrorCode::Overloaded {
-            let seconds = self
+        let code = self.code;
+        let body = ErrorAnswer { error: self.into() };
+        let retry_after_seconds = (code == ErrorCode::Overloaded).then(|| {
+            body.error
                 .details
-                .as_ref()
-                .and_then(|details| details.get("retry_after_seconds"))
+                .get("retry_after_seconds")
                 .and_then(serde_json::Value::as_u64)
-                .unwrap_or(1);
+                .unwrap_or(1)
+        });
+        let mut response = (code.http_status(), axum::Json(body)).into_response();
+        if let Some(seconds) = retry_after_seconds {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
         // Lets the request log show the code without parsing the body.
-        response.extensions_mut().insert(self.code);
+        response.extensions_mut().insert(code);
         response
     }
 }
@@ -416,6 +412,8 @@ mod tests {
     fn every_code_round_trips_through_its_string_form() {
         for code in ErrorCode::ALL {
             assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            let json = serde_json::to_value(code).expect("codes serialise");
+            assert_eq!(json, code.as_str(), "JSON and string forms differ");
         }
     }
 

@@ -20,24 +20,34 @@
 //! | `POST /channels/{id}/topup` | adds to a channel's deposit |
 //! | `POST /channels/{id}/close` | asks to close a channel; after the challenge period, closes it |
 //! | `GET /health` | the node's identity and its plugins' health |
-//! | `GET /metrics` | Prometheus metrics: requests, tasks, connections |
+//! | `GET /node` | the node's identity, addresses and uptime |
+//! | `GET /peers` | the configured peers and their answers to `GetInfo` |
+//! | `GET /metrics` | Prometheus metrics: requests, tasks, plugins, storage, payments, connections |
+//! | `GET /openapi.json` | the OpenAPI 3.1 description of these routes |
+//! | `GET /` | the dashboard |
 //!
 //! Every failure answers `{"error": {"code": "...", "message": "..."}}` (see [`crate::error`]).
 
 pub mod access;
+mod dashboard;
 mod extract;
 mod files;
+pub mod openapi;
 mod payments;
+mod status;
 mod tasks;
 
 use std::future::Future;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::connections::{ConnectionHandle, GuardedListener, TrackRequestsLayer};
 use crate::error::{Error, ErrorCode};
@@ -58,100 +68,81 @@ pub async fn serve(
         .await
 }
 
+/// Returns the API's routes and their OpenAPI description, without state or middleware.
+fn api() -> (Router<NodeContext>, utoipa::openapi::OpenApi) {
+    let json_routes = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(tasks::run_task))
+        .routes(routes!(files::store_json, files::read_json))
+        .routes(routes!(files::read_json_by_path))
+        .routes(routes!(payments::open))
+        .routes(routes!(payments::top_up));
+    let stream_routes = OpenApiRouter::new()
+        .routes(routes!(
+            files::store_stream,
+            files::read_stream,
+            files::delete
+        ))
+        .layer(DefaultBodyLimit::disable());
+    let (json_router, mut description) = json_routes.split_for_parts();
+    let (stream_router, stream_description) = stream_routes.split_for_parts();
+    description.merge(stream_description);
+    let (other_router, other_description) = OpenApiRouter::new()
+        .routes(routes!(files::list))
+        .routes(routes!(files::recover))
+        .routes(routes!(files::storage))
+        .routes(routes!(status::health))
+        .routes(routes!(status::node))
+        .routes(routes!(status::plugins))
+        .routes(routes!(status::peers))
+        .routes(routes!(status::metrics))
+        .routes(routes!(payments::summary))
+        .routes(routes!(payments::redeem))
+        .routes(routes!(payments::show))
+        .routes(routes!(payments::close))
+        .routes(routes!(payments::recover))
+        .split_for_parts();
+    description.merge(other_description);
+    let router = json_router.merge(stream_router).merge(other_router);
+    (router, description)
+}
+
+/// Returns the OpenAPI document of the REST API.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api().1
+}
+
 /// Returns the API's routes with their middleware.
 pub fn router(context: NodeContext) -> Router {
     let json_limit = DefaultBodyLimit::max(context.max_json_body_bytes);
-    let json_routes = Router::new()
-        .route("/task", post(tasks::run_task))
-        .route("/file", post(files::store_json).get(files::read_json))
-        .route("/file/{id}", get(files::read_json_by_path))
-        .route("/channels", post(payments::open))
-        .route("/channels/{id}/topup", post(payments::top_up))
-        .layer(json_limit);
-    let stream_routes = Router::new()
+    let (routes, description) = api();
+    let document = axum::body::Bytes::from(
+        description
+            .to_json()
+            .expect("the OpenAPI document serialises"),
+    );
+    routes
         .route(
-            "/files/{name_or_id}",
-            put(files::store_stream)
-                .get(files::read_stream)
-                .delete(files::delete),
+            "/openapi.json",
+            get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    document.clone(),
+                )
+            }),
         )
-        .layer(DefaultBodyLimit::disable());
-    Router::new()
-        .merge(json_routes)
-        .merge(stream_routes)
-        .route("/files", get(files::list))
-        .route("/files/recover", post(files::recover))
-        .route("/storage", get(files::storage))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/plugins", get(plugins))
-        .route("/payments", get(payments::summary))
-        .route("/payments/redeem", post(payments::redeem))
-        .route("/channels/{id}", get(payments::show))
-        .route("/channels/{id}/close", post(payments::close))
-        .route("/channels/recover", post(payments::recover))
-        .fallback(route_not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .layer(json_limit)
         .layer(axum::middleware::from_fn_with_state(
             context.api_access.clone(),
             access::require_token,
         ))
+        .merge(dashboard::routes())
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(log_request))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
         .with_state(context)
-}
-
-/// The node's identity and whether its plugins are serving: `status` is `ok` when every plugin
-/// is, `degraded` otherwise (the node still stores files and runs the healthy plugins' tasks).
-async fn health(State(context): State<NodeContext>) -> Response {
-    let status = if context.plugins.all_serving() {
-        "ok"
-    } else {
-        "degraded"
-    };
-    let plugins: Vec<_> = context
-        .plugins
-        .statuses()
-        .into_iter()
-        .map(|plugin| serde_json::json!({"name": plugin.name, "health": plugin.health}))
-        .collect();
-    axum::Json(serde_json::json!({
-        "status": status,
-        "node_id": context.identity.node_id(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "plugins": plugins,
-    }))
-    .into_response()
-}
-
-/// The node's metrics in Prometheus's text format.
-async fn metrics(State(context): State<NodeContext>) -> Response {
-    for plugin in context.plugins.statuses() {
-        crate::metrics::plugin(
-            &plugin.name,
-            plugin.health == crate::plugin::registry::SlotHealth::Serving,
-            plugin.restarts,
-            plugin.in_flight,
-            plugin.queued,
-        );
-    }
-    let (capacity_bytes, used_bytes) = context.objects.capacity();
-    crate::metrics::storage(capacity_bytes, used_bytes);
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        crate::metrics::render(),
-    )
-        .into_response()
-}
-
-/// Every plugin with its description, health, load and counters.
-async fn plugins(State(context): State<NodeContext>) -> Response {
-    axum::Json(serde_json::json!({ "plugins": context.plugins.statuses() })).into_response()
 }
 
 async fn route_not_found(request: Request) -> Error {

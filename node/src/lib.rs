@@ -10,7 +10,8 @@
 //! - [`auth`]: owner signatures on storage requests, and their verification.
 //! - [`error`]: the node's error codes and their one mapping to HTTP and gRPC.
 //! - [`clock`]: the wall-clock timestamps records carry.
-//! - [`http`]: the REST API (axum).
+//! - [`api`]: the REST API's requests and answers, shared by the handlers and the CLI.
+//! - [`http`]: the REST API (axum), with its OpenAPI description.
 //! - [`grpc`]: the node-to-node gRPC services (tonic).
 //! - [`connections`]: both listeners' connections, held within limits.
 //! - [`metrics`]: Prometheus metrics, served at `GET /metrics`.
@@ -22,6 +23,7 @@
 //! - [`storage`]: LevelDB, chunk files and encryption; knows nothing of the network.
 //! - [`payments`]: the payment contract through alloy, with the node's key.
 
+pub mod api;
 pub mod auth;
 pub mod client;
 pub mod clock;

@@ -263,12 +263,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::File(command) => runtime()?.block_on(run_file_command(command)),
         Command::Channel(command) => runtime()?.block_on(run_channel_command(command)),
-        Command::Payments(PaymentsCommand::Status { node }) => runtime()?.block_on(async {
-            print_json(&ask(&node, reqwest::Method::GET, "/payments", None).await?)
-        }),
-        Command::Payments(PaymentsCommand::Redeem { node }) => runtime()?.block_on(async {
-            print_json(&ask(&node, reqwest::Method::POST, "/payments/redeem", None).await?)
-        }),
+        Command::Payments(PaymentsCommand::Status { node }) => {
+            runtime()?.block_on(async { print_json(&node.client().payments().await?) })
+        }
+        Command::Payments(PaymentsCommand::Redeem { node }) => {
+            runtime()?.block_on(async { print_json(&node.client().redeem().await?) })
+        }
         Command::Payments(PaymentsCommand::Deploy {
             rpc_url,
             key_file,
@@ -343,7 +343,7 @@ async fn run_file_command(command: FileCommand) -> anyhow::Result<()> {
                 replicas,
             };
             let stored = node.client().put(&path, &options).await?;
-            println!("{}", stored["id"].as_str().unwrap_or_default());
+            println!("{}", stored.id);
             eprintln!("{}", serde_json::to_string_pretty(&stored)?);
         }
         FileCommand::Get { id, path, node } => {
@@ -371,8 +371,6 @@ async fn run_file_command(command: FileCommand) -> anyhow::Result<()> {
 }
 
 async fn run_channel_command(command: ChannelCommand) -> anyhow::Result<()> {
-    use reqwest::Method;
-    use serde_json::json;
     match command {
         ChannelCommand::Open {
             target,
@@ -380,47 +378,35 @@ async fn run_channel_command(command: ChannelCommand) -> anyhow::Result<()> {
             deposit,
             node,
         } => {
-            let body = json!({"target": target, "provider": provider, "deposit": deposit});
-            let opened = ask(&node, Method::POST, "/channels", Some(body)).await?;
+            let opened = node
+                .client()
+                .open_channel(target, provider, &deposit)
+                .await?;
             // The ID alone on stdout, for scripts; the whole channel on stderr, for people.
-            println!("{}", opened["channel_id"].as_str().unwrap_or_default());
+            println!("{}", opened.channel.channel_id);
             eprintln!("{}", serde_json::to_string_pretty(&opened)?);
         }
         ChannelCommand::Topup { id, amount, node } => {
-            let body = json!({ "amount": amount });
-            let path = format!("/channels/{id}/topup");
-            print_json(&ask(&node, Method::POST, &path, Some(body)).await?)?;
+            print_json(&node.client().top_up(&id, &amount).await?)?;
         }
         ChannelCommand::Close { id, node } => {
-            let path = format!("/channels/{id}/close");
-            print_json(&ask(&node, Method::POST, &path, None).await?)?;
+            print_json(&node.client().close_channel(&id).await?)?;
         }
         ChannelCommand::Recover { node } => {
-            print_json(&ask(&node, Method::POST, "/channels/recover", None).await?)?;
+            print_json(&node.client().recover_channels().await?)?;
         }
         ChannelCommand::Status { id: Some(id), node } => {
-            let path = format!("/channels/{id}");
-            print_json(&ask(&node, Method::GET, &path, None).await?)?;
+            print_json(&node.client().channel(&id).await?)?;
         }
         ChannelCommand::Status { id: None, node } => {
-            let payments = ask(&node, Method::GET, "/payments", None).await?;
-            print_json(&payments["channels_out"])?;
+            let payments = node.client().payments().await?;
+            print_json(&payments.channels_out.unwrap_or_default())?;
         }
     }
     Ok(())
 }
 
-/// Sends `body` (if any) to `path` on the node; returns its JSON answer or its error.
-async fn ask(
-    node: &NodeAddress,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> anyhow::Result<serde_json::Value> {
-    node.client().call_with(method, path, body.as_ref()).await
-}
-
-fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

@@ -4,8 +4,10 @@
 //! Names follow Prometheus conventions: `sphere_<what>_total` for counters, `_seconds` and
 //! `_bytes` for units. Recorded as things happen: REST requests by route, method and status with
 //! their latency; tasks by plugin and outcome with their latency; open connections per listener;
-//! audits by result; repairs; bytes stored and served as a provider. Read from the node's state at each scrape: plugins (up, restarts,
-//! in flight, queued) and the storage offered and used.
+//! audits by result; repairs; bytes stored and served as a provider; tasks asked of other nodes
+//! by target, plugin and outcome; transactions sent to the payment contract. Read from the
+//! node's state at each scrape: plugins (up, restarts, in flight, queued), the storage offered
+//! and used, and the payment channels both ways.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -106,6 +108,58 @@ pub fn plugin(name: &str, up: bool, restarts: u32, in_flight: u32, queued: u32) 
     metrics::counter!("sphere_plugin_restarts_total", &[plugin()]).absolute(u64::from(restarts));
     metrics::gauge!("sphere_plugin_in_flight", &[plugin()]).set(f64::from(in_flight));
     metrics::gauge!("sphere_plugin_queued", &[plugin()]).set(f64::from(queued));
+}
+
+/// Records one transaction this node sent to the payment contract: `kind` is `open`, `top_up`,
+/// `request_close`, `close` or `redeem`; `outcome` is `ok` or the error code.
+pub fn transaction(kind: &'static str, outcome: &'static str) {
+    metrics::counter!("sphere_chain_transactions_total", "kind" => kind, "outcome" => outcome)
+        .increment(1);
+}
+
+/// Records one task this node asked another node to run: `target` is the peer's address when it
+/// is a configured peer, else `other` (addresses come from requests; they must not multiply
+/// series); `outcome` is `ok` or the error code.
+pub fn requested_task(target: &str, plugin: &str, outcome: &str, duration: Duration) {
+    let labels = [
+        ("target", target.to_owned()),
+        ("plugin", plugin.to_owned()),
+        ("outcome", outcome.to_owned()),
+    ];
+    metrics::counter!("sphere_requested_tasks_total", &labels).increment(1);
+    metrics::histogram!("sphere_requested_task_duration_seconds", "target" => target.to_owned())
+        .record(duration.as_secs_f64());
+}
+
+/// What the payment channels hold, at a scrape: `direction` is `out` (this node pays) or `in`
+/// (this node is paid); amounts in wei (as floats: exact to 2^53, plenty for a dashboard).
+pub struct ChannelTotals {
+    /// Channels by phase (`open`, `closing`, `closed`); `in` channels count as `open`.
+    pub channels: Vec<(&'static str, usize)>,
+    /// Wei deposited in all.
+    pub deposit_wei: f64,
+    /// Out: wei spent on work done. In: wei earned.
+    pub used_wei: f64,
+    /// In: wei redeemed on chain.
+    pub redeemed_wei: f64,
+}
+
+/// Sets what the payment channels hold in `direction`, at a scrape.
+pub fn payments(direction: &'static str, totals: &ChannelTotals) {
+    for (phase, count) in &totals.channels {
+        metrics::gauge!("sphere_payment_channels", "direction" => direction, "phase" => *phase)
+            .set(*count as f64);
+    }
+    metrics::gauge!("sphere_payment_deposit_wei", "direction" => direction).set(totals.deposit_wei);
+    let used = if direction == "out" {
+        "sphere_payment_spent_wei"
+    } else {
+        "sphere_payment_earned_wei"
+    };
+    metrics::gauge!(used).set(totals.used_wei);
+    if direction == "in" {
+        metrics::gauge!("sphere_payment_redeemed_wei").set(totals.redeemed_wei);
+    }
 }
 
 /// Sets the space this node offers other nodes and what their objects use, at a scrape.

@@ -62,6 +62,12 @@ pub struct NodeContext {
     pub max_json_body_bytes: usize,
     /// The bearer token the REST API requires, if any.
     pub api_access: ApiAccess,
+    /// When the node started.
+    pub started_at: std::time::SystemTime,
+    /// Where the gRPC server listens.
+    pub grpc_address: SocketAddr,
+    /// Where the REST API listens.
+    pub http_address: SocketAddr,
 }
 
 /// Why a node could not start. Each message says what to change.
@@ -226,6 +232,9 @@ impl Node {
             max_json_body_bytes: usize::try_from(config.http.max_json_body_bytes)
                 .unwrap_or(usize::MAX),
             api_access,
+            started_at,
+            grpc_address,
+            http_address,
         };
 
         let shutdown_token = CancellationToken::new();

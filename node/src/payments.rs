@@ -71,7 +71,7 @@ impl Default for PaymentsConfig {
 }
 
 /// What a provider charges, in wei.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Prices {
     /// Price of one task on a plugin without a price of its own.
@@ -308,7 +308,7 @@ impl Payments {
 
     /// Returns what `GET /payments` shows: settings, this node's balance, the channels it pays
     /// through and those that pay it, with totals.
-    pub async fn summary(&self) -> Result<serde_json::Value, crate::error::Error> {
+    pub async fn summary(&self) -> Result<crate::api::PaymentsAnswer, crate::error::Error> {
         let balance = self.chain.balance(self.own_address).await?;
         let paying = self.payer.channels();
         let paid = self.payee.channels();
@@ -317,21 +317,58 @@ impl Payments {
                 .fold(U256::ZERO, |sum, amount| sum + amount)
                 .to_string()
         };
-        Ok(serde_json::json!({
-            "enabled": true,
-            "chain_id": self.chain.chain_id(),
-            "contract": self.chain.address().to_checksum(None),
-            "challenge_period_seconds": self.chain.challenge_period_seconds(),
-            "address": self.own_address.to_checksum(None),
-            "balance_wei": balance.to_string(),
-            "prices": self.prices,
-            "spent_wei": total(&mut paying.iter().map(|channel| channel.spent)),
-            "earned_wei": total(&mut paid.iter().map(|channel| channel.charged)),
-            "redeemed_wei": total(&mut paid.iter().map(|channel| channel.redeemed)),
-            "pending_wei": total(&mut paid.iter().map(payee::IncomingChannel::pending)),
-            "channels_out": paying.iter().map(payer::channel_json).collect::<Vec<_>>(),
-            "channels_in": paid.iter().map(payee::channel_json).collect::<Vec<_>>(),
-        }))
+        Ok(crate::api::PaymentsAnswer {
+            enabled: true,
+            chain_id: Some(self.chain.chain_id()),
+            contract: Some(self.chain.address().to_checksum(None)),
+            challenge_period_seconds: Some(self.chain.challenge_period_seconds()),
+            address: Some(self.own_address.to_checksum(None)),
+            balance_wei: Some(balance.to_string()),
+            prices: Some(self.prices.clone()),
+            spent_wei: Some(total(&mut paying.iter().map(|channel| channel.spent))),
+            earned_wei: Some(total(&mut paid.iter().map(|channel| channel.charged))),
+            redeemed_wei: Some(total(&mut paid.iter().map(|channel| channel.redeemed))),
+            pending_wei: Some(total(&mut paid.iter().map(payee::IncomingChannel::pending))),
+            channels_out: Some(paying.iter().map(Into::into).collect()),
+            channels_in: Some(paid.iter().map(Into::into).collect()),
+        })
+    }
+}
+
+impl Payments {
+    /// Sets the metrics of the channels both ways (at a scrape of `GET /metrics`).
+    pub fn record_metrics(&self) {
+        let wei = |amount: U256| u128::try_from(amount).map_or(f64::MAX, |wei| wei as f64);
+        let paying = self.payer.channels();
+        let phase_count = |phase| {
+            paying
+                .iter()
+                .filter(|channel| channel.phase == phase)
+                .count()
+        };
+        crate::metrics::payments(
+            "out",
+            &crate::metrics::ChannelTotals {
+                channels: vec![
+                    ("open", phase_count(payer::ChannelPhase::Open)),
+                    ("closing", phase_count(payer::ChannelPhase::Closing)),
+                    ("closed", phase_count(payer::ChannelPhase::Closed)),
+                ],
+                deposit_wei: paying.iter().map(|channel| wei(channel.deposit)).sum(),
+                used_wei: paying.iter().map(|channel| wei(channel.spent)).sum(),
+                redeemed_wei: 0.0,
+            },
+        );
+        let paid = self.payee.channels();
+        crate::metrics::payments(
+            "in",
+            &crate::metrics::ChannelTotals {
+                channels: vec![("open", paid.len())],
+                deposit_wei: paid.iter().map(|channel| wei(channel.deposit)).sum(),
+                used_wei: paid.iter().map(|channel| wei(channel.charged)).sum(),
+                redeemed_wei: paid.iter().map(|channel| wei(channel.redeemed)).sum(),
+            },
+        );
     }
 }
 

@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sphere_proto::v1::GetInfoRequest;
 use sphere_proto::v1::node_service_client::NodeServiceClient;
 use sphere_proto::v1::storage_service_client::StorageServiceClient;
 use sphere_proto::v1::task_service_client::TaskServiceClient;
+use sphere_proto::v1::{GetInfoRequest, GetInfoResponse};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::Error;
@@ -72,20 +72,25 @@ impl Peers {
         {
             return Ok(node_id.clone());
         }
-        let mut request = tonic::Request::new(GetInfoRequest {});
-        request.set_timeout(self.connect_timeout + KEEP_ALIVE_TIMEOUT);
-        let node_id = self
-            .node(target)?
-            .get_info(request)
-            .await
-            .map_err(|status| Error::from_remote_status(&status, target))?
-            .into_inner()
-            .node_id;
+        let node_id = self.info(target).await?.node_id;
         self.node_ids
             .lock()
             .expect("node ID map lock is never poisoned")
             .insert(uri, (node_id.clone(), Instant::now()));
         Ok(node_id)
+    }
+
+    /// Asks the node serving `target` who it is.
+    pub async fn info(&self, target: &str) -> Result<GetInfoResponse, Error> {
+        let mut request = tonic::Request::new(GetInfoRequest {});
+        request.set_timeout(self.connect_timeout + KEEP_ALIVE_TIMEOUT);
+        let info = self
+            .node(target)?
+            .get_info(request)
+            .await
+            .map_err(|status| Error::from_remote_status(&status, target))?
+            .into_inner();
+        Ok(info)
     }
 
     /// Returns a storage client for `target`.

@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::storage::files::{FileRecord, Manifest, Replica};
 
 /// What recovery found.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RecoveryReport {
     /// Providers asked.
     pub providers_asked: usize,

@@ -3,7 +3,8 @@
 //!
 //! The token is `http.token` when configured (then always required), else a random one the node
 //! writes to `<data_dir>/api.token` at first start, required when `http.listen` is not a
-//! loopback address. `GET /health` stays open for health checks.
+//! loopback address. `GET /health` stays open for health checks, `GET /openapi.json` for
+//! tools that read the API's description.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,9 @@ use subtle::ConstantTimeEq;
 
 use crate::config::HttpConfig;
 use crate::error::{Error, ErrorCode};
+
+/// What anyone may `GET` without the token: health checks, and the API's description.
+const OPEN_PATHS: [&str; 2] = ["/health", "/openapi.json"];
 
 /// Name of the token file in the data directory.
 pub const TOKEN_FILE: &str = "api.token";
@@ -85,7 +89,7 @@ pub async fn require_token(
     let Some(expected) = &access.required_token else {
         return next.run(request).await;
     };
-    if request.method() == Method::GET && request.uri().path() == "/health" {
+    if request.method() == Method::GET && OPEN_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     let given = request

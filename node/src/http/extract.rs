@@ -47,6 +47,13 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
             "the request body is empty; send a JSON object",
         ));
     }
+    // serde reads a struct from an array of its fields in order too; the API takes objects only.
+    if body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(Error::new(
+            ErrorCode::InvalidJson,
+            "the request body is a JSON array; send a JSON object",
+        ));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
@@ -72,6 +79,17 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
 /// Returns a required field, or a `missing_field` error naming it.
 pub fn required<T>(value: Option<T>, field: &str) -> Result<T, Error> {
     value.ok_or_else(|| Error::missing_field(field))
+}
+
+/// Returns an optional node address, refusing an empty one (it would name no node).
+pub fn address(value: Option<String>, field: &str) -> Result<Option<String>, Error> {
+    match value {
+        Some(address) if address.trim().is_empty() => Err(Error::invalid_field(
+            field,
+            "is empty; give a node's gRPC address (host:port) or leave it out",
+        )),
+        other => Ok(other),
+    }
 }
 
 /// Decodes a base64 field (standard alphabet, padding optional).

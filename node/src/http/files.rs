@@ -8,159 +8,105 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
 
-use super::extract::{JsonBody, Path, Query, base64_field, required, to_base64};
+use super::extract::{JsonBody, Path, Query, address, base64_field, required, to_base64};
+use super::openapi::{CommonErrors, error_responses};
+use crate::api::{
+    DeletedFile, FileHealth, FileInfo, FileList, ReadFileRequest, ReadQuery, RecoverFilesRequest,
+    RecoveryReport, ReplicaHealth, ReplicaInfo, StorageAnswer, StoreFileRequest, StoreQuery,
+};
 use crate::error::{Error, ErrorCode};
 use crate::files::{ByteStream, Placement};
 use crate::node::NodeContext;
 use crate::storage::files::{FileRecord, Replica};
 
-/// `POST /file`: a small file to store.
-#[derive(Debug, Deserialize)]
-pub struct StoreFileRequest {
-    /// gRPC address of the one provider to store the file on.
-    target: Option<String>,
-    /// gRPC addresses of the providers to store the file on, one replica each.
-    targets: Option<Vec<String>>,
-    /// How many providers to pick among the node's peers, when none are named.
-    replicas: Option<u32>,
-    /// Name of the file; need not be unique.
-    name: Option<String>,
-    /// Contents, base64.
-    data: Option<String>,
-}
-
-/// `GET /file`: which file to read back.
-#[derive(Debug, Deserialize)]
-pub struct ReadFileRequest {
-    /// Provider to read from first; by default the file's replicas.
-    target: Option<String>,
-    /// The file's ID.
-    id: Option<String>,
-}
-
-/// Query of the streaming and by-path routes.
-#[derive(Debug, Deserialize)]
-pub struct FileQuery {
-    /// Provider to store on, or to read from first.
-    target: Option<String>,
-    /// Providers to store on, comma-separated.
-    targets: Option<String>,
-    /// How many providers to pick among the node's peers.
-    replicas: Option<u32>,
-}
-
-/// `POST /files/recover`: extra providers to ask.
-#[derive(Debug, Default, Deserialize)]
-pub struct RecoverRequest {
-    /// Providers to ask besides the configured peers.
-    #[serde(default)]
-    providers: Vec<String>,
-}
-
-/// A replica as the owner sees it.
-#[derive(Debug, Serialize)]
-pub struct ReplicaInfo {
-    /// The provider's gRPC address.
-    target: String,
-    /// The provider's node ID.
-    provider_id: String,
-    /// `unaudited`, `ok`, `failing` (audits fail, within the grace period) or `lost`.
-    health: &'static str,
-    /// When the last audit ended.
-    last_audit: Option<String>,
-    /// Why the last audit failed.
-    last_audit_error: Option<String>,
-    /// Until when the copy is paid for, when the provider charges for storage.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    paid_until: Option<String>,
-}
-
-/// What the node tells about a stored file.
-#[derive(Debug, Serialize)]
-pub struct FileInfo {
-    id: String,
-    name: String,
-    size: u64,
-    created_at: String,
-    /// Address of the first provider holding the file.
-    target: String,
-    /// Node ID of that provider.
-    provider_id: String,
-    /// `ok` (as many healthy replicas as wanted), `degraded` (fewer, or some failing audits)
-    /// or `lost` (no replica left that is not lost: reads answer 410 `file_lost`).
-    health: &'static str,
-    /// Replicas the file should have.
-    replicas_wanted: u32,
-    /// Every provider holding the file, with what the audits found.
-    replicas: Vec<ReplicaInfo>,
-    /// Contents, base64; only in JSON reads.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<String>,
-}
+error_responses!(
+    /// Errors of storing a file.
+    StoreErrors: InvalidJson, MissingField, InvalidField, PayloadTooLarge, NotEnoughProviders,
+    TargetUnreachable, TargetTimeout, TargetError, PermissionDenied, ProviderFull,
+    PaymentRequired, InsufficientFunds, StorageFailure, ShuttingDown,
+);
+error_responses!(
+    /// Errors of reading a file.
+    ReadErrors: InvalidJson, MissingField, InvalidField, PayloadTooLarge, FileNotFound, FileLost,
+    TargetUnreachable, TargetTimeout, TargetError, IntegrityError, PaymentRequired,
+    StorageFailure,
+);
+error_responses!(
+    /// Errors of deleting a file.
+    DeleteErrors: InvalidField, FileNotFound, TargetUnreachable, TargetTimeout, TargetError,
+    StorageFailure,
+);
+error_responses!(
+    /// Errors of listing files and the storage offered.
+    ListErrors: StorageFailure,
+);
+error_responses!(
+    /// Errors of recovering files.
+    RecoverErrors: InvalidJson, InvalidField, StorageFailure,
+);
 
 fn rfc3339(milliseconds: u64) -> String {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(milliseconds);
     humantime::format_rfc3339_millis(time).to_string()
 }
 
-impl FileInfo {
-    fn of(context: &NodeContext, record: &FileRecord, data: Option<String>) -> Self {
-        let grace_ms = context.files.options().lost_after.as_millis() as u64;
-        let now = crate::clock::now_ms();
-        let first_replica = record.replicas.first();
-        let replicas: Vec<ReplicaInfo> = record
-            .replicas
-            .iter()
-            .map(|replica| ReplicaInfo::of(replica, now, grace_ms))
-            .collect();
-        let healthy = replicas
-            .iter()
-            .filter(|replica| matches!(replica.health, "ok" | "unaudited"))
-            .count();
-        let health = if replicas.iter().all(|replica| replica.health == "lost") {
-            "lost"
-        } else if healthy >= record.replicas_wanted as usize {
-            "ok"
-        } else {
-            "degraded"
-        };
-        Self {
-            id: record.manifest.id.clone(),
-            name: record.manifest.name.clone(),
-            size: record.manifest.size,
-            created_at: rfc3339(record.manifest.created_at_ms),
-            target: first_replica
-                .map(|replica| replica.address.clone())
-                .unwrap_or_default(),
-            provider_id: first_replica
-                .map(|replica| replica.provider_id.clone())
-                .unwrap_or_default(),
-            health,
-            replicas_wanted: record.replicas_wanted,
-            replicas,
-            data,
-        }
+/// Returns what the owner is told of `record`: its replicas' health from their audits.
+fn file_info(context: &NodeContext, record: &FileRecord, data: Option<String>) -> FileInfo {
+    let grace_ms = context.files.options().lost_after.as_millis() as u64;
+    let now = crate::clock::now_ms();
+    let first_replica = record.replicas.first();
+    let replicas: Vec<ReplicaInfo> = record
+        .replicas
+        .iter()
+        .map(|replica| replica_info(replica, now, grace_ms))
+        .collect();
+    let healthy = replicas
+        .iter()
+        .filter(|replica| matches!(replica.health, ReplicaHealth::Ok | ReplicaHealth::Unaudited))
+        .count();
+    let health = if replicas
+        .iter()
+        .all(|replica| replica.health == ReplicaHealth::Lost)
+    {
+        FileHealth::Lost
+    } else if healthy >= record.replicas_wanted as usize {
+        FileHealth::Ok
+    } else {
+        FileHealth::Degraded
+    };
+    FileInfo {
+        id: record.manifest.id.clone(),
+        name: record.manifest.name.clone(),
+        size: record.manifest.size,
+        created_at: rfc3339(record.manifest.created_at_ms),
+        target: first_replica
+            .map(|replica| replica.address.clone())
+            .unwrap_or_default(),
+        provider_id: first_replica
+            .map(|replica| replica.provider_id.clone())
+            .unwrap_or_default(),
+        health,
+        replicas_wanted: record.replicas_wanted,
+        replicas,
+        data,
     }
 }
 
-impl ReplicaInfo {
-    fn of(replica: &Replica, now: u64, grace_ms: u64) -> Self {
-        let health = match (replica.last_audit_ok, replica.is_lost(now, grace_ms)) {
-            (_, true) => "lost",
-            (None, false) => "unaudited",
-            (Some(true), false) => "ok",
-            (Some(false), false) => "failing",
-        };
-        Self {
-            target: replica.address.clone(),
-            provider_id: replica.provider_id.clone(),
-            health,
-            last_audit: replica.last_audit_ms.map(rfc3339),
-            last_audit_error: replica.last_audit_error.clone(),
-            paid_until: replica.paid_until_ms.map(rfc3339),
-        }
+fn replica_info(replica: &Replica, now: u64, grace_ms: u64) -> ReplicaInfo {
+    let health = match (replica.last_audit_ok, replica.is_lost(now, grace_ms)) {
+        (_, true) => ReplicaHealth::Lost,
+        (None, false) => ReplicaHealth::Unaudited,
+        (Some(true), false) => ReplicaHealth::Ok,
+        (Some(false), false) => ReplicaHealth::Failing,
+    };
+    ReplicaInfo {
+        target: replica.address.clone(),
+        provider_id: replica.provider_id.clone(),
+        health,
+        last_audit: replica.last_audit_ms.map(rfc3339),
+        last_audit_error: replica.last_audit_error.clone(),
+        paid_until: replica.paid_until_ms.map(rfc3339),
     }
 }
 
@@ -170,6 +116,7 @@ fn placement(
     targets: Option<Vec<String>>,
     replicas: Option<u32>,
 ) -> Result<Placement, Error> {
+    let target = address(target, "target")?;
     let targets = match (targets, target) {
         (Some(_), Some(_)) => {
             return Err(Error::invalid_field(
@@ -181,6 +128,12 @@ fn placement(
             return Err(Error::invalid_field(
                 "targets",
                 "must name at least one provider",
+            ));
+        }
+        (Some(targets), None) if targets.iter().any(|target| target.trim().is_empty()) => {
+            return Err(Error::invalid_field(
+                "targets",
+                "holds an empty address; give each provider's gRPC address (host:port)",
             ));
         }
         (Some(targets), None) => targets,
@@ -197,6 +150,13 @@ fn placement(
 }
 
 /// `POST /file`: stores a small file sent as base64 JSON.
+#[utoipa::path(
+    post,
+    path = "/file",
+    tag = "files",
+    request_body = StoreFileRequest,
+    responses((status = 200, description = "The file is stored", body = FileInfo), StoreErrors),
+)]
 pub async fn store_json(
     State(context): State<NodeContext>,
     JsonBody(request): JsonBody<StoreFileRequest>,
@@ -209,25 +169,41 @@ pub async fn store_json(
             async move { Ok(Bytes::from(data)) },
         ));
     let record = context.files.store(name, placement, plaintext).await?;
-    Ok(axum::Json(FileInfo::of(&context, &record, None)).into_response())
+    Ok(axum::Json(file_info(&context, &record, None)).into_response())
 }
 
 /// `GET /file` with a JSON body `{"id": ..., "target": ...}`.
+#[utoipa::path(
+    get,
+    path = "/file",
+    tag = "files",
+    request_body = ReadFileRequest,
+    responses((status = 200, description = "The file, base64 in `data`", body = FileInfo), ReadErrors),
+)]
 pub async fn read_json(
     State(context): State<NodeContext>,
     JsonBody(request): JsonBody<ReadFileRequest>,
 ) -> Result<Response, Error> {
     let id = required(request.id, "id")?;
-    read_json_response(&context, &id, request.target.as_deref()).await
+    let target = address(request.target, "target")?;
+    read_json_response(&context, &id, target.as_deref()).await
 }
 
 /// `GET /file/{id}?target=...`.
+#[utoipa::path(
+    get,
+    path = "/file/{id}",
+    tag = "files",
+    params(("id" = String, Path, description = "The file's ID"), ReadQuery),
+    responses((status = 200, description = "The file, base64 in `data`", body = FileInfo), ReadErrors),
+)]
 pub async fn read_json_by_path(
     State(context): State<NodeContext>,
     Path(id): Path<String>,
-    Query(query): Query<FileQuery>,
+    Query(query): Query<ReadQuery>,
 ) -> Result<Response, Error> {
-    read_json_response(&context, &id, query.target.as_deref()).await
+    let target = address(query.target, "target")?;
+    read_json_response(&context, &id, target.as_deref()).await
 }
 
 async fn read_json_response(
@@ -248,15 +224,27 @@ async fn read_json_response(
     }
     let chunks: Vec<Bytes> = context.files.read(&record, target)?.try_collect().await?;
     let data = to_base64(&chunks.concat());
-    Ok(axum::Json(FileInfo::of(context, &record, Some(data))).into_response())
+    Ok(axum::Json(file_info(context, &record, Some(data))).into_response())
 }
 
 /// `PUT /files/{name}?target=...` (or `targets=a,b`, or `replicas=n`): stores the raw request
 /// body, streamed.
+#[utoipa::path(
+    put,
+    path = "/files/{name_or_id}",
+    tag = "files",
+    params(("name_or_id" = String, Path, description = "Name to store the file under"), StoreQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes, streamed"),
+    responses(
+        (status = 201, description = "The file is stored", body = FileInfo,
+            headers(("location" = String, description = "`/files/{id}`"))),
+        StoreErrors,
+    ),
+)]
 pub async fn store_stream(
     State(context): State<NodeContext>,
     Path(name): Path<String>,
-    Query(query): Query<FileQuery>,
+    Query(query): Query<StoreQuery>,
     body: Body,
 ) -> Result<Response, Error> {
     let targets = query.targets.map(|list| {
@@ -279,7 +267,7 @@ pub async fn store_stream(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        axum::Json(FileInfo::of(&context, &record, None)),
+        axum::Json(file_info(&context, &record, None)),
     )
         .into_response())
 }
@@ -287,13 +275,25 @@ pub async fn store_stream(
 /// `GET /files/{id}?target=...`: streams the plaintext back. Failures before the first byte get a
 /// JSON error; a failure later cuts the response short, so a client never takes a partial file for
 /// a whole one (the `Content-Length` is not reached).
+#[utoipa::path(
+    get,
+    path = "/files/{name_or_id}",
+    tag = "files",
+    params(("name_or_id" = String, Path, description = "The file's ID"), ReadQuery),
+    responses(
+        (status = 200, description = "The file's bytes, streamed; cut short (before `Content-Length`) if a replica fails midway",
+            content_type = "application/octet-stream", body = Vec<u8>),
+        ReadErrors,
+    ),
+)]
 pub async fn read_stream(
     State(context): State<NodeContext>,
     Path(id): Path<String>,
-    Query(query): Query<FileQuery>,
+    Query(query): Query<ReadQuery>,
 ) -> Result<Response, Error> {
     let record = context.files.record(&id).await?;
-    let mut plaintext = context.files.read(&record, query.target.as_deref())?;
+    let target = address(query.target, "target")?;
+    let mut plaintext = context.files.read(&record, target.as_deref())?;
     let first_chunk = plaintext.next().await.transpose()?;
     let file_id = record.manifest.id.clone();
     let rest = plaintext.map_err(move |error| {
@@ -327,48 +327,78 @@ pub async fn read_stream(
 }
 
 /// `GET /files`: the owner's files, newest first, with each replica's health.
+#[utoipa::path(
+    get,
+    path = "/files",
+    tag = "files",
+    responses((status = 200, description = "The owner's files", body = FileList), ListErrors),
+)]
 pub async fn list(State(context): State<NodeContext>) -> Result<Response, Error> {
     let files: Vec<FileInfo> = context
         .files
         .list()
         .await?
         .iter()
-        .map(|record| FileInfo::of(&context, record, None))
+        .map(|record| file_info(&context, record, None))
         .collect();
-    Ok(axum::Json(serde_json::json!({ "files": files })).into_response())
+    Ok(axum::Json(FileList { files }).into_response())
 }
 
 /// `DELETE /files/{id}`: deletes the file from every replica, then forgets it.
+#[utoipa::path(
+    delete,
+    path = "/files/{name_or_id}",
+    tag = "files",
+    params(("name_or_id" = String, Path, description = "The file's ID")),
+    responses((status = 200, description = "The file is deleted", body = DeletedFile), DeleteErrors),
+)]
 pub async fn delete(
     State(context): State<NodeContext>,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
     let record = context.files.delete(&id).await?;
-    Ok(axum::Json(serde_json::json!({"id": record.manifest.id, "deleted": true})).into_response())
+    Ok(axum::Json(DeletedFile {
+        id: record.manifest.id,
+        deleted: true,
+    })
+    .into_response())
 }
 
 /// `POST /files/recover`: finds this node's files again on its peers (after losing the
 /// database), and records those it had forgotten.
+#[utoipa::path(
+    post,
+    path = "/files/recover",
+    tag = "files",
+    request_body(content = Option<RecoverFilesRequest>, description = "Optional: providers to ask besides the peers"),
+    responses((status = 200, description = "What recovery found", body = RecoveryReport), RecoverErrors),
+)]
 pub async fn recover(
     State(context): State<NodeContext>,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    let request: RecoverRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RecoverRequest::default()
+    let request: RecoverFilesRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RecoverFilesRequest::default()
     } else {
-        super::extract::parse(&body)?
+        super::extract::parse::<Option<RecoverFilesRequest>>(&body)?.unwrap_or_default()
     };
     let report = context.files.recover(&request.providers).await?;
     Ok(axum::Json(report).into_response())
 }
 
 /// `GET /storage`: the space this node offers other nodes, and what each owner uses.
+#[utoipa::path(
+    get,
+    path = "/storage",
+    tag = "files",
+    responses((status = 200, description = "The space offered and used", body = StorageAnswer), CommonErrors),
+)]
 pub async fn storage(State(context): State<NodeContext>) -> Response {
     let (capacity_bytes, used_bytes) = context.objects.capacity();
-    axum::Json(serde_json::json!({
-        "capacity_bytes": capacity_bytes,
-        "used_bytes": used_bytes,
-        "owners": context.objects.usage_by_owner(),
-    }))
+    axum::Json(StorageAnswer {
+        capacity_bytes,
+        used_bytes,
+        owners: context.objects.usage_by_owner(),
+    })
     .into_response()
 }

@@ -5,56 +5,64 @@ use alloy::primitives::{Address, B256, U256};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 
-use super::extract::{JsonBody, Path, required};
+use super::extract::{JsonBody, Path, address, required};
+use super::openapi::error_responses;
+use crate::api::{
+    Amount, ChannelChange, ChannelInfo, ChannelRedemption, FailedRedemption, OpenChannelRequest,
+    PaymentsAnswer, RecoveredChannels, RedeemAnswer, TopUpRequest, TransactionInfo,
+};
 use crate::error::{Error, ErrorCode};
 use crate::node::NodeContext;
 use crate::payments::chain::Mined;
-use crate::payments::payer::{OutgoingChannel, channel_json};
+use crate::payments::payer::OutgoingChannel;
 use crate::payments::{Payments, amount, payee};
 
-/// An amount as requesters write it: wei as a JSON number, or a string such as `"0.01eth"`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum AmountInput {
-    /// Whole wei.
-    Wei(u64),
-    /// Wei, gwei or eth with a unit (see [`amount::parse_amount`]).
-    Text(String),
-}
+error_responses!(
+    /// Errors of reading payments.
+    SummaryErrors: TargetUnreachable, TargetError, StorageFailure,
+);
+error_responses!(
+    /// Errors of a channel transaction (open, top up, close).
+    ChannelErrors: InvalidJson, MissingField, InvalidField, PayloadTooLarge, PaymentsOff,
+    ChannelNotFound, ChannelStateConflict, InsufficientFunds, TargetUnreachable, TargetTimeout,
+    TargetError, StorageFailure,
+);
+error_responses!(
+    /// Errors of reading one channel.
+    ShowErrors: InvalidField, PaymentsOff, ChannelNotFound,
+);
+error_responses!(
+    /// Errors of redeeming and recovering.
+    ChainErrors: PaymentsOff, TargetUnreachable, TargetError, StorageFailure,
+);
 
-impl AmountInput {
-    fn parse(&self, field: &str) -> Result<U256, Error> {
-        let amount = match self {
-            Self::Wei(wei) => U256::from(*wei),
-            Self::Text(text) => amount::parse_amount(text)
-                .map_err(|problem| Error::invalid_field(field, problem))?,
-        };
-        if amount.is_zero() {
-            return Err(Error::invalid_field(field, "must be greater than 0"));
+/// Returns `amount` in wei, or why it cannot be used as `field`.
+fn wei(amount: &Amount, field: &str) -> Result<U256, Error> {
+    // JavaScript writes large integers with an exponent (1e18); integral values up to 2^53 are
+    // exact there, larger ones belong in a string.
+    const EXACT_IN_DOUBLES: f64 = 9_007_199_254_740_992.0;
+    let wei = match amount {
+        Amount::Wei(number) => match (number.as_u64(), number.as_f64()) {
+            (Some(wei), _) => U256::from(wei),
+            (None, Some(wei)) if wei.fract() == 0.0 && (0.0..=EXACT_IN_DOUBLES).contains(&wei) => {
+                U256::from(wei as u64)
+            }
+            _ => {
+                return Err(Error::invalid_field(
+                    field,
+                    "must be a whole number of wei up to 2^53, or a string such as \"0.01eth\"",
+                ));
+            }
+        },
+        Amount::Text(text) => {
+            amount::parse_amount(text).map_err(|problem| Error::invalid_field(field, problem))?
         }
-        Ok(amount)
+    };
+    if wei.is_zero() {
+        return Err(Error::invalid_field(field, "must be greater than 0"));
     }
-}
-
-/// A channel to open.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OpenRequest {
-    /// gRPC address of the provider's node; its node ID is asked for.
-    target: Option<String>,
-    /// The provider's node ID (address), when no target is given.
-    provider: Option<String>,
-    /// The deposit.
-    deposit: Option<AmountInput>,
-}
-
-/// An amount to add to a channel.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopUpRequest {
-    amount: Option<AmountInput>,
+    Ok(wei)
 }
 
 fn enabled(context: &NodeContext) -> Result<&Payments, Error> {
@@ -71,57 +79,79 @@ fn channel_id(text: &str) -> Result<B256, Error> {
         .map_err(|_| Error::invalid_field("channel_id", "must be 32 bytes of 0x-prefixed hex"))
 }
 
-fn with_transaction(channel: &OutgoingChannel, mined: &Mined) -> serde_json::Value {
-    let mut body = channel_json(channel);
-    body["transaction"] = serde_json::json!({
-        "tx": mined.tx.to_string(),
-        "gas_used": mined.gas_used,
-        "fee_wei": mined.fee.to_string(),
-    });
-    body
+fn changed(channel: &OutgoingChannel, mined: &Mined) -> ChannelChange {
+    ChannelChange {
+        channel: channel.into(),
+        transaction: TransactionInfo {
+            tx: mined.tx.to_string(),
+            gas_used: mined.gas_used,
+            fee_wei: mined.fee.to_string(),
+        },
+    }
 }
 
 /// The node's payments: settings, balance, channels both ways, spent, earned, pending;
 /// `{"enabled": false}` when off.
+#[utoipa::path(
+    get,
+    path = "/payments",
+    tag = "payments",
+    responses((status = 200, description = "The node's payments", body = PaymentsAnswer), SummaryErrors),
+)]
 pub async fn summary(State(context): State<NodeContext>) -> Result<Response, Error> {
     let summary = match &context.payments {
         Some(payments) => payments.summary().await?,
-        None => serde_json::json!({ "enabled": false }),
+        None => PaymentsAnswer::default(),
     };
     Ok(axum::Json(summary).into_response())
 }
 
 /// Redeems every unredeemed voucher now.
+#[utoipa::path(
+    post,
+    path = "/payments/redeem",
+    tag = "payments",
+    responses((status = 200, description = "What was redeemed and what failed", body = RedeemAnswer), ChainErrors),
+)]
 pub async fn redeem(State(context): State<NodeContext>) -> Result<Response, Error> {
     let payments = enabled(&context)?;
     let outcomes = payments.payee.redeem_all().await;
     payee::log_failures(&outcomes);
-    let (mut redeemed, mut failed) = (Vec::new(), Vec::new());
+    let mut answer = RedeemAnswer {
+        redeemed: Vec::new(),
+        failed: Vec::new(),
+    };
     for outcome in outcomes {
         match outcome {
-            Ok((channel, redemption)) => {
-                let mut body = payee::redemption_json(&redemption);
-                body["channel_id"] = channel.to_string().into();
-                redeemed.push(body);
-            }
-            Err((channel, error)) => failed.push(serde_json::json!({
-                "channel_id": channel.to_string(),
-                "code": error.code.as_str(),
-                "message": error.message,
-            })),
+            Ok((channel, redemption)) => answer.redeemed.push(ChannelRedemption {
+                channel_id: channel.to_string(),
+                redemption: (&redemption).into(),
+            }),
+            Err((channel, error)) => answer.failed.push(FailedRedemption {
+                channel_id: channel.to_string(),
+                code: error.code,
+                message: error.message,
+            }),
         }
     }
-    Ok(axum::Json(serde_json::json!({ "redeemed": redeemed, "failed": failed })).into_response())
+    Ok(axum::Json(answer).into_response())
 }
 
 /// Opens a channel to a provider, named by its node's address (`target`) or its node ID.
+#[utoipa::path(
+    post,
+    path = "/channels",
+    tag = "payments",
+    request_body = OpenChannelRequest,
+    responses((status = 201, description = "The channel is open", body = ChannelChange), ChannelErrors),
+)]
 pub async fn open(
     State(context): State<NodeContext>,
-    JsonBody(request): JsonBody<OpenRequest>,
+    JsonBody(request): JsonBody<OpenChannelRequest>,
 ) -> Result<Response, Error> {
     let payments = enabled(&context)?;
-    let deposit = required(request.deposit, "deposit")?.parse("deposit")?;
-    let provider: Address = match (request.target, request.provider) {
+    let deposit = wei(&required(request.deposit, "deposit")?, "deposit")?;
+    let provider: Address = match (address(request.target, "target")?, request.provider) {
         (Some(target), None) => {
             let info = payments.payer.target_info(&target).await?;
             if info.payment_terms.is_none() {
@@ -149,47 +179,73 @@ pub async fn open(
         (None, None) => return Err(Error::missing_field("target")),
     };
     let (channel, mined) = payments.payer.open_channel(provider, deposit).await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(with_transaction(&channel, &mined)),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, axum::Json(changed(&channel, &mined))).into_response())
 }
 
 /// Finds the channels this node opened again from the chain, after it lost its database.
+#[utoipa::path(
+    post,
+    path = "/channels/recover",
+    tag = "payments",
+    responses((status = 200, description = "The channels found on the chain", body = RecoveredChannels), ChainErrors),
+)]
 pub async fn recover(State(context): State<NodeContext>) -> Result<Response, Error> {
     let recovered = enabled(&context)?.payer.recover().await?;
-    let channels: Vec<_> = recovered.iter().map(channel_json).collect();
-    Ok(axum::Json(serde_json::json!({ "recovered": channels })).into_response())
+    Ok(axum::Json(RecoveredChannels {
+        recovered: recovered.iter().map(Into::into).collect(),
+    })
+    .into_response())
 }
 
 /// One channel this node pays through.
+#[utoipa::path(
+    get,
+    path = "/channels/{id}",
+    tag = "payments",
+    params(("id" = String, Path, description = "The channel's ID (32 bytes, 0x-prefixed hex)")),
+    responses((status = 200, description = "The channel", body = ChannelInfo), ShowErrors),
+)]
 pub async fn show(
     State(context): State<NodeContext>,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
     let channel = enabled(&context)?.payer.channel(channel_id(&id)?)?;
-    Ok(axum::Json(channel_json(&channel)).into_response())
+    Ok(axum::Json(ChannelInfo::from(&channel)).into_response())
 }
 
 /// Adds to a channel's deposit.
+#[utoipa::path(
+    post,
+    path = "/channels/{id}/topup",
+    tag = "payments",
+    params(("id" = String, Path, description = "The channel's ID (32 bytes, 0x-prefixed hex)")),
+    request_body = TopUpRequest,
+    responses((status = 200, description = "The deposit is larger", body = ChannelChange), ChannelErrors),
+)]
 pub async fn top_up(
     State(context): State<NodeContext>,
     Path(id): Path<String>,
     JsonBody(request): JsonBody<TopUpRequest>,
 ) -> Result<Response, Error> {
     let payments = enabled(&context)?;
-    let amount = required(request.amount, "amount")?.parse("amount")?;
+    let amount = wei(&required(request.amount, "amount")?, "amount")?;
     let (channel, mined) = payments.payer.top_up(channel_id(&id)?, amount).await?;
-    Ok(axum::Json(with_transaction(&channel, &mined)).into_response())
+    Ok(axum::Json(changed(&channel, &mined)).into_response())
 }
 
 /// Asks to close a channel, or closes it once the challenge period is over.
+#[utoipa::path(
+    post,
+    path = "/channels/{id}/close",
+    tag = "payments",
+    params(("id" = String, Path, description = "The channel's ID (32 bytes, 0x-prefixed hex)")),
+    responses((status = 200, description = "Closing asked for, or the channel closed and refunded", body = ChannelChange), ChannelErrors),
+)]
 pub async fn close(
     State(context): State<NodeContext>,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
     let payments = enabled(&context)?;
     let (channel, mined) = payments.payer.close(channel_id(&id)?).await?;
-    Ok(axum::Json(with_transaction(&channel, &mined)).into_response())
+    Ok(axum::Json(changed(&channel, &mined)).into_response())
 }

@@ -5,10 +5,11 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use sphere_proto::v1::RunTaskRequest;
 
-use super::extract::{JsonBody, base64_field, required, to_base64};
+use super::extract::{JsonBody, address, base64_field, required, to_base64};
+use super::openapi::error_responses;
+use crate::api::{TaskAnswer, TaskRequest};
 use crate::error::{Error, ErrorCode};
 use crate::node::NodeContext;
 use crate::payments::payer::{Payment, Work};
@@ -17,39 +18,22 @@ use crate::payments::payer::{Payment, Work};
 /// enforces the deadline itself, this only guards against a call that never returns.
 const STUCK_CALL_MARGIN: Duration = Duration::from_millis(500);
 
-/// A task as requesters send it.
-#[derive(Debug, Deserialize)]
-pub struct TaskRequest {
-    /// gRPC address of the node to run the task on; this node when absent.
-    target: Option<String>,
-    /// Name of the plugin to run the task; the target's default plugin when absent.
-    plugin: Option<String>,
-    /// The requester's identifier for the task, echoed back; a random one when absent.
-    id: Option<String>,
-    /// The input as text.
-    input: Option<String>,
-    /// The input as base64, for binary inputs; exclusive with `input`.
-    input_base64: Option<String>,
-    /// Deadline for the task in milliseconds, capped by `grpc.task_timeout_ms`.
-    timeout_ms: Option<u64>,
-}
+error_responses!(
+    /// Errors of `POST /task`.
+    TaskErrors: InvalidJson, MissingField, InvalidField, PayloadTooLarge, PluginNotFound,
+    Overloaded, TaskRejected, PaymentRequired, InsufficientFunds, ChannelStateConflict,
+    TargetUnreachable, TargetTimeout, TargetError, PluginUnavailable, PluginTimeout, PluginFailed,
+    ShuttingDown,
+);
 
-/// A finished task.
-#[derive(Debug, Serialize)]
-pub struct TaskResponse {
-    /// The task's identifier.
-    id: String,
-    /// The output as text, when it is UTF-8.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    output: Option<String>,
-    /// The output as base64, when it is not UTF-8.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    output_base64: Option<String>,
-    /// Name of the plugin that ran the task.
-    plugin: String,
-}
-
-/// Runs a task on its target and returns the output.
+/// Runs a task on a target node (or this one) and returns its output.
+#[utoipa::path(
+    post,
+    path = "/task",
+    tag = "tasks",
+    request_body = TaskRequest,
+    responses((status = 200, description = "The task ran", body = TaskAnswer), TaskErrors),
+)]
 pub async fn run_task(
     State(context): State<NodeContext>,
     JsonBody(request): JsonBody<TaskRequest>,
@@ -73,7 +57,7 @@ pub async fn run_task(
     };
 
     let plugin = request.plugin.filter(|name| !name.is_empty());
-    let (output, plugin) = match request.target {
+    let (output, plugin) = match address(request.target, "target")? {
         None => {
             context
                 .plugins
@@ -118,7 +102,7 @@ pub async fn run_task(
         Ok(text) => (Some(text.to_owned()), None),
         Err(_) => (None, Some(to_base64(&output))),
     };
-    Ok(axum::Json(TaskResponse {
+    Ok(axum::Json(TaskAnswer {
         id: task_id,
         output,
         output_base64,
@@ -127,7 +111,39 @@ pub async fn run_task(
     .into_response())
 }
 
+/// Runs `task` on `target` and records how it went in the metrics.
 async fn run_on_target(
+    context: &NodeContext,
+    target: &str,
+    task: RunTaskRequest,
+    deadline: Duration,
+) -> Result<(Bytes, String), Error> {
+    let started = std::time::Instant::now();
+    let requested_plugin = task.plugin.clone();
+    let outcome = call_target(context, target, task, deadline).await;
+    let known_target = context
+        .files
+        .options()
+        .providers
+        .iter()
+        .any(|peer| peer == target);
+    let plugin = match &outcome {
+        Ok((_, plugin)) => plugin.as_str(),
+        Err(_) if requested_plugin.is_empty() => "default",
+        Err(_) => requested_plugin.as_str(),
+    };
+    crate::metrics::requested_task(
+        if known_target { target } else { "other" },
+        plugin,
+        outcome
+            .as_ref()
+            .map_or_else(|error| error.code.as_str(), |_| "ok"),
+        started.elapsed(),
+    );
+    outcome
+}
+
+async fn call_target(
     context: &NodeContext,
     target: &str,
     task: RunTaskRequest,

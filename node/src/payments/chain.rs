@@ -181,7 +181,7 @@ impl Chain {
     /// Opens a channel to `provider` with `deposit` wei; returns its ID.
     pub async fn open(&self, provider: Address, deposit: U256) -> Result<(B256, Mined), Error> {
         let receipt = self
-            .send(self.contract.open(provider).value(deposit))
+            .send("open", self.contract.open(provider).value(deposit))
             .await?;
         let opened = receipt
             .decoded_log::<SpherePayments::ChannelOpened>()
@@ -199,33 +199,53 @@ impl Chain {
 
     /// Adds `amount` wei to a channel's deposit.
     pub async fn top_up(&self, id: B256, amount: U256) -> Result<Mined, Error> {
-        let receipt = self.send(self.contract.topUp(id).value(amount)).await?;
+        let receipt = self
+            .send("top_up", self.contract.topUp(id).value(amount))
+            .await?;
         Ok(self.changed(id, &receipt))
     }
 
     /// Asks to close a channel; the challenge period starts.
     pub async fn request_close(&self, id: B256) -> Result<Mined, Error> {
-        let receipt = self.send(self.contract.requestClose(id)).await?;
+        let receipt = self
+            .send("request_close", self.contract.requestClose(id))
+            .await?;
         Ok(self.changed(id, &receipt))
     }
 
     /// Closes a channel whose challenge period is over and takes back what was not redeemed.
     pub async fn close(&self, id: B256) -> Result<Mined, Error> {
-        let receipt = self.send(self.contract.close(id)).await?;
+        let receipt = self.send("close", self.contract.close(id)).await?;
         Ok(self.changed(id, &receipt))
     }
 
     /// Redeems a voucher for `amount` wei in all on a channel to this node.
     pub async fn redeem(&self, id: B256, amount: U256, signature: Bytes) -> Result<Mined, Error> {
         let receipt = self
-            .send(self.contract.redeem(id, amount, signature))
+            .send("redeem", self.contract.redeem(id, amount, signature))
             .await?;
         Ok(self.changed(id, &receipt))
     }
 
-    /// Sends `call` as a transaction, one at a time, and returns its receipt once mined; a
-    /// refusal by the contract comes back in its words, a mined revert as an error.
+    /// Sends `call` (a `kind` of transaction, for the metrics) as a transaction, one at a time,
+    /// and returns its receipt once mined; a refusal by the contract comes back in its words, a
+    /// mined revert as an error.
     async fn send<D: alloy::contract::CallDecoder>(
+        &self,
+        kind: &'static str,
+        call: alloy::contract::CallBuilder<&DynProvider, D>,
+    ) -> Result<Receipt, Error> {
+        let outcome = self.send_one(call).await;
+        crate::metrics::transaction(
+            kind,
+            outcome
+                .as_ref()
+                .map_or_else(|error| error.code.as_str(), |_| "ok"),
+        );
+        outcome
+    }
+
+    async fn send_one<D: alloy::contract::CallDecoder>(
         &self,
         call: alloy::contract::CallBuilder<&DynProvider, D>,
     ) -> Result<Receipt, Error> {

@@ -540,30 +540,38 @@ fn parse(voucher: &sphere_proto::v1::Voucher) -> Result<ReceivedVoucher, Error> 
     })
 }
 
-/// Returns a channel as the REST API shows it; amounts are decimal strings of wei.
-pub fn channel_json(channel: &IncomingChannel) -> serde_json::Value {
-    serde_json::json!({
-        "channel_id": channel.channel_id.to_string(),
-        "requester": channel.requester.to_checksum(None),
-        "deposit_wei": channel.deposit.to_string(),
-        "earned_wei": channel.charged.to_string(),
-        "best_voucher_wei": channel.best.as_ref().map_or(U256::ZERO, |best| best.amount).to_string(),
-        "earned_voucher_wei": channel.earned.as_ref().map_or(U256::ZERO, |earned| earned.amount).to_string(),
-        "redeemed_wei": channel.redeemed.to_string(),
-        "pending_wei": channel.pending().to_string(),
-        "last_redemption": channel.last_redemption.as_ref().map(redemption_json),
-    })
+impl From<&IncomingChannel> for crate::api::IncomingChannelInfo {
+    fn from(channel: &IncomingChannel) -> Self {
+        let amount_of = |voucher: &Option<KeptVoucher>| {
+            voucher
+                .as_ref()
+                .map_or(U256::ZERO, |voucher| voucher.amount)
+                .to_string()
+        };
+        Self {
+            channel_id: channel.channel_id.to_string(),
+            requester: channel.requester.to_checksum(None),
+            deposit_wei: channel.deposit.to_string(),
+            earned_wei: channel.charged.to_string(),
+            best_voucher_wei: amount_of(&channel.best),
+            earned_voucher_wei: amount_of(&channel.earned),
+            redeemed_wei: channel.redeemed.to_string(),
+            pending_wei: channel.pending().to_string(),
+            last_redemption: channel.last_redemption.as_ref().map(Into::into),
+        }
+    }
 }
 
-/// Returns a redemption as the REST API shows it.
-pub fn redemption_json(redemption: &Redemption) -> serde_json::Value {
-    serde_json::json!({
-        "at_ms": redemption.at_ms,
-        "amount_wei": redemption.amount.to_string(),
-        "paid_wei": redemption.paid.to_string(),
-        "tx": redemption.tx,
-        "gas_used": redemption.gas_used,
-    })
+impl From<&Redemption> for crate::api::RedemptionInfo {
+    fn from(redemption: &Redemption) -> Self {
+        Self {
+            at_ms: redemption.at_ms,
+            amount_wei: redemption.amount.to_string(),
+            paid_wei: redemption.paid.to_string(),
+            tx: redemption.tx.clone(),
+            gas_used: redemption.gas_used,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ impl Record for OutgoingChannel {
 }
 
 /// Where a channel stands, as the requester last saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChannelPhase {
     /// Takes vouchers.
@@ -622,17 +622,18 @@ fn not_ours(id: B256) -> Error {
     )
 }
 
-/// Returns a channel as the REST API shows it; amounts are decimal strings of wei.
-pub fn channel_json(channel: &OutgoingChannel) -> serde_json::Value {
-    serde_json::json!({
-        "channel_id": channel.channel_id.to_string(),
-        "provider": channel.provider.to_checksum(None),
-        "phase": channel.phase,
-        "deposit_wei": channel.deposit.to_string(),
-        "spent_wei": channel.spent.to_string(),
-        "signed_wei": channel.signed.to_string(),
-        "remaining_wei": channel.remaining().to_string(),
-        "opened_at_ms": channel.opened_at_ms,
-        "refunded_wei": channel.refunded.map(|refunded| refunded.to_string()),
-    })
+impl From<&OutgoingChannel> for crate::api::ChannelInfo {
+    fn from(channel: &OutgoingChannel) -> Self {
+        Self {
+            channel_id: channel.channel_id.to_string(),
+            provider: channel.provider.to_checksum(None),
+            phase: channel.phase,
+            deposit_wei: channel.deposit.to_string(),
+            spent_wei: channel.spent.to_string(),
+            signed_wei: channel.signed.to_string(),
+            remaining_wei: channel.remaining().to_string(),
+            opened_at_ms: channel.opened_at_ms,
+            refunded_wei: channel.refunded.map(|refunded| refunded.to_string()),
+        }
+    }
 }

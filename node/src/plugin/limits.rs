@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Root of the cgroup file systems.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -23,7 +23,7 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const CPU_PERIOD_MICROS: u64 = 100_000;
 
 /// How a limit is enforced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Enforcement {
     /// No limit was asked for.
@@ -37,7 +37,7 @@ pub enum Enforcement {
 }
 
 /// How the limits of a plugin process are enforced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LimitsApplied {
     /// The memory limit.
     pub memory: Enforcement,

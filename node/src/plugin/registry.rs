@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sphere_proto::v1::{DescribeResponse, PluginSummary};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -21,7 +21,7 @@ use super::limits::LimitsApplied;
 use crate::config::PluginConfig;
 
 /// Where a plugin stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SlotHealth {
     /// Not yet connected or checked.
@@ -39,7 +39,7 @@ pub enum SlotHealth {
 }
 
 /// What the node shows of a plugin (`GET /plugins`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PluginStatus {
     /// The name requesters use.
     pub name: String,

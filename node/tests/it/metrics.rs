@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::harness::TestNode;
+use crate::harness::{NodeOptions, TestNode};
 
 pub async fn scrape(node: &TestNode) -> String {
     let response = node
@@ -116,5 +116,67 @@ async fn metrics_count_requests_tasks_and_connections() {
     assert!(
         sample(&after, "sphere_storage_capacity_bytes", &[]) > 0.0,
         "{after}"
+    );
+}
+
+#[tokio::test]
+async fn tasks_asked_of_other_nodes_are_counted_by_peer_and_outcome() {
+    let provider = TestNode::start();
+    let requester = TestNode::start_with(NodeOptions {
+        config: Some(json!({ "peers": [provider.target()] })),
+        ..NodeOptions::default()
+    });
+    for _ in 0..2 {
+        let (status, body) = requester
+            .post(
+                "/task",
+                &json!({"target": provider.target(), "input": "hello"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // An address from a request, not a peer: counted, without a series of its own.
+    let (status, body) = requester
+        .post("/task", &json!({"target": "127.0.0.1:1", "input": "hello"}))
+        .await;
+    assert_eq!(status, 502, "{body}");
+
+    let metrics = scrape(&requester).await;
+    let peer = format!("target=\"{}\"", provider.target());
+    assert_eq!(
+        sample(
+            &metrics,
+            "sphere_requested_tasks_total",
+            &[&peer, "plugin=\"hello\"", "outcome=\"ok\""]
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "sphere_requested_tasks_total",
+            &["target=\"other\"", "outcome=\"target_unreachable\""]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert!(!metrics.contains("127.0.0.1:1\""), "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "sphere_requested_task_duration_seconds_count",
+            &[&peer]
+        ),
+        2.0
+    );
+    // The provider ran them.
+    assert_eq!(
+        sample(
+            &scrape(&provider).await,
+            "sphere_tasks_total",
+            &["outcome=\"ok\""]
+        ),
+        2.0
     );
 }

@@ -413,6 +413,68 @@ async fn a_thousand_paid_tasks_cost_two_transactions_and_pay_the_provider_exactl
     // Two transactions in all: the requester's open and the provider's one redemption.
     assert_eq!(pair.transactions_sent(&pair.requester).await, 1);
     assert_eq!(pair.transactions_sent(&pair.provider).await, 1);
+
+    // The metrics say the same.
+    let requester = crate::metrics::scrape(&pair.requester).await;
+    let provider = crate::metrics::scrape(&pair.provider).await;
+    let metric = crate::metrics::sample;
+    let wei = (TASKS * TASK_PRICE) as f64;
+    assert_eq!(
+        metric(
+            &requester,
+            "sphere_chain_transactions_total",
+            &["kind=\"open\"", "outcome=\"ok\""]
+        ),
+        1.0,
+        "{requester}"
+    );
+    assert_eq!(
+        metric(&requester, "sphere_chain_transactions_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &provider,
+            "sphere_chain_transactions_total",
+            &["kind=\"redeem\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &requester,
+            "sphere_payment_channels",
+            &["direction=\"out\"", "phase=\"open\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &requester,
+            "sphere_payment_deposit_wei",
+            &["direction=\"out\""]
+        ),
+        wei
+    );
+    assert_eq!(metric(&requester, "sphere_payment_spent_wei", &[]), wei);
+    assert_eq!(
+        metric(&provider, "sphere_payment_channels", &["direction=\"in\""]),
+        1.0
+    );
+    assert_eq!(
+        metric(&provider, "sphere_payment_earned_wei", &[]),
+        wei,
+        "{provider}"
+    );
+    assert_eq!(metric(&provider, "sphere_payment_redeemed_wei", &[]), wei);
+    assert_eq!(
+        metric(
+            &requester,
+            "sphere_requested_tasks_total",
+            &["outcome=\"ok\""]
+        ),
+        TASKS as f64
+    );
     let (_, open_gas) = pair.fee(&open_tx).await;
     // Read by BENCHMARKS.md: the gas of the whole run.
     eprintln!(

@@ -1,0 +1,573 @@
+//! The REST API's requests and answers: what the handlers in [`crate::http`] read and write, what
+//! the CLI's client ([`crate::client`]) sends and reads back, and what the OpenAPI document at
+//! `GET /openapi.json` is generated from.
+//!
+//! Amounts of wei are decimal strings (they can exceed 64 bits); times are RFC 3339 strings or
+//! milliseconds since the Unix epoch, as each field says.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+pub use crate::error::ErrorCode;
+pub use crate::files::recovery::RecoveryReport;
+pub use crate::payments::Prices;
+pub use crate::payments::payer::ChannelPhase;
+pub use crate::plugin::limits::{Enforcement, LimitsApplied};
+pub use crate::plugin::registry::{PluginStatus, SlotHealth};
+
+/// The body of every failed request.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorAnswer {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable code for scripts, a message for people, and facts for scripts next
+/// to them (for example `plugins` with `plugin_not_found`, `retry_after_seconds` with
+/// `overloaded`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// What went wrong, for scripts.
+    pub code: ErrorCode,
+    /// What went wrong, for people, and how to fix it where possible.
+    pub message: String,
+    /// Facts beyond the code.
+    #[serde(flatten)]
+    #[schema(additional_properties)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `POST /task`: a task to run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct TaskRequest {
+    /// gRPC address (`host:port`) of the node to run the task on; this node when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1)]
+    pub target: Option<String>,
+    /// Name of the plugin to run the task; the target's default plugin when absent or empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// The requester's identifier for the task, echoed back; a random one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The input as text; give this or `input_base64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// The input as base64, for binary inputs; give this or `input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_base64: Option<String>,
+    /// Deadline in milliseconds, capped by `grpc.task_timeout_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `POST /task`: a finished task.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskAnswer {
+    /// The task's identifier.
+    pub id: String,
+    /// The output as text, when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// The output as base64, when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_base64: Option<String>,
+    /// Name of the plugin that ran the task.
+    pub plugin: String,
+}
+
+/// `POST /file`: a small file to store, sent whole as base64.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct StoreFileRequest {
+    /// gRPC address of the one provider to store the file on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1)]
+    pub target: Option<String>,
+    /// gRPC addresses of the providers to store the file on, one replica each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1)]
+    pub targets: Option<Vec<String>>,
+    /// How many providers the node picks among its peers, when none are named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub replicas: Option<u32>,
+    /// Name of the file; need not be unique.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(required = true, value_type = String)]
+    pub name: Option<String>,
+    /// Contents, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(required = true, value_type = String, content_encoding = "base64")]
+    pub data: Option<String>,
+}
+
+/// `GET /file` with a JSON body: which file to read back.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ReadFileRequest {
+    /// Provider to read from first; by default the file's replicas in turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1)]
+    pub target: Option<String>,
+    /// The file's ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(required = true, value_type = String)]
+    pub id: Option<String>,
+}
+
+/// The query of `PUT /files/{name}`: where the file goes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StoreQuery {
+    /// Provider to store on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(min_length = 1)]
+    pub target: Option<String>,
+    /// Providers to store on, comma-separated, one replica each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(min_length = 1)]
+    pub targets: Option<String>,
+    /// How many providers the node picks among its peers, when none are named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1)]
+    pub replicas: Option<u32>,
+}
+
+/// The query of the routes that read a file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReadQuery {
+    /// Provider to read from first; by default the file's replicas in turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(min_length = 1)]
+    pub target: Option<String>,
+}
+
+/// `POST /files/recover`: providers to ask besides the configured peers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct RecoverFilesRequest {
+    /// gRPC addresses of providers to ask besides the configured peers.
+    #[serde(default)]
+    pub providers: Vec<String>,
+}
+
+/// How a file stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FileHealth {
+    /// As many healthy replicas as wanted.
+    Ok,
+    /// Fewer, or some failing their audits; repair is under way.
+    Degraded,
+    /// No replica left that is not lost: reads answer 410 `file_lost`.
+    Lost,
+}
+
+/// How one copy of a file stands, from its audits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaHealth {
+    /// Not audited yet.
+    Unaudited,
+    /// The last audit passed.
+    Ok,
+    /// Audits fail, within the grace period (`storage.lost_after_ms`).
+    Failing,
+    /// Audits failed past the grace period; the copy is replaced.
+    Lost,
+}
+
+/// A replica as the owner sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaInfo {
+    /// The provider's gRPC address.
+    pub target: String,
+    /// The provider's node ID.
+    pub provider_id: String,
+    /// What the audits found.
+    pub health: ReplicaHealth,
+    /// When the last audit ended (RFC 3339).
+    pub last_audit: Option<String>,
+    /// Why the last audit failed.
+    pub last_audit_error: Option<String>,
+    /// Until when the copy is paid for (RFC 3339), when the provider charges for storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_until: Option<String>,
+}
+
+/// A stored file.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FileInfo {
+    /// The file's ID.
+    pub id: String,
+    /// The name it was stored under.
+    pub name: String,
+    /// Size of the plaintext in bytes.
+    pub size: u64,
+    /// When it was stored (RFC 3339).
+    pub created_at: String,
+    /// Address of the first provider holding the file.
+    pub target: String,
+    /// Node ID of that provider.
+    pub provider_id: String,
+    /// How the file stands.
+    pub health: FileHealth,
+    /// Replicas the file should have.
+    pub replicas_wanted: u32,
+    /// Every provider holding the file, with what the audits found.
+    pub replicas: Vec<ReplicaInfo>,
+    /// Contents, base64; only in the answers of `GET /file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+/// `GET /files`: the owner's files, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FileList {
+    /// The files.
+    pub files: Vec<FileInfo>,
+}
+
+/// `DELETE /files/{id}`: the file deleted.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeletedFile {
+    /// The file's ID.
+    pub id: String,
+    /// Always true: the file is gone from every replica.
+    pub deleted: bool,
+}
+
+/// `GET /storage`: the space this node offers other nodes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StorageAnswer {
+    /// Bytes offered (`storage.capacity_bytes`).
+    pub capacity_bytes: u64,
+    /// Bytes used by other nodes' objects.
+    pub used_bytes: u64,
+    /// Bytes used per owner's node ID.
+    pub owners: BTreeMap<String, u64>,
+}
+
+/// Whether the node serves fully.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeHealth {
+    /// Every plugin serves.
+    Ok,
+    /// Some plugin does not; the node still stores files and runs the healthy plugins' tasks.
+    Degraded,
+}
+
+/// `GET /health`: the node's identity and its plugins' health.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthAnswer {
+    /// Whether the node serves fully.
+    pub status: NodeHealth,
+    /// The node's ID: the Ethereum address of its key.
+    pub node_id: String,
+    /// The node software's version.
+    pub version: String,
+    /// Each plugin's health.
+    pub plugins: Vec<PluginHealth>,
+}
+
+/// A plugin's health, as `GET /health` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PluginHealth {
+    /// The plugin's name.
+    pub name: String,
+    /// Its health.
+    pub health: SlotHealth,
+}
+
+/// `GET /node`: who and where the node is.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeAnswer {
+    /// The node's ID: the Ethereum address of its key.
+    pub node_id: String,
+    /// The node software's version.
+    pub version: String,
+    /// When the node started (RFC 3339).
+    pub started_at: String,
+    /// Seconds since it started.
+    pub uptime_seconds: u64,
+    /// Where other nodes reach its gRPC services.
+    pub grpc_address: String,
+    /// Where its REST API listens.
+    pub http_address: String,
+    /// Whether REST requests need the bearer token.
+    pub token_required: bool,
+    /// Whether payments are on.
+    pub payments_enabled: bool,
+}
+
+/// `GET /plugins`: the node's plugins.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PluginList {
+    /// Every plugin with its description, health, load and counters.
+    pub plugins: Vec<PluginStatus>,
+}
+
+/// `GET /peers`: the nodes this node knows.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PeerList {
+    /// Each configured peer with what it answered.
+    pub peers: Vec<PeerInfo>,
+}
+
+/// A peer and its answer to `NodeService.GetInfo`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PeerInfo {
+    /// Its gRPC address, as configured.
+    pub address: String,
+    /// Whether it answered.
+    pub reachable: bool,
+    /// Its node ID, when it answered.
+    pub node_id: Option<String>,
+    /// Its software version, when it answered.
+    pub version: Option<String>,
+    /// The plugins it offers, when it answered.
+    pub plugins: Vec<PeerPlugin>,
+    /// Whether it takes payments, when it answered.
+    pub payments: Option<bool>,
+    /// Milliseconds its answer took.
+    pub latency_ms: Option<f64>,
+    /// Why it did not answer.
+    pub error: Option<ErrorDetail>,
+}
+
+/// A plugin a peer offers.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PeerPlugin {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// What it does.
+    pub description: String,
+}
+
+/// `GET /payments`: the node's payments. With payments off, only `enabled` (false).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PaymentsAnswer {
+    /// Whether payments are on.
+    pub enabled: bool,
+    /// The chain's ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_id: Option<u64>,
+    /// Address of the payment contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
+    /// Seconds between a close request and the refund.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge_period_seconds: Option<u64>,
+    /// This node's account: its node ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The account's balance, in wei.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance_wei: Option<String>,
+    /// What this node charges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<Prices>,
+    /// Wei this node spent on work that succeeded, over its channels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent_wei: Option<String>,
+    /// Wei this node earned as a provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earned_wei: Option<String>,
+    /// Wei of its earnings redeemed on chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redeemed_wei: Option<String>,
+    /// Wei earned and not yet redeemed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_wei: Option<String>,
+    /// Channels this node pays through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels_out: Option<Vec<ChannelInfo>>,
+    /// Channels that pay this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels_in: Option<Vec<IncomingChannelInfo>>,
+}
+
+/// A channel this node pays through.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChannelInfo {
+    /// The channel's ID (32 bytes, 0x-prefixed hex).
+    pub channel_id: String,
+    /// The provider it pays: its node ID.
+    pub provider: String,
+    /// Where the channel stands.
+    pub phase: ChannelPhase,
+    /// Wei deposited in all.
+    pub deposit_wei: String,
+    /// Wei spent on work that succeeded.
+    pub spent_wei: String,
+    /// The largest cumulative amount signed in a voucher.
+    pub signed_wei: String,
+    /// Wei of the deposit not yet promised.
+    pub remaining_wei: String,
+    /// When it was opened, in milliseconds since the Unix epoch.
+    pub opened_at_ms: u64,
+    /// Wei refunded at close.
+    pub refunded_wei: Option<String>,
+}
+
+/// A channel after a transaction that changed it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChannelChange {
+    /// The channel as it is now.
+    #[serde(flatten)]
+    pub channel: ChannelInfo,
+    /// The transaction.
+    pub transaction: TransactionInfo,
+}
+
+/// A mined transaction.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TransactionInfo {
+    /// Its hash.
+    pub tx: String,
+    /// Gas it used.
+    pub gas_used: u64,
+    /// What it cost, in wei.
+    pub fee_wei: String,
+}
+
+/// `POST /channels/recover`: the channels found again on the chain.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RecoveredChannels {
+    /// The channels.
+    pub recovered: Vec<ChannelInfo>,
+}
+
+/// A channel that pays this node.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IncomingChannelInfo {
+    /// The channel's ID.
+    pub channel_id: String,
+    /// Who pays: the requester's node ID.
+    pub requester: String,
+    /// The deposit, as last read from the chain.
+    pub deposit_wei: String,
+    /// Wei charged for work done.
+    pub earned_wei: String,
+    /// The largest voucher received.
+    pub best_voucher_wei: String,
+    /// The largest voucher not above what was charged.
+    pub earned_voucher_wei: String,
+    /// The largest amount redeemed on chain.
+    pub redeemed_wei: String,
+    /// Wei earned and not yet redeemed.
+    pub pending_wei: String,
+    /// The last redemption.
+    pub last_redemption: Option<RedemptionInfo>,
+}
+
+/// A redemption this node made.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RedemptionInfo {
+    /// When it was mined, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The cumulative amount redeemed.
+    pub amount_wei: String,
+    /// What it paid: the amount minus what was redeemed before.
+    pub paid_wei: String,
+    /// The transaction's hash.
+    pub tx: String,
+    /// Gas it used.
+    pub gas_used: u64,
+}
+
+/// `POST /payments/redeem`: what was redeemed and what failed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RedeemAnswer {
+    /// Channels redeemed.
+    pub redeemed: Vec<ChannelRedemption>,
+    /// Channels whose redemption failed.
+    pub failed: Vec<FailedRedemption>,
+}
+
+/// A channel's redemption.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChannelRedemption {
+    /// The channel.
+    pub channel_id: String,
+    /// The redemption.
+    #[serde(flatten)]
+    pub redemption: RedemptionInfo,
+}
+
+/// A channel whose redemption failed, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FailedRedemption {
+    /// The channel.
+    pub channel_id: String,
+    /// Why, for scripts.
+    pub code: ErrorCode,
+    /// Why, for people.
+    pub message: String,
+}
+
+/// An amount: wei as a number, or a string with a unit (`"0.01eth"`, `"5gwei"`, `"1000wei"`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Amount {
+    /// Whole wei; integral numbers written with an exponent (`1e18`) too, up to 2^53.
+    Wei(serde_json::Number),
+    /// Wei, gwei or eth with a unit.
+    Text(String),
+}
+
+impl utoipa::PartialSchema for Amount {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .description(Some(
+                "Wei as a whole number (up to 2^53), or a string with a unit: \"0.01eth\", \"5gwei\", \"1000wei\", \"1000\"",
+            ))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^\s*[0-9]*\.?[0-9]+\s*([wW][eE][iI]|[gG][wW][eE][iI]|[eE][tT][hH]([eE][rR])?)?\s*$")),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for Amount {}
+
+/// `POST /channels`: a channel to open, to a provider named by its address or its node ID.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenChannelRequest {
+    /// gRPC address of the provider's node; its node ID is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1)]
+    pub target: Option<String>,
+    /// The provider's node ID, when no target is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^0x[0-9a-fA-F]{40}$")]
+    pub provider: Option<String>,
+    /// The deposit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(required = true, value_type = Amount)]
+    pub deposit: Option<Amount>,
+}
+
+/// `POST /channels/{id}/topup`: an amount to add to a channel's deposit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopUpRequest {
+    /// The amount to add.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(required = true, value_type = Amount)]
+    pub amount: Option<Amount>,
+}

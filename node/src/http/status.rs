@@ -1,0 +1,183 @@
+//! What the node tells about itself: health, identity and addresses, plugins, peers, metrics,
+//! and the API's own description.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+
+use super::openapi::{CommonErrors, error_responses};
+use crate::api::{
+    HealthAnswer, NodeAnswer, NodeHealth, PeerInfo, PeerList, PeerPlugin, PluginHealth, PluginList,
+};
+use crate::node::NodeContext;
+use crate::plugin::registry::SlotHealth;
+
+error_responses!(
+    /// Errors of `GET /health`: none, it is answered while the node runs.
+    HealthErrors:
+);
+
+/// The node's identity and whether its plugins are serving: `status` is `ok` when every plugin
+/// is, `degraded` otherwise (the node still stores files and runs the healthy plugins' tasks).
+/// Open without the token, for health checks.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "node",
+    security(()),
+    responses((status = 200, description = "The node runs", body = HealthAnswer), HealthErrors),
+)]
+pub async fn health(State(context): State<NodeContext>) -> axum::Json<HealthAnswer> {
+    let status = if context.plugins.all_serving() {
+        NodeHealth::Ok
+    } else {
+        NodeHealth::Degraded
+    };
+    let plugins = context
+        .plugins
+        .statuses()
+        .into_iter()
+        .map(|plugin| PluginHealth {
+            name: plugin.name,
+            health: plugin.health,
+        })
+        .collect();
+    axum::Json(HealthAnswer {
+        status,
+        node_id: context.identity.node_id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        plugins,
+    })
+}
+
+/// Who and where the node is, and since when.
+#[utoipa::path(
+    get,
+    path = "/node",
+    tag = "node",
+    responses((status = 200, description = "The node", body = NodeAnswer), CommonErrors),
+)]
+pub async fn node(State(context): State<NodeContext>) -> axum::Json<NodeAnswer> {
+    let uptime = SystemTime::now()
+        .duration_since(context.started_at)
+        .unwrap_or_default();
+    axum::Json(NodeAnswer {
+        node_id: context.identity.node_id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: humantime::format_rfc3339_seconds(context.started_at).to_string(),
+        uptime_seconds: uptime.as_secs(),
+        grpc_address: context.grpc_address.to_string(),
+        http_address: context.http_address.to_string(),
+        token_required: context.api_access.is_required(),
+        payments_enabled: context.payments.is_some(),
+    })
+}
+
+/// Every plugin with its description, health, load and counters.
+#[utoipa::path(
+    get,
+    path = "/plugins",
+    tag = "node",
+    responses((status = 200, description = "The node's plugins", body = PluginList), CommonErrors),
+)]
+pub async fn plugins(State(context): State<NodeContext>) -> axum::Json<PluginList> {
+    axum::Json(PluginList {
+        plugins: context.plugins.statuses(),
+    })
+}
+
+/// The peers this node knows, each asked who it is (all at once, each within the connect
+/// timeout).
+#[utoipa::path(
+    get,
+    path = "/peers",
+    tag = "node",
+    responses((status = 200, description = "The peers and their answers", body = PeerList), CommonErrors),
+)]
+pub async fn peers(State(context): State<NodeContext>) -> axum::Json<PeerList> {
+    let asks = context
+        .files
+        .options()
+        .providers
+        .iter()
+        .map(|address| ask_peer(&context, address));
+    axum::Json(PeerList {
+        peers: futures_util::future::join_all(asks).await,
+    })
+}
+
+async fn ask_peer(context: &NodeContext, address: &str) -> PeerInfo {
+    let started = Instant::now();
+    let answer = context.peers.info(address).await;
+    let latency_ms = duration_ms(started.elapsed());
+    match answer {
+        Ok(info) => PeerInfo {
+            address: address.to_owned(),
+            reachable: true,
+            node_id: Some(info.node_id),
+            version: Some(info.version),
+            plugins: info
+                .plugins
+                .into_iter()
+                .map(|plugin| PeerPlugin {
+                    name: plugin.name,
+                    version: plugin.version,
+                    description: plugin.description,
+                })
+                .collect(),
+            payments: Some(info.payment_terms.is_some()),
+            latency_ms: Some(latency_ms),
+            error: None,
+        },
+        Err(error) => PeerInfo {
+            address: address.to_owned(),
+            reachable: false,
+            node_id: None,
+            version: None,
+            plugins: Vec::new(),
+            payments: None,
+            latency_ms: None,
+            error: Some(error.into()),
+        },
+    }
+}
+
+fn duration_ms(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1000.0 * 100.0).round() / 100.0
+}
+
+/// The node's metrics in Prometheus's text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "node",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String),
+        CommonErrors,
+    ),
+)]
+pub async fn metrics(State(context): State<NodeContext>) -> Response {
+    for plugin in context.plugins.statuses() {
+        crate::metrics::plugin(
+            &plugin.name,
+            plugin.health == SlotHealth::Serving,
+            plugin.restarts,
+            plugin.in_flight,
+            plugin.queued,
+        );
+    }
+    let (capacity_bytes, used_bytes) = context.objects.capacity();
+    crate::metrics::storage(capacity_bytes, used_bytes);
+    if let Some(payments) = &context.payments {
+        payments.record_metrics();
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,205 @@
+"""The dashboard in a real browser (Debian's Chromium, driven by Playwright) against real nodes.
+
+Each test writes screenshots of what it saw to target/web-artifacts (SPHERE_WEB_ARTIFACTS)."""
+
+import hashlib
+import os
+import signal
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from conftest import ARTIFACTS, Node, free_port, paid_config, start_demo_plugin
+
+CHROMIUM = os.environ.get("SPHERE_CHROMIUM", "/usr/bin/chromium")
+# Headless Chromium as root needs --no-sandbox; the machine has no internet to talk to.
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Live views refresh every 2 s; a plugin restart and an audit take a few seconds more.
+expect.set_options(timeout=30_000)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: scripts/test-all installs Debian's chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, f"the page threw: {errors}"
+
+
+def screenshot(page, name):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_the_overview_shows_the_node_and_reads_on_a_phone(page, mesh, browser):
+    requester, _providers = mesh
+    page.goto(requester.url + "/")
+    expect(page.locator("#node-id")).to_have_text(requester.node_id)
+    expect(page.locator("#node-facts")).to_contain_text("Up for")
+    expect(page.locator("#storage-text")).to_contain_text("offered")
+    # The chart needs two samples of /metrics; tasks run meanwhile give it something to show.
+    for _ in range(5):
+        assert requester.call("POST", "/task", {"input": "chart"})[0] == 200
+    expect(page.locator("#task-rate")).to_contain_text("tasks/s")
+    screenshot(page, "overview")
+
+    phone = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True)
+    try:
+        small = phone.new_page()
+        small.goto(requester.url + "/")
+        expect(small.locator("#node-id")).to_have_text(requester.node_id)
+        # Nothing wider than the screen: no sideways scrolling of the page itself.
+        assert small.evaluate("document.documentElement.scrollWidth") <= 375
+        screenshot(small, "overview-phone")
+    finally:
+        phone.close()
+
+
+def test_a_file_is_stored_listed_downloaded_and_deleted_through_the_page(page, mesh, tmp_path):
+    requester, providers = mesh
+    original = tmp_path / "photo.bin"
+    original.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    page.goto(requester.url + "/#/files")
+    page.get_by_label("File to store", exact=True).set_input_files(str(original))
+    page.get_by_label("Replicas the node picks among its peers", exact=True).fill("2")
+    page.get_by_role("button", name="Store", exact=True).click()
+    expect(page.locator("#upload-progress")).to_be_visible()
+    expect(page.locator("#upload-status")).to_contain_text("Stored photo.bin")
+    assert page.locator("#upload-progress").evaluate("bar => bar.value") == 100
+
+    row = page.locator("#files-table tbody tr", has_text="photo.bin")
+    expect(row).to_have_count(1)
+    expect(row.locator(".health")).to_have_text("ok")
+    # Both replicas audited and healthy (audits run every second on this requester).
+    expect(row.locator(".replicas .badge-ok")).to_have_count(2)
+    for provider in providers:
+        expect(row.locator(".replicas")).to_contain_text(provider.grpc)
+    screenshot(page, "files")
+
+    with page.expect_download() as download:
+        row.get_by_role("button", name="Download photo.bin", exact=True).click()
+    saved = tmp_path / "downloaded.bin"
+    download.value.save_as(saved)
+    assert hashlib.sha256(saved.read_bytes()).digest() == hashlib.sha256(original.read_bytes()).digest()
+
+    row.get_by_role("button", name="Delete photo.bin", exact=True).click()
+    dialog = page.locator("#confirm")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("Delete photo.bin")
+    dialog.get_by_role("button", name="Delete", exact=True).click()
+    expect(page.locator("#files-table tbody tr", has_text="photo.bin")).to_have_count(0)
+    status, listing = requester.call("GET", "/files")
+    assert status == 200 and all(file["name"] != "photo.bin" for file in listing["files"])
+
+
+def test_a_task_run_from_the_form_shows_its_output_and_a_failure_its_code(page, mesh):
+    requester, providers = mesh
+    page.goto(requester.url + "/#/task")
+    page.get_by_label("Input text", exact=True).fill("hello from the dashboard")
+    page.get_by_role("button", name="Run", exact=True).click()
+    expect(page.locator("#task-output")).to_have_text("hello from the dashboard")
+    expect(page.locator("#task-result")).to_contain_text("Succeeded on plugin hello")
+
+    # On a peer chosen from the list.
+    page.get_by_label("Target node", exact=True).select_option(providers[0].grpc)
+    page.get_by_label("Input text", exact=True).fill("on a peer")
+    page.get_by_role("button", name="Run", exact=True).click()
+    expect(page.locator("#task-output")).to_have_text("on a peer")
+    screenshot(page, "task")
+
+    page.get_by_label("Plugin", exact=True).select_option("hello")
+    page.get_by_label("or another node's gRPC address", exact=True).fill("127.0.0.1:1")
+    page.get_by_role("button", name="Run", exact=True).click()
+    expect(page.locator("#task-result")).to_contain_text("target_unreachable")
+    expect(page.locator("#task-result")).to_contain_text("HTTP 502")
+
+
+def test_a_killed_plugin_shows_unhealthy_then_healthy_again(page):
+    # A plugin someone else runs (the node does not restart it), so the page has time to show it
+    # down; a plugin the node runs itself is back before the page's next refresh.
+    port = free_port()
+    plugin = start_demo_plugin(port)
+    node = Node(args=["--plugin-address", f"http://127.0.0.1:{port}"])
+    try:
+        page.goto(node.url + "/#/plugins")
+        health = page.locator("#plugins-table tr[data-plugin=hello] .health")
+        expect(health).to_have_text("serving")
+        plugin.kill()
+        plugin.wait()
+        expect(health).to_have_text("unreachable")
+        # The last problem says why.
+        expect(page.locator("#plugins-table tr[data-plugin=hello] td").last).not_to_have_text("–")
+        screenshot(page, "plugins-down")
+        plugin = start_demo_plugin(port)
+        expect(health).to_have_text("serving")
+        screenshot(page, "plugins")
+    finally:
+        plugin.kill()
+        node.stop()
+
+
+def test_the_peers_page_lists_the_configured_peers(page, mesh):
+    requester, providers = mesh
+    page.goto(requester.url + "/#/peers")
+    for provider in providers:
+        row = page.locator("#peers-table tbody tr", has_text=provider.grpc)
+        expect(row).to_contain_text(provider.node_id)
+        expect(row).to_contain_text("ok")
+    screenshot(page, "peers")
+
+
+def test_a_channel_opened_on_the_chain_shows_its_deposit(page, chain):
+    provider = Node(paid_config(chain))
+    requester = Node(paid_config(chain, {"peers": [provider.grpc]}), key=chain.keys[1])
+    try:
+        page.goto(requester.url + "/#/payments")
+        page.get_by_label("Provider's gRPC address", exact=True).fill(provider.grpc)
+        page.get_by_label("Deposit", exact=True).fill("0.25eth")
+        page.get_by_role("button", name="Open a channel", exact=True).click()
+        dialog = page.locator("#confirm")
+        expect(dialog).to_contain_text("deposit of 0.25eth")
+        dialog.get_by_role("button", name="Open", exact=True).click()
+        row = page.locator("#channels-out tbody tr[data-channel]")
+        expect(row).to_have_count(1)
+        expect(row.locator(".deposit")).to_have_text("0.25 ETH")
+        expect(row).to_contain_text("open")
+        expect(page.locator("#notice")).to_contain_text("Opened channel")
+        screenshot(page, "payments")
+
+        # A paid task spends from it.
+        assert requester.call("POST", "/task", {"target": provider.grpc, "input": "paid"})[0] == 200
+        expect(page.locator("#payments-summary")).to_contain_text("1000 wei")
+    finally:
+        requester.stop()
+        provider.stop()
+
+
+def test_a_node_beyond_loopback_asks_for_its_token_once(page):
+    node = Node({"http": {"token": "secret-for-the-dashboard"}})
+    try:
+        page.goto(node.url + "/")
+        dialog = page.locator("#token-dialog")
+        expect(dialog).to_be_visible()
+        page.get_by_label("Token", exact=True).fill("secret-for-the-dashboard")
+        dialog.get_by_role("button", name="Use this token", exact=True).click()
+        expect(page.locator("#node-id")).to_have_text(node.node_id)
+        page.goto(node.url + "/#/files")
+        expect(page.locator("#files-table tbody")).to_contain_text("No files yet.")
+        expect(dialog).to_be_hidden()
+        assert page.evaluate("sessionStorage.getItem('sphere-token')") == "secret-for-the-dashboard"
+    finally:
+        node.stop()
