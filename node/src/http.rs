@@ -130,14 +130,15 @@ pub fn router(context: NodeContext) -> Router {
                 )
             }),
         )
+        // Inside the token check: a stranger learns nothing of which routes exist.
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(json_limit)
         .layer(axum::middleware::from_fn_with_state(
             context.api_access.clone(),
             access::require_token,
         ))
         .merge(dashboard::routes())
-        .fallback(route_not_found)
-        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(log_request))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,

@@ -95,8 +95,8 @@ pub fn repair() {
     metrics::counter!("sphere_repairs_total").increment(1);
 }
 
-/// Counts bytes this node, as a provider, `stored` (objects committed) or `served` (chunks sent
-/// to their owners).
+/// Counts bytes this node, as a provider, `stored` (objects committed), `read` (chunks read from
+/// disk to answer audits) or `served` (chunks sent to their owners).
 pub fn provider_bytes(direction: &'static str, bytes: u64) {
     metrics::counter!("sphere_provider_bytes_total", "direction" => direction).increment(bytes);
 }

@@ -396,6 +396,7 @@ impl StorageService for ProviderStorage {
         let chunks = self.store.chunks().clone();
         let proven = tokio::task::spawn_blocking(move || {
             let chunk = chunks.read_blocking(hash)?;
+            crate::metrics::provider_bytes("read", chunk.len() as u64);
             Ok::<_, StorageError>((
                 merkle::segment_count(chunk.len()),
                 merkle::prove(&chunk, segment_index),

@@ -412,26 +412,23 @@ async fn a_corrupted_chunk_is_caught_by_audits_and_repaired_and_never_read() {
         sample(&metrics, "sphere_repairs_total", &[]) >= 1.0,
         "{metrics}"
     );
-    // The providers counted what they stored (two replicas and the repair copy) and served.
-    let mut stored_and_served = (0.0, 0.0);
+    // The providers counted what they stored (two replicas and the repair copy), read from disk
+    // for audits, and served.
+    let mut bytes = [0.0; 3];
     for provider in &providers {
         let metrics = crate::metrics::scrape(provider).await;
-        stored_and_served.0 += sample(
-            &metrics,
-            "sphere_provider_bytes_total",
-            &["direction=\"stored\""],
-        );
-        stored_and_served.1 += sample(
-            &metrics,
-            "sphere_provider_bytes_total",
-            &["direction=\"served\""],
-        );
+        for (total, direction) in bytes.iter_mut().zip(["stored", "read", "served"]) {
+            *total += sample(
+                &metrics,
+                "sphere_provider_bytes_total",
+                &[&format!("direction=\"{direction}\"")],
+            );
+        }
     }
-    assert!(
-        stored_and_served.0 >= 3.0 * 300_000.0,
-        "{stored_and_served:?}"
-    );
-    assert!(stored_and_served.1 >= 300_000.0, "{stored_and_served:?}");
+    let [stored, read, served] = bytes;
+    assert!(stored >= 3.0 * 300_000.0, "{bytes:?}");
+    assert!(read > 0.0, "{bytes:?}");
+    assert!(served >= 300_000.0, "{bytes:?}");
 }
 
 #[tokio::test]
