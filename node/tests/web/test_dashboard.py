@@ -162,8 +162,8 @@ def test_the_peers_page_lists_the_configured_peers(page, mesh):
     screenshot(page, "peers")
 
 
-def test_a_channel_opened_on_the_chain_shows_its_deposit(page, chain):
-    provider = Node(paid_config(chain))
+def test_a_channel_is_opened_topped_up_redeemed_and_closed_through_the_page(page, chain):
+    provider = Node(paid_config(chain), key=chain.keys[2])
     requester = Node(paid_config(chain, {"peers": [provider.grpc]}), key=chain.keys[1])
     try:
         page.goto(requester.url + "/#/payments")
@@ -183,6 +183,27 @@ def test_a_channel_opened_on_the_chain_shows_its_deposit(page, chain):
         # A paid task spends from it.
         assert requester.call("POST", "/task", {"target": provider.grpc, "input": "paid"})[0] == 200
         expect(page.locator("#payments-summary")).to_contain_text("1000 wei")
+
+        row.get_by_role("button", name="Top up", exact=True).click()
+        dialog.get_by_label("Amount", exact=True).fill("0.05eth")
+        dialog.get_by_role("button", name="Top up", exact=True).click()
+        expect(row.locator(".deposit")).to_have_text("0.3 ETH")
+
+        # The provider redeems what it earned, from its own dashboard.
+        provider_page = page.context.new_page()
+        provider_page.goto(provider.url + "/#/payments")
+        expect(provider_page.locator("#channels-in tbody")).to_contain_text("1000 wei")
+        provider_page.get_by_role("button", name="Redeem earnings now", exact=True).click()
+        provider_page.locator("#confirm").get_by_role("button", name="Redeem", exact=True).click()
+        expect(provider_page.locator("#notice")).to_contain_text("Redeemed 1 channel(s).")
+        expect(provider_page.locator("#payments-summary")).to_contain_text("Redeemed1000 wei")
+
+        row.get_by_role("button", name="Close", exact=True).click()
+        expect(dialog).to_contain_text("challenge period")
+        dialog.get_by_role("button", name="Close", exact=True).click()
+        expect(row).to_contain_text("closing")
+        expect(row.get_by_role("button", name="Finish closing", exact=True)).to_be_visible()
+        assert requester.call("GET", "/payments")[1]["channels_out"][0]["phase"] == "closing"
     finally:
         requester.stop()
         provider.stop()
