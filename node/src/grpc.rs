@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::connections::{GuardedListener, TrackRequestsLayer};
-use crate::node::NodeContext;
+use crate::context::NodeContext;
 use crate::peers::MAX_MESSAGE_BYTES;
 use sphere_proto::v1::node_service_server::NodeServiceServer;
 use sphere_proto::v1::storage_service_server::StorageServiceServer;

@@ -50,8 +50,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::connections::{ConnectionHandle, GuardedListener, TrackRequestsLayer};
+use crate::context::NodeContext;
 use crate::error::{Error, ErrorCode};
-use crate::node::NodeContext;
 
 /// Serves the REST API on `listener` until `shutdown` completes, then lets in-flight requests
 /// finish.

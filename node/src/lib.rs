@@ -4,7 +4,8 @@
 //! See ARCHITECTURE.md at the top of the repository for how a task and a file flow through it.
 //!
 //! # Layout
-//! - [`node`]: start-up order, the shared [`node::NodeContext`], shutdown.
+//! - [`node`]: start-up order, shutdown.
+//! - [`context`]: [`context::NodeContext`], what both servers' handlers share.
 //! - [`config`]: configuration from defaults, file, environment and flags.
 //! - [`identity`]: the node's secp256k1 key; its Ethereum address is the node ID.
 //! - [`auth`]: owner signatures on storage requests, and their verification.
@@ -29,6 +30,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod connections;
+pub mod context;
 pub mod error;
 pub mod files;
 pub mod grpc;

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::connections::{self, GuardedListener};
+use crate::context::NodeContext;
 use crate::files::{FileOptions, Files};
 use crate::grpc::ProviderStorage;
 use crate::http::access::ApiAccess;
@@ -40,35 +41,6 @@ use crate::storage::objects::ObjectStore;
 const PLUGIN_START_WAIT: Duration = Duration::from_secs(15);
 /// Longest time shutdown waits for the last redemptions.
 const FINAL_REDEMPTION_WAIT: Duration = Duration::from_secs(30);
-
-/// What request handlers share: cheap to clone.
-#[derive(Debug, Clone)]
-pub struct NodeContext {
-    /// This node's key and ID.
-    pub identity: NodeIdentity,
-    /// The plugins that run this node's tasks.
-    pub plugins: Plugins,
-    /// Connections to other nodes.
-    pub peers: Peers,
-    /// The owner's file operations.
-    pub files: Files,
-    /// The objects this node stores for others.
-    pub objects: ObjectStore,
-    /// The payment contract, when payments are on.
-    pub payments: Option<Payments>,
-    /// Longest deadline of a task sent to another node.
-    pub task_timeout: Duration,
-    /// Largest JSON request body.
-    pub max_json_body_bytes: usize,
-    /// The bearer token the REST API requires, if any.
-    pub api_access: ApiAccess,
-    /// When the node started.
-    pub started_at: std::time::SystemTime,
-    /// Where the gRPC server listens.
-    pub grpc_address: SocketAddr,
-    /// Where the REST API listens.
-    pub http_address: SocketAddr,
-}
 
 /// Why a node could not start. Each message says what to change.
 #[derive(Debug, thiserror::Error)]

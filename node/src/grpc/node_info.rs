@@ -4,7 +4,7 @@ use sphere_proto::v1::node_service_server::NodeService;
 use sphere_proto::v1::{GetInfoRequest, GetInfoResponse};
 use tonic::{Request, Response, Status};
 
-use crate::node::NodeContext;
+use crate::context::NodeContext;
 
 /// Answers `NodeService` calls.
 pub struct NodeInfoGrpc {

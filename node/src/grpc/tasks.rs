@@ -11,7 +11,7 @@ use crate::payments::payee::Reservation;
 
 /// Time kept back from the caller's deadline for the answer to travel back.
 const ANSWER_MARGIN: Duration = Duration::from_millis(100);
-use crate::node::NodeContext;
+use crate::context::NodeContext;
 
 /// Answers `TaskService` calls.
 pub struct TaskGrpc {

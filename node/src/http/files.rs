@@ -15,9 +15,9 @@ use crate::api::{
     DeletedFile, FileHealth, FileInfo, FileList, ReadFileRequest, ReadQuery, RecoverFilesRequest,
     RecoveryReport, ReplicaHealth, ReplicaInfo, StorageAnswer, StoreFileRequest, StoreQuery,
 };
+use crate::context::NodeContext;
 use crate::error::{Error, ErrorCode};
 use crate::files::{ByteStream, Placement};
-use crate::node::NodeContext;
 use crate::storage::files::{FileRecord, Replica};
 
 error_responses!(

@@ -12,8 +12,8 @@ use crate::api::{
     Amount, ChannelChange, ChannelInfo, ChannelRedemption, FailedRedemption, OpenChannelRequest,
     PaymentsAnswer, RecoveredChannels, RedeemAnswer, TopUpRequest, TransactionInfo,
 };
+use crate::context::NodeContext;
 use crate::error::{Error, ErrorCode};
-use crate::node::NodeContext;
 use crate::payments::chain::Mined;
 use crate::payments::payer::OutgoingChannel;
 use crate::payments::{Payments, amount, payee};

@@ -10,7 +10,7 @@ use super::openapi::{CommonErrors, error_responses};
 use crate::api::{
     HealthAnswer, NodeAnswer, NodeHealth, PeerInfo, PeerList, PeerPlugin, PluginHealth, PluginList,
 };
-use crate::node::NodeContext;
+use crate::context::NodeContext;
 use crate::plugin::registry::SlotHealth;
 
 error_responses!(

@@ -10,8 +10,8 @@ use sphere_proto::v1::RunTaskRequest;
 use super::extract::{JsonBody, address, base64_field, required, to_base64};
 use super::openapi::error_responses;
 use crate::api::{TaskAnswer, TaskRequest};
+use crate::context::NodeContext;
 use crate::error::{Error, ErrorCode};
-use crate::node::NodeContext;
 use crate::payments::payer::{Payment, Work};
 
 /// Extra time past the deadline before the requester stops waiting on its own; the gRPC channel
