@@ -301,6 +301,8 @@ pub struct NodeAnswer {
     pub token_required: bool,
     /// Whether payments are on.
     pub payments_enabled: bool,
+    /// The operator's labels of this node (`labels`, `--label key=value`).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `GET /plugins`: the node's plugins.

@@ -44,6 +44,9 @@ pub struct Config {
     pub storage: StorageConfig,
     /// gRPC addresses of other nodes this node may store files on (until discovery exists).
     pub peers: Vec<String>,
+    /// Key/value facts the operator gives about this node (`region: eu`, `gpu: a100`), for
+    /// requesters to choose by. Keys: lowercase letters, digits, `-` and `_`.
+    pub labels: BTreeMap<String, String>,
     /// Payments through the Sphere payment contract; off by default.
     pub payments: crate::payments::PaymentsConfig,
 }
@@ -192,6 +195,7 @@ impl Default for Config {
             plugins: PluginsConfig::default(),
             storage: StorageConfig::default(),
             peers: Vec::new(),
+            labels: BTreeMap::new(),
             payments: crate::payments::PaymentsConfig::default(),
         }
     }
@@ -295,7 +299,7 @@ impl Config {
     pub fn load(
         file: Option<&Path>,
         environment: impl IntoIterator<Item = (String, String)>,
-        overrides: &[(&str, String)],
+        overrides: &[(String, String)],
     ) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {
@@ -321,7 +325,7 @@ impl Config {
                 .source(Some(environment)),
         );
         for (field, value) in overrides {
-            builder = builder.set_override(*field, value.as_str())?;
+            builder = builder.set_override(field.as_str(), value.as_str())?;
         }
         let config: Config = builder.build()?.try_deserialize()?;
         config.validate()?;
@@ -396,6 +400,7 @@ impl Config {
             self.plugins.unhealthy_restart_ms,
         )?;
         self.validate_plugins()?;
+        validate_labels(&self.labels)?;
         if !CHUNK_SIZE_RANGE.contains(&self.storage.chunk_size_bytes) {
             return Err(ConfigError::Invalid {
                 field: "storage.chunk_size_bytes",
@@ -529,6 +534,54 @@ impl Config {
 
 /// Returns whether an environment variable is a configuration override. Variables of the plugin
 /// start-up handshake share the prefix but belong to plugins, not to the node.
+/// Most characters in a label's key and in its value.
+const LABEL_KEY_MAX: usize = 63;
+const LABEL_VALUE_MAX: usize = 255;
+
+/// Refuses labels others could not match on or that would disguise themselves when shown.
+fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (key, value) in labels {
+        let key_ok = !key.is_empty()
+            && key.len() <= LABEL_KEY_MAX
+            && key
+                .bytes()
+                .all(|byte| matches!(byte, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_'));
+        if !key_ok {
+            return Err(ConfigError::Invalid {
+                field: "labels",
+                problem: format!(
+                    "has the key {key:?}; keys are 1 to {LABEL_KEY_MAX} lowercase letters, digits, `-` or `_`"
+                ),
+            });
+        }
+        if value.is_empty()
+            || value.chars().count() > LABEL_VALUE_MAX
+            || value.chars().any(char::is_control)
+        {
+            return Err(ConfigError::Invalid {
+                field: "labels",
+                problem: format!(
+                    "has {key}={value:?}; values are 1 to {LABEL_VALUE_MAX} characters without control characters"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Parses a `--label key=value` flag into the field it sets and its value.
+pub fn label_override(flag: &str) -> Result<(String, String), String> {
+    match flag.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((format!("labels.{}", key.trim()), value.to_owned()))
+        }
+        _ => Err(format!("--label {flag:?} is not key=value")),
+    }
+}
+
+/// Fields that are maps with names of the operator's choosing: any name below them is valid.
+const OPEN_MAPS: [&str; 2] = ["labels", "payments.prices.task_wei_by_plugin"];
+
 fn is_config_variable(name: &str) -> bool {
     name.starts_with(&format!("{ENV_PREFIX}_")) && !name.starts_with("SPHERE_PLUGIN_")
 }
@@ -541,6 +594,13 @@ fn field_of_variable(name: &str) -> Option<String> {
         .split("__")
         .map(str::to_lowercase)
         .collect();
+    let dotted = path.join(".");
+    if OPEN_MAPS
+        .iter()
+        .any(|map| dotted.starts_with(&format!("{map}.")))
+    {
+        return Some(dotted);
+    }
     let defaults = serde_json::to_value(Config::default()).expect("defaults serialise");
     let mut value = &defaults;
     for segment in &path {
@@ -620,7 +680,7 @@ mod tests {
             "SPHERE_PEERS".to_owned(),
             "node2:8081,node3:8081".to_owned(),
         )]);
-        let overrides = [("grpc.task_timeout_ms", "99".to_owned())];
+        let overrides = [("grpc.task_timeout_ms".to_owned(), "99".to_owned())];
         let config =
             Config::load(Some(&example_path()), environment, &overrides).expect("config loads");
         assert_eq!(config.http.listen, "0.0.0.0:4000".parse().expect("address"));
@@ -720,6 +780,38 @@ mod tests {
     }
 
     #[test]
+    fn labels_come_from_the_file_the_environment_and_flags_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("node.json");
+        std::fs::write(&file, r#"{"labels": {"region": "eu", "tier": "gold"}}"#).expect("write");
+        let environment = [("SPHERE_LABELS__GPU".to_owned(), "a100".to_owned())];
+        let flag = label_override("tier=silver").expect("key=value");
+        assert_eq!(unknown_variables(environment.clone()), Vec::<String>::new());
+        let config = Config::load(Some(&file), environment, &[flag]).expect("loads");
+        let labels: Vec<(&str, &str)> = config
+            .labels
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [("gpu", "a100"), ("region", "eu"), ("tier", "silver")]
+        );
+
+        assert!(label_override("no-equals-sign").is_err());
+        for (key, value) in [
+            ("Region", "eu"),
+            ("region", ""),
+            ("a b", "x"),
+            ("k", "bad\u{1b}[2J"),
+        ] {
+            let error = Config::load(None, [], &[(format!("labels.{key}"), value.to_owned())])
+                .expect_err("must refuse");
+            assert!(error.to_string().contains("labels"), "{key}: {error}");
+        }
+    }
+
+    #[test]
     fn unusable_values_name_the_field() {
         let cases = [
             ("storage.chunk_size_bytes", "12"),
@@ -727,8 +819,8 @@ mod tests {
             ("grpc.task_timeout_ms", "0"),
         ];
         for (field, value) in cases {
-            let error =
-                Config::load(None, [], &[(field, value.to_owned())]).expect_err("must refuse");
+            let error = Config::load(None, [], &[(field.to_owned(), value.to_owned())])
+                .expect_err("must refuse");
             assert!(error.to_string().contains(field), "{field}: {error}");
         }
     }

@@ -3,6 +3,7 @@
 //! Its own module so that the servers ([`crate::http`], [`crate::grpc`]) depend on it and
 //! [`crate::node`], which starts them, depends on them, without a circle.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -41,4 +42,6 @@ pub struct NodeContext {
     pub grpc_address: SocketAddr,
     /// Where the REST API listens.
     pub http_address: SocketAddr,
+    /// The operator's labels of this node.
+    pub labels: BTreeMap<String, String>,
 }

@@ -218,10 +218,13 @@ struct NodeArgs {
     /// Log filter (`log`), for example `info` or `debug`.
     #[arg(long)]
     log: Option<String>,
+    /// A label for requesters to choose this node by (`labels`), as key=value; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = config::label_override)]
+    labels: Vec<(String, String)>,
 }
 
 impl NodeArgs {
-    fn overrides(&self) -> Vec<(&'static str, String)> {
+    fn overrides(&self) -> Vec<(String, String)> {
         [
             ("data_dir", &self.data_dir),
             ("key_file", &self.key_file),
@@ -230,7 +233,8 @@ impl NodeArgs {
             ("log", &self.log),
         ]
         .into_iter()
-        .filter_map(|(field, value)| value.clone().map(|value| (field, value)))
+        .filter_map(|(field, value)| value.clone().map(|value| (field.to_owned(), value)))
+        .chain(self.labels.iter().cloned())
         .collect()
     }
 }

@@ -207,6 +207,7 @@ impl Node {
             started_at,
             grpc_address,
             http_address,
+            labels: config.labels.clone(),
         };
 
         let shutdown_token = CancellationToken::new();

@@ -291,6 +291,9 @@ async function renderOverview() {
       fact("Up for", duration(node.uptime_seconds)),
       fact("gRPC address", el("span", { class: "mono" }, node.grpc_address)),
       fact("REST address", el("span", { class: "mono" }, node.http_address)),
+      fact("Labels", Object.keys(node.labels).length
+        ? Object.entries(node.labels).map(([key, value]) => el("span", { class: "badge" }, `${key}=${value}`))
+        : "none"),
       fact("API token", node.token_required ? "required" : "not required (loopback)"),
     );
   }

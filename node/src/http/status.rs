@@ -71,6 +71,7 @@ pub async fn node(State(context): State<NodeContext>) -> axum::Json<NodeAnswer> 
         http_address: context.http_address.to_string(),
         token_required: context.api_access.is_required(),
         payments_enabled: context.payments.is_some(),
+        labels: context.labels.clone(),
     })
 }
 

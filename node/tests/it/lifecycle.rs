@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{TestNode, children_of, eventually, is_alive};
+use crate::harness::{NodeOptions, TestNode, children_of, eventually, is_alive};
 
 #[tokio::test]
 async fn sigterm_stops_the_node_with_status_0_and_no_orphan_plugin() {
@@ -216,4 +216,49 @@ async fn a_crashed_plugin_fails_its_tasks_but_not_the_node() {
     assert_eq!(body["status"], "degraded");
     assert_eq!(body["plugins"][0]["name"], "hello");
     assert_ne!(body["plugins"][0]["health"], "serving");
+}
+
+#[tokio::test]
+async fn get_node_tells_identity_addresses_uptime_and_the_operators_labels() {
+    let node = TestNode::start_with(NodeOptions {
+        config: Some(serde_json::json!({"labels": {"region": "eu", "tier": "gold"}})),
+        environment: vec![("SPHERE_LABELS__GPU".to_owned(), "a100".to_owned())],
+        ..NodeOptions::default()
+    });
+    let (status, answer) = node.call(reqwest::Method::GET, "/node", "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["node_id"], node.node_id.as_str());
+    assert_eq!(answer["grpc_address"], node.grpc.to_string().as_str());
+    assert_eq!(answer["http_address"], node.http.to_string().as_str());
+    assert_eq!(answer["token_required"], false);
+    assert_eq!(answer["payments_enabled"], false);
+    assert!(answer["uptime_seconds"].as_u64().is_some(), "{answer}");
+    assert_eq!(
+        answer["labels"],
+        serde_json::json!({"gpu": "a100", "region": "eu", "tier": "gold"})
+    );
+}
+
+#[test]
+fn a_bad_label_flag_stops_the_node_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_sphere"))
+        .args([
+            "node",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--label", "Region=eu"])
+        .output()
+        .expect("sphere runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("labels") && stderr.contains("Region"),
+        "{stderr}"
+    );
 }
