@@ -60,7 +60,7 @@ pub struct TaskRequest {
     pub input_base64: Option<String>,
     /// Deadline in milliseconds, capped by `grpc.task_timeout_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 86_400_000)]
     pub timeout_ms: Option<u64>,
 }
 
@@ -92,7 +92,7 @@ pub struct StoreFileRequest {
     pub targets: Option<Vec<String>>,
     /// How many providers the node picks among its peers, when none are named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 64)]
     pub replicas: Option<u32>,
     /// Name of the file; need not be unique.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,7 +131,7 @@ pub struct StoreQuery {
     pub targets: Option<String>,
     /// How many providers the node picks among its peers, when none are named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 64)]
     pub replicas: Option<u32>,
 }
 
@@ -315,26 +315,49 @@ pub struct PluginList {
 /// `GET /peers`: the nodes this node knows.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PeerList {
-    /// Each configured peer with what it answered.
+    /// The members of the mesh, from their signed records, and configured peers outside it.
     pub peers: Vec<PeerInfo>,
 }
 
-/// A peer and its answer to `NodeService.GetInfo`.
+/// Where a peer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerState {
+    /// Gossiping (or, outside the mesh, answering).
+    Alive,
+    /// Silent past `mesh.failure_timeout_ms`: it gets no work.
+    Dead,
+    /// A configured peer outside the mesh that did not answer.
+    Unreachable,
+}
+
+/// A peer: a member of the mesh as its signed record says, or a configured peer as it answered
+/// `NodeService.GetInfo`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PeerInfo {
-    /// Its gRPC address, as configured.
+    /// Its gRPC address.
     pub address: String,
-    /// Whether it answered.
+    /// Where it stands.
+    pub state: PeerState,
+    /// Whether it is alive.
     pub reachable: bool,
-    /// Its node ID, when it answered.
+    /// Its node ID.
     pub node_id: Option<String>,
-    /// Its software version, when it answered.
+    /// Its software version.
     pub version: Option<String>,
-    /// The plugins it offers, when it answered.
+    /// Where its REST API listens, as its record says.
+    pub http_address: Option<String>,
+    /// Its operator's labels.
+    pub labels: BTreeMap<String, String>,
+    /// The plugins it offers.
     pub plugins: Vec<PeerPlugin>,
-    /// Whether it takes payments, when it answered.
+    /// Whether it takes payments.
     pub payments: Option<bool>,
-    /// Milliseconds its answer took.
+    /// Bytes it offers other nodes.
+    pub capacity_bytes: Option<u64>,
+    /// Bytes of that still free.
+    pub free_bytes: Option<u64>,
+    /// Milliseconds its `GetInfo` answer took (configured peers outside the mesh).
     pub latency_ms: Option<f64>,
     /// Why it did not answer.
     pub error: Option<ErrorDetail>,

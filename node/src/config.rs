@@ -44,6 +44,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// gRPC addresses of other nodes this node may store files on (until discovery exists).
     pub peers: Vec<String>,
+    /// Membership: how this node finds the others and is found.
+    pub mesh: MeshConfig,
     /// Key/value facts the operator gives about this node (`region: eu`, `gpu: a100`), for
     /// requesters to choose by. Keys: lowercase letters, digits, `-` and `_`.
     pub labels: BTreeMap<String, String>,
@@ -166,6 +168,41 @@ impl PluginConfig {
     }
 }
 
+/// Membership by gossip (`mesh.*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Whether this node gossips with others. Off: it knows only its `peers`.
+    pub enabled: bool,
+    /// Addresses (`host:port`) of members to join through; the configured `peers` are used too.
+    pub bootstrap: Vec<String>,
+    /// UDP address to gossip on; by default the gRPC listener's address and port number.
+    pub listen: Option<SocketAddr>,
+    /// The address other nodes should use for gossip and gRPC (behind NAT, in containers); by
+    /// default the gRPC listener's address.
+    pub advertise: Option<SocketAddr>,
+    /// How often this node gossips with a few others.
+    pub gossip_interval_ms: u64,
+    /// How long without news before a member is marked dead and gets no work.
+    pub failure_timeout_ms: u64,
+    /// How long a dead member is remembered before it is forgotten.
+    pub forget_dead_after_ms: u64,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bootstrap: Vec::new(),
+            listen: None,
+            advertise: None,
+            gossip_interval_ms: 500,
+            failure_timeout_ms: 5_000,
+            forget_dead_after_ms: 3_600_000,
+        }
+    }
+}
+
 /// Files this node stores on others and objects it stores for others.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -196,6 +233,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             peers: Vec::new(),
             labels: BTreeMap::new(),
+            mesh: MeshConfig::default(),
             payments: crate::payments::PaymentsConfig::default(),
         }
     }
@@ -322,6 +360,7 @@ impl Config {
                 // `SPHERE_PEERS=a:8081,b:8081` sets the list `peers`.
                 .list_separator(",")
                 .with_list_parse_key("peers")
+                .with_list_parse_key("mesh.bootstrap")
                 .source(Some(environment)),
         );
         for (field, value) in overrides {
@@ -401,6 +440,20 @@ impl Config {
         )?;
         self.validate_plugins()?;
         validate_labels(&self.labels)?;
+        positive("mesh.gossip_interval_ms", self.mesh.gossip_interval_ms)?;
+        positive("mesh.forget_dead_after_ms", self.mesh.forget_dead_after_ms)?;
+        if self.mesh.failure_timeout_ms < 2 * self.mesh.gossip_interval_ms {
+            return Err(ConfigError::Invalid {
+                field: "mesh.failure_timeout_ms",
+                problem: "must be at least twice `mesh.gossip_interval_ms`".to_owned(),
+            });
+        }
+        for seed in &self.mesh.bootstrap {
+            crate::peers::target_uri(seed).map_err(|error| ConfigError::Invalid {
+                field: "mesh.bootstrap",
+                problem: format!("holds {seed:?}: {}", error.message),
+            })?;
+        }
         if !CHUNK_SIZE_RANGE.contains(&self.storage.chunk_size_bytes) {
             return Err(ConfigError::Invalid {
                 field: "storage.chunk_size_bytes",

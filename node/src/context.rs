@@ -44,4 +44,6 @@ pub struct NodeContext {
     pub http_address: SocketAddr,
     /// The operator's labels of this node.
     pub labels: BTreeMap<String, String>,
+    /// Membership in the mesh, when `mesh.enabled`.
+    pub mesh: Option<crate::mesh::Mesh>,
 }

@@ -17,6 +17,7 @@
 //! - [`connections`]: both listeners' connections, held within limits.
 //! - [`metrics`]: Prometheus metrics, served at `GET /metrics`.
 //! - [`peers`]: gRPC connections to other nodes.
+//! - [`mesh`]: membership by gossip (chitchat) and the nodes' signed records.
 //! - [`plugin`]: the plugin client, and the plugin process the node runs itself.
 //! - [`files`]: the owner's file flow: chunk, encrypt, spread; fetch, verify, decrypt; audits,
 //!   repair, recovery.
@@ -36,6 +37,7 @@ pub mod files;
 pub mod grpc;
 pub mod http;
 pub mod identity;
+pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod payments;

@@ -218,6 +218,9 @@ struct NodeArgs {
     /// Log filter (`log`), for example `info` or `debug`.
     #[arg(long)]
     log: Option<String>,
+    /// A member of the mesh to join through (`mesh.bootstrap`), as host:port; repeatable.
+    #[arg(long = "bootstrap", value_name = "HOST:PORT")]
+    bootstrap: Vec<String>,
     /// A label for requesters to choose this node by (`labels`), as key=value; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = config::label_override)]
     labels: Vec<(String, String)>,
@@ -297,6 +300,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref(), std::env::vars(), &args.overrides())?;
+    if !args.bootstrap.is_empty() {
+        config.mesh.bootstrap = args.bootstrap.clone();
+        config.validate()?;
+    }
     if let Some(address) = args.plugin_address.clone() {
         config.use_plugin_address(address)?;
     }

@@ -84,6 +84,14 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// Gossip could not start (its UDP address is taken, say).
+    #[error("could not join the mesh on UDP {address} (`mesh.listen`): {reason}")]
+    Mesh {
+        /// The gossip address.
+        address: SocketAddr,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A running node.
@@ -193,6 +201,43 @@ impl Node {
                 lost_after: Duration::from_millis(config.storage.lost_after_ms),
             },
         );
+        let shutdown_token = CancellationToken::new();
+        let mesh = if config.mesh.enabled {
+            let listen = config.mesh.listen.unwrap_or(grpc_address);
+            let advertise = config.mesh.advertise.unwrap_or_else(|| {
+                if grpc_address.ip().is_unspecified() {
+                    let loopback = SocketAddr::from(([127, 0, 0, 1], grpc_address.port()));
+                    tracing::warn!(%loopback, "gRPC listens on every address and mesh.advertise is not set: other nodes are told {loopback}, which only this machine reaches");
+                    loopback
+                } else {
+                    grpc_address
+                }
+            });
+            let options = crate::mesh::MeshOptions {
+                config: config.mesh.clone(),
+                listen,
+                advertise,
+                extra_seeds: config.peers.clone(),
+                http_address,
+                labels: config.labels.clone(),
+                payments: payments.is_some(),
+            };
+            let mesh = crate::mesh::Mesh::start(
+                options,
+                identity.clone(),
+                plugins.clone(),
+                objects.clone(),
+                shutdown_token.clone(),
+            )
+            .await
+            .map_err(|error| StartError::Mesh {
+                address: listen,
+                reason: format!("{error:#}"),
+            })?;
+            Some(mesh)
+        } else {
+            None
+        };
         let context = NodeContext {
             identity: identity.clone(),
             plugins: plugins.clone(),
@@ -208,9 +253,9 @@ impl Node {
             grpc_address,
             http_address,
             labels: config.labels.clone(),
+            mesh,
         };
 
-        let shutdown_token = CancellationToken::new();
         let servers = TaskTracker::new();
         let grpc_shutdown = shutdown_token.clone().cancelled_owned();
         let grpc_context = context.clone();

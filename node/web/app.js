@@ -406,16 +406,19 @@ async function renderPeers() {
   fill(
     document.querySelector("#peers-table tbody"),
     peers.length === 0
-      ? el("tr", {}, el("td", { colspan: 7 }, "No peers configured (setting `peers`)."))
+      ? el("tr", {}, el("td", { colspan: 7 },
+          "No peers yet: give this node a member to join through (--bootstrap host:port) or `peers`."))
       : peers.map((peer) =>
-          el("tr", {},
+          el("tr", { "data-peer": peer.node_id || peer.address },
             el("th", { scope: "row", class: "mono" }, peer.address),
             el("td", { class: "mono" }, peer.node_id || "–"),
-            el("td", {}, peer.reachable ? badge("ok") : [badge("unreachable"), " ", peer.error?.message || ""]),
+            el("td", { class: "state" }, badge(peer.state), peer.error ? ` ${peer.error.message}` : ""),
             el("td", {}, peer.version || "–"),
+            el("td", {}, Object.entries(peer.labels).map(([key, value]) => `${key}=${value}`).join(", ") || "–"),
             el("td", {}, peer.plugins.map((plugin) => `${plugin.name} ${plugin.version}`).join(", ") || "–"),
-            el("td", {}, peer.payments === null ? "–" : peer.payments ? "paid" : "free"),
-            el("td", {}, peer.latency_ms === null ? "–" : `${peer.latency_ms} ms`))),
+            el("td", {}, peer.free_bytes === null || peer.free_bytes === undefined
+              ? "–" : `${bytes(peer.free_bytes)} free of ${bytes(peer.capacity_bytes)}`),
+            el("td", {}, peer.payments === null ? "–" : peer.payments ? "paid" : "free"))),
   );
 }
 
@@ -431,7 +434,7 @@ async function renderTaskForm() {
   fill(
     target,
     el("option", { value: "" }, "This node"),
-    state.peers.filter((peer) => peer.reachable)
+    state.peers.filter((peer) => peer.state === "alive")
       .map((peer) => el("option", { value: peer.address }, `${peer.address} (${shortId(peer.node_id)})`)),
   );
   fillPluginChoices();

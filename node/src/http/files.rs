@@ -51,6 +51,9 @@ fn rfc3339(milliseconds: u64) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
+/// The most replicas a request may ask for.
+const MAX_REPLICAS: u32 = 64;
+
 /// Returns what the owner is told of `record`: its replicas' health from their audits.
 fn file_info(context: &NodeContext, record: &FileRecord, data: Option<String>) -> FileInfo {
     let grace_ms = context.files.options().lost_after.as_millis() as u64;
@@ -140,6 +143,12 @@ fn placement(
         (None, Some(target)) => vec![target],
         (None, None) => Vec::new(),
     };
+    if replicas.is_some_and(|replicas| !(1..=MAX_REPLICAS).contains(&replicas)) {
+        return Err(Error::invalid_field(
+            "replicas",
+            format!("must be between 1 and {MAX_REPLICAS}"),
+        ));
+    }
     if !targets.is_empty() && replicas.is_some() {
         return Err(Error::invalid_field(
             "replicas",

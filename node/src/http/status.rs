@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::openapi::{CommonErrors, error_responses};
 use crate::api::{
-    HealthAnswer, NodeAnswer, NodeHealth, PeerInfo, PeerList, PeerPlugin, PluginHealth, PluginList,
+    HealthAnswer, NodeAnswer, NodeHealth, PeerInfo, PeerList, PeerPlugin, PeerState, PluginHealth,
+    PluginList,
 };
 use crate::context::NodeContext;
 use crate::plugin::registry::SlotHealth;
@@ -88,37 +89,60 @@ pub async fn plugins(State(context): State<NodeContext>) -> axum::Json<PluginLis
     })
 }
 
-/// The peers this node knows, each asked who it is (all at once, each within the connect
+/// The peers this node knows: the mesh's members from their signed records, then configured
+/// peers that are not members, each asked who it is (all at once, each within the connect
 /// timeout).
 #[utoipa::path(
     get,
     path = "/peers",
     tag = "node",
-    responses((status = 200, description = "The peers and their answers", body = PeerList), CommonErrors),
+    responses((status = 200, description = "The peers", body = PeerList), CommonErrors),
 )]
 pub async fn peers(State(context): State<NodeContext>) -> axum::Json<PeerList> {
-    let asks = context
+    let mut peers = match &context.mesh {
+        Some(mesh) => mesh.members().await,
+        None => Vec::new(),
+    };
+    let outside: Vec<&String> = context
         .files
         .options()
         .providers
         .iter()
+        .filter(|address| !peers.iter().any(|peer| &peer.address == *address))
+        .collect();
+    let asks = outside
+        .into_iter()
         .map(|address| ask_peer(&context, address));
-    axum::Json(PeerList {
-        peers: futures_util::future::join_all(asks).await,
-    })
+    peers.extend(futures_util::future::join_all(asks).await);
+    axum::Json(PeerList { peers })
 }
 
 async fn ask_peer(context: &NodeContext, address: &str) -> PeerInfo {
     let started = Instant::now();
     let answer = context.peers.info(address).await;
     let latency_ms = duration_ms(started.elapsed());
+    let mut peer = PeerInfo {
+        address: address.to_owned(),
+        state: PeerState::Unreachable,
+        reachable: false,
+        node_id: None,
+        version: None,
+        http_address: None,
+        labels: Default::default(),
+        plugins: Vec::new(),
+        payments: None,
+        capacity_bytes: None,
+        free_bytes: None,
+        latency_ms: None,
+        error: None,
+    };
     match answer {
-        Ok(info) => PeerInfo {
-            address: address.to_owned(),
-            reachable: true,
-            node_id: Some(info.node_id),
-            version: Some(info.version),
-            plugins: info
+        Ok(info) => {
+            peer.state = PeerState::Alive;
+            peer.reachable = true;
+            peer.node_id = Some(info.node_id);
+            peer.version = Some(info.version);
+            peer.plugins = info
                 .plugins
                 .into_iter()
                 .map(|plugin| PeerPlugin {
@@ -126,22 +150,13 @@ async fn ask_peer(context: &NodeContext, address: &str) -> PeerInfo {
                     version: plugin.version,
                     description: plugin.description,
                 })
-                .collect(),
-            payments: Some(info.payment_terms.is_some()),
-            latency_ms: Some(latency_ms),
-            error: None,
-        },
-        Err(error) => PeerInfo {
-            address: address.to_owned(),
-            reachable: false,
-            node_id: None,
-            version: None,
-            plugins: Vec::new(),
-            payments: None,
-            latency_ms: None,
-            error: Some(error.into()),
-        },
+                .collect();
+            peer.payments = Some(info.payment_terms.is_some());
+            peer.latency_ms = Some(latency_ms);
+        }
+        Err(error) => peer.error = Some(error.into()),
     }
+    peer
 }
 
 fn duration_ms(duration: Duration) -> f64 {

@@ -14,6 +14,9 @@ use crate::context::NodeContext;
 use crate::error::{Error, ErrorCode};
 use crate::payments::payer::{Payment, Work};
 
+/// The longest deadline a request may ask for (it is capped by `grpc.task_timeout_ms` anyway).
+const MAX_TIMEOUT_MS: u64 = 86_400_000;
+
 /// Extra time past the deadline before the requester stops waiting on its own; the gRPC channel
 /// enforces the deadline itself, this only guards against a call that never returns.
 const STUCK_CALL_MARGIN: Duration = Duration::from_millis(500);
@@ -52,6 +55,12 @@ pub async fn run_task(
     let task_id = request.id.unwrap_or_else(crate::storage::new_id);
     let deadline = match request.timeout_ms {
         Some(0) => return Err(Error::invalid_field("timeout_ms", "must be greater than 0")),
+        Some(milliseconds) if milliseconds > MAX_TIMEOUT_MS => {
+            return Err(Error::invalid_field(
+                "timeout_ms",
+                format!("must be at most {MAX_TIMEOUT_MS} (a day)"),
+            ));
+        }
         Some(milliseconds) => Duration::from_millis(milliseconds).min(context.task_timeout),
         None => context.task_timeout,
     };

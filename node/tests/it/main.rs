@@ -6,6 +6,7 @@ mod errors;
 mod files;
 mod harness;
 mod lifecycle;
+mod mesh;
 mod metrics;
 mod payments;
 mod plugins;

@@ -152,14 +152,24 @@ def test_a_killed_plugin_shows_unhealthy_then_healthy_again(page):
         node.stop()
 
 
-def test_the_peers_page_lists_the_configured_peers(page, mesh):
+def test_the_peers_page_lists_the_members_and_shows_one_stopped_as_dead(page, mesh):
     requester, providers = mesh
     page.goto(requester.url + "/#/peers")
     for provider in providers:
-        row = page.locator("#peers-table tbody tr", has_text=provider.grpc)
-        expect(row).to_contain_text(provider.node_id)
-        expect(row).to_contain_text("ok")
+        row = page.locator(f"#peers-table tbody tr[data-peer='{provider.node_id}']")
+        expect(row).to_contain_text(provider.grpc)
+        expect(row.locator(".state")).to_have_text("alive")
+        expect(row).to_contain_text("hello")
     screenshot(page, "peers")
+
+    # A member that joined through the requester, then stopped: listed, then dead.
+    joiner = Node({"mesh": {"bootstrap": [requester.grpc]}, "labels": {"region": "eu"}})
+    row = page.locator(f"#peers-table tbody tr[data-peer='{joiner.node_id}']")
+    expect(row.locator(".state")).to_have_text("alive")
+    expect(row).to_contain_text("region=eu")
+    joiner.process.kill()
+    expect(row.locator(".state")).to_have_text("dead")
+    joiner.stop()
 
 
 def test_a_channel_is_opened_topped_up_redeemed_and_closed_through_the_page(page, chain):

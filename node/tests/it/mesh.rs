@@ -1,0 +1,186 @@
+//! Membership: nodes that know one member find every other, see the dead, and believe only
+//! records signed by the node they name.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{NodeOptions, TestNode};
+
+/// Starts a node that joins the mesh through `seed` (none: the first member).
+fn member(seed: Option<&TestNode>) -> TestNode {
+    TestNode::start_with(NodeOptions {
+        config: Some(json!({
+            "mesh": {"bootstrap": seed.map(|seed| vec![seed.target()]).unwrap_or_default()},
+            "labels": {"role": if seed.is_some() { "joiner" } else { "seed" }},
+        })),
+        ..NodeOptions::default()
+    })
+}
+
+async fn peers(node: &TestNode) -> Vec<Value> {
+    let (status, body) = node.call(reqwest::Method::GET, "/peers", "").await;
+    assert_eq!(status, 200, "{body}");
+    body["peers"].as_array().cloned().unwrap_or_default()
+}
+
+/// Returns the state `node` sees `other` in, if it lists it.
+async fn state_of(node: &TestNode, other: &TestNode) -> Option<String> {
+    peers(node)
+        .await
+        .iter()
+        .find(|peer| peer["node_id"] == other.node_id.as_str())
+        .and_then(|peer| peer["state"].as_str().map(str::to_owned))
+}
+
+/// Polls until every node in `watchers` sees `other` in `state`; returns how long it took.
+async fn until_seen(watchers: &[&TestNode], other: &TestNode, state: &str) -> Duration {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    loop {
+        let mut all = true;
+        for watcher in watchers {
+            all &= state_of(watcher, other).await.as_deref() == Some(state);
+        }
+        if all {
+            return started.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} is not {state} for every watcher after 30 s",
+            other.node_id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn members_that_know_one_find_all_see_a_killed_one_dead_and_alive_again() {
+    let seed = member(None);
+    let mut joiners: Vec<TestNode> = (0..4).map(|_| member(Some(&seed))).collect();
+    let mut everyone: Vec<&TestNode> = joiners.iter().collect();
+    everyone.push(&seed);
+
+    // Every member lists every other alive, with what its signed record says.
+    for node in &everyone {
+        for other in &everyone {
+            if node.node_id != other.node_id {
+                until_seen(&[node], other, "alive").await;
+            }
+        }
+    }
+    let listed = peers(&joiners[0]).await;
+    let seed_entry = listed
+        .iter()
+        .find(|peer| peer["node_id"] == seed.node_id.as_str())
+        .expect("the seed is listed");
+    assert_eq!(seed_entry["address"], seed.target().as_str());
+    assert_eq!(seed_entry["labels"], json!({"role": "seed"}));
+    assert_eq!(seed_entry["plugins"][0]["name"], "hello", "{seed_entry}");
+    assert!(
+        seed_entry["capacity_bytes"].as_u64() > Some(0),
+        "{seed_entry}"
+    );
+
+    // kill -9: every other member marks it dead (mesh.failure_timeout_ms is 5 s by default).
+    let victim = joiners.last_mut().expect("joiners");
+    victim.kill9();
+    let victim_id = victim.node_id.clone();
+    let watchers: Vec<&TestNode> = std::iter::once(&seed).chain(&joiners[..3]).collect();
+    let took = until_seen(&watchers, &joiners[3], "dead").await;
+    eprintln!("a killed member was dead for every other member after {took:?}");
+
+    // Restarted (same key, new generation): alive again, listed once.
+    joiners[3].restart();
+    let watchers: Vec<&TestNode> = std::iter::once(&seed).chain(&joiners[..3]).collect();
+    until_seen(&watchers, &joiners[3], "alive").await;
+    let listed = peers(&seed).await;
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|peer| peer["node_id"] == victim_id.as_str())
+            .count(),
+        1,
+        "{listed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_gossiping_a_forged_record_is_never_listed() {
+    use sphere_node::identity::NodeIdentity;
+    use sphere_node::mesh::{CLUSTER_ID, PeerRecord, RECORD_KEY};
+
+    let seed = member(None);
+    let genuine = member(Some(&seed));
+    until_seen(&[&seed], &genuine, "alive").await;
+
+    // A stranger gossips as the genuine node, with a record it signed itself and an address of
+    // its own, and as a node of its own whose record names the genuine node.
+    let stranger = NodeIdentity::generate();
+    let mut forgers = Vec::new();
+    for (gossip_id, record_id) in [
+        (genuine.node_id.clone(), genuine.node_id.clone()),
+        (stranger.node_id(), genuine.node_id.clone()),
+    ] {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port");
+        let address = socket.local_addr().expect("address");
+        drop(socket);
+        let record = PeerRecord {
+            node_id: record_id,
+            version: "9.9.9".to_owned(),
+            grpc_address: address.to_string(),
+            http_address: "127.0.0.1:1".to_owned(),
+            labels: Default::default(),
+            plugins: Vec::new(),
+            payments: false,
+            capacity_bytes: 1,
+            free_bytes: 1,
+            seq: u64::MAX - 1,
+            expires_at_ms: u64::MAX,
+        };
+        let config = chitchat::ChitchatConfig {
+            chitchat_id: chitchat::ChitchatId::new(gossip_id, u64::MAX - 1, address),
+            cluster_id: CLUSTER_ID.to_owned(),
+            gossip_interval: Duration::from_millis(200),
+            listen_addr: address,
+            seed_nodes: vec![seed.target()],
+            failure_detector_config: chitchat::FailureDetectorConfig::default(),
+            marked_for_deletion_grace_period: Duration::from_secs(60),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V1,
+        };
+        forgers.push(
+            chitchat::spawn_chitchat(
+                config,
+                vec![(RECORD_KEY.to_owned(), record.sign(&stranger))],
+                &chitchat::transport::UdpTransport,
+            )
+            .await
+            .expect("the forger gossips"),
+        );
+    }
+    // The seed reads the forged records (and says so in its log) once they reached it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seed.log().matches("ignored a peer record").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the seed never saw both forged records"
+        );
+        let _ = peers(&seed).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let listed = peers(&seed).await;
+    assert_eq!(
+        listed.len(),
+        1,
+        "only the genuine node is listed: {listed:?}"
+    );
+    assert_eq!(listed[0]["node_id"], genuine.node_id.as_str());
+    assert_eq!(listed[0]["address"], genuine.target().as_str());
+    assert_eq!(listed[0]["state"], "alive");
+    assert!(listed.iter().all(|peer| peer["version"] != "9.9.9"));
+    for forger in forgers {
+        forger.shutdown().await.ok();
+    }
+}
