@@ -106,11 +106,6 @@ fn api() -> (Router<NodeContext>, utoipa::openapi::OpenApi) {
     (router, description)
 }
 
-/// Returns the OpenAPI document of the REST API.
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    api().1
-}
-
 /// Returns the API's routes with their middleware.
 pub fn router(context: NodeContext) -> Router {
     let json_limit = DefaultBodyLimit::max(context.max_json_body_bytes);

@@ -84,7 +84,7 @@ struct SignedRecord {
 }
 
 /// Why a gossiped record is not believed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RecordError {
     /// Not a signed record at all.
     #[error("the record is not readable: {0}")]
@@ -120,6 +120,18 @@ impl PeerRecord {
     /// Reads and checks a gossiped value: signed by the node it names, which is `gossip_id` (the
     /// identity it gossips under), and not expired at `now_ms`.
     pub fn verify(value: &str, gossip_id: &str, now_ms: u64) -> Result<Self, RecordError> {
+        Self::verify_signature(value, gossip_id)?.unexpired(now_ms)
+    }
+
+    fn unexpired(self, now_ms: u64) -> Result<Self, RecordError> {
+        if self.expires_at_ms <= now_ms {
+            return Err(RecordError::Expired);
+        }
+        Ok(self)
+    }
+
+    /// The part of [`Self::verify`] that does not change with time.
+    fn verify_signature(value: &str, gossip_id: &str) -> Result<Self, RecordError> {
         let signed: SignedRecord = serde_json::from_str(value)
             .map_err(|error| RecordError::Unreadable(error.to_string()))?;
         let signature_bytes = hex::decode(signed.signature.trim_start_matches("0x"))
@@ -140,10 +152,37 @@ impl PeerRecord {
                 });
             }
         }
-        if record.expires_at_ms <= now_ms {
-            return Err(RecordError::Expired);
-        }
         Ok(record)
+    }
+}
+
+/// Gossiped records already checked, by gossip identity: a signature is recovered once per new
+/// record rather than at every gossip round (chitchat asks the liveness predicate about every
+/// member each round).
+#[derive(Debug, Default)]
+struct CheckedRecords(Mutex<HashMap<String, CheckedRecord>>);
+
+type CheckedRecord = (String, Result<PeerRecord, RecordError>);
+
+/// Identities remembered at most; strangers can gossip under any number of made-up ones.
+const CHECKED_RECORDS_MAX: usize = 4_096;
+
+impl CheckedRecords {
+    /// [`PeerRecord::verify`], from the cache when `value` was checked before.
+    fn verify(&self, value: &str, gossip_id: &str, now_ms: u64) -> Result<PeerRecord, RecordError> {
+        let mut checked = self.0.lock().expect("record cache lock is never poisoned");
+        let outcome = match checked.get(gossip_id) {
+            Some((seen, outcome)) if seen == value => outcome.clone(),
+            _ => {
+                let outcome = PeerRecord::verify_signature(value, gossip_id);
+                if checked.len() >= CHECKED_RECORDS_MAX {
+                    checked.clear();
+                }
+                checked.insert(gossip_id.to_owned(), (value.to_owned(), outcome.clone()));
+                outcome
+            }
+        };
+        outcome?.unexpired(now_ms)
     }
 }
 
@@ -173,6 +212,7 @@ pub struct Mesh {
     node_id: String,
     /// The highest sequence number believed per node, so an older record is never taken back.
     newest_seq: Arc<Mutex<HashMap<String, u64>>>,
+    checked: Arc<CheckedRecords>,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -202,6 +242,8 @@ impl Mesh {
         seed_nodes.extend(options.extra_seeds.iter().cloned());
         seed_nodes.retain(|seed| seed != &options.advertise.to_string());
         let verifying_id = node_id.clone();
+        let checked = Arc::new(CheckedRecords::default());
+        let predicate_checked = checked.clone();
         let config = ChitchatConfig {
             chitchat_id: ChitchatId::new(node_id.clone(), generation, options.advertise),
             cluster_id: CLUSTER_ID.to_owned(),
@@ -223,7 +265,9 @@ impl Mesh {
                 let gossip_id = state.chitchat_id().node_id.as_ref();
                 gossip_id == verifying_id.as_str()
                     || state.get(RECORD_KEY).is_some_and(|value| {
-                        PeerRecord::verify(value, gossip_id, crate::clock::now_ms()).is_ok()
+                        predicate_checked
+                            .verify(value, gossip_id, crate::clock::now_ms())
+                            .is_ok()
                     })
             })),
             protocol_version: chitchat::ProtocolVersion::V1,
@@ -245,6 +289,7 @@ impl Mesh {
             handle: Arc::new(handle),
             node_id,
             newest_seq: Arc::default(),
+            checked,
         };
         tokio::spawn(
             mesh.clone()
@@ -308,7 +353,7 @@ impl Mesh {
             let Some(value) = state.get(RECORD_KEY) else {
                 continue;
             };
-            let record = match PeerRecord::verify(value, gossip_id, now) {
+            let record = match self.checked.verify(value, gossip_id, now) {
                 Ok(record) => record,
                 Err(error) => {
                     tracing::warn!(member = gossip_id, gossip = %id.gossip_advertise_addr, %error, "ignored a peer record");
@@ -451,6 +496,20 @@ mod tests {
         assert!(matches!(
             PeerRecord::verify(&forged, &node.node_id(), 0),
             Err(RecordError::WrongSigner { .. })
+        ));
+        // The cache gives the same answers, expiry included.
+        let checked = CheckedRecords::default();
+        for _ in 0..2 {
+            assert!(checked.verify(&signed, &node.node_id(), 0).is_ok());
+            assert!(checked.verify(&forged, &node.node_id(), 0).is_err());
+        }
+        let mut old = record(&node);
+        old.expires_at_ms = 5;
+        let old = old.sign(&node);
+        assert!(checked.verify(&old, &node.node_id(), 4).is_ok());
+        assert!(matches!(
+            checked.verify(&old, &node.node_id(), 10),
+            Err(RecordError::Expired)
         ));
         // Altered after signing.
         let altered = signed.replace("eu", "us");

@@ -418,3 +418,19 @@ pub fn node_with_plugins(entries: Vec<Value>) -> TestNode {
         ..NodeOptions::default()
     })
 }
+
+/// Returns a command running the `sphere` binary under test.
+pub fn sphere() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sphere"))
+}
+
+/// Runs `command`, which must fail; returns what it printed on stderr.
+pub fn stderr_of_failure(command: &mut Command) -> String {
+    let output = command.output().expect("sphere runs");
+    assert!(
+        !output.status.success(),
+        "it succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

@@ -3,7 +3,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{NodeOptions, TestNode, children_of, eventually, is_alive};
+use crate::harness::{
+    NodeOptions, TestNode, children_of, eventually, is_alive, sphere, stderr_of_failure,
+};
 
 #[tokio::test]
 async fn sigterm_stops_the_node_with_status_0_and_no_orphan_plugin() {
@@ -52,25 +54,21 @@ fn a_bad_configuration_is_refused_naming_the_field() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("config.json");
     std::fs::write(&config, r#"{"http": {"listen": "not-an-address"}}"#).expect("write");
-    let output = Command::new(env!("CARGO_BIN_EXE_sphere"))
-        .args(["node", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .expect("runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = stderr_of_failure(
+        sphere()
+            .args(["node", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path()),
+    );
     assert!(stderr.contains("http.listen"), "{stderr}");
 
-    let output = Command::new(env!("CARGO_BIN_EXE_sphere"))
-        .args(["node", "--data-dir"])
-        .arg(dir.path())
-        .env("SPHERE_STORAGE__CHUNK_SIZE_BYTES", "3")
-        .output()
-        .expect("runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = stderr_of_failure(
+        sphere()
+            .args(["node", "--data-dir"])
+            .arg(dir.path())
+            .env("SPHERE_STORAGE__CHUNK_SIZE_BYTES", "3"),
+    );
     assert!(stderr.contains("storage.chunk_size_bytes"), "{stderr}");
 }
 
@@ -94,16 +92,14 @@ fn unknown_variables_are_warnings_and_errors_stay_short_with_rust_backtrace() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("node.json");
     std::fs::write(&config, r#"{"storage": {"replica": 3}}"#).expect("write config");
-    let output = Command::new(env!("CARGO_BIN_EXE_sphere"))
-        .args(["node", "--data-dir"])
-        .arg(dir.path())
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .expect("runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = stderr_of_failure(
+        sphere()
+            .args(["node", "--data-dir"])
+            .arg(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_BACKTRACE", "1"),
+    );
     assert!(
         stderr.contains("node.json") && stderr.contains("replica"),
         "{stderr}"
@@ -113,13 +109,11 @@ fn unknown_variables_are_warnings_and_errors_stay_short_with_rust_backtrace() {
         "{stderr}"
     );
 
-    let output = Command::new(env!("CARGO_BIN_EXE_sphere"))
-        .args(["file", "ls", "--node", "http://127.0.0.1:1"])
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .expect("runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = stderr_of_failure(
+        sphere()
+            .args(["file", "ls", "--node", "http://127.0.0.1:1"])
+            .env("RUST_BACKTRACE", "1"),
+    );
     assert!(
         stderr.starts_with("error: ") && stderr.lines().count() <= 3,
         "{stderr}"
@@ -242,21 +236,19 @@ async fn get_node_tells_identity_addresses_uptime_and_the_operators_labels() {
 #[test]
 fn a_bad_label_flag_stops_the_node_naming_it() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let output = Command::new(env!("CARGO_BIN_EXE_sphere"))
-        .args([
-            "node",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--label", "Region=eu"])
-        .output()
-        .expect("sphere runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = stderr_of_failure(
+        sphere()
+            .args([
+                "node",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--label", "Region=eu"]),
+    );
     assert!(
         stderr.contains("labels") && stderr.contains("Region"),
         "{stderr}"

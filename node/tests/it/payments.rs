@@ -72,22 +72,20 @@ fn refused_start(payments: serde_json::Value) -> String {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("config.json");
     std::fs::write(&config, json!({ "payments": payments }).to_string()).expect("write");
-    let output = Command::new(env!("CARGO_BIN_EXE_sphere"))
-        .args([
-            "node",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .expect("sphere runs");
-    assert!(!output.status.success(), "the node started anyway");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    crate::harness::stderr_of_failure(
+        crate::harness::sphere()
+            .args([
+                "node",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path()),
+    )
 }
 
 #[tokio::test]

@@ -234,3 +234,32 @@ def test_a_node_beyond_loopback_asks_for_its_token_once(page):
         assert page.evaluate("sessionStorage.getItem('sphere-token')") == "secret-for-the-dashboard"
     finally:
         node.stop()
+
+
+def test_every_control_is_labelled_and_a_task_runs_from_the_keyboard(page, mesh):
+    requester, _providers = mesh
+    page.goto(requester.url + "/")
+    expect(page.locator("#node-id")).to_have_text(requester.node_id)
+    unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea, button')]
+        .filter(control => !(control.labels && control.labels.length)
+            && !control.getAttribute('aria-label') && !control.textContent.trim())
+        .map(control => control.id || control.outerHTML)""")
+    assert unlabelled == [], unlabelled
+
+    # The first Tab reaches the skip link, the next ones the pages; Enter opens one.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    for _ in range(3):
+        page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Run a task"
+    page.keyboard.press("Enter")
+    expect(page.locator("#page-task")).to_be_visible()
+
+    # Typed, then Tab past the file input to the Run button, then Enter.
+    page.get_by_label("Input text", exact=True).focus()
+    page.keyboard.type("typed")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Run"
+    page.keyboard.press("Enter")
+    expect(page.locator("#task-output")).to_have_text("typed")
