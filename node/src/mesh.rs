@@ -18,12 +18,16 @@ use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{PeerInfo, PeerPlugin, PeerState};
 use crate::config::MeshConfig;
 use crate::identity::NodeIdentity;
 use crate::plugin::Plugins;
+use crate::storage::db::Db;
 use crate::storage::objects::ObjectStore;
+
+mod book;
 
 /// The key of a node's state that holds its signed record.
 pub const RECORD_KEY: &str = "record";
@@ -35,6 +39,8 @@ pub const CLUSTER_ID: &str = "sphere-v1";
 const RECORD_TTL: Duration = Duration::from_secs(600);
 /// How often the node checks whether its record changed.
 const RECORD_REFRESH: Duration = Duration::from_secs(2);
+/// How often the members seen alive are written to the peer book.
+const BOOK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What a node tells the network about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,22 +231,36 @@ impl std::fmt::Debug for Mesh {
 }
 
 impl Mesh {
-    /// Joins the network: starts gossiping on `options.listen` with the seeds, publishes this
-    /// node's record, and keeps it current until `shutdown`.
+    /// Joins the network: starts gossiping on `options.listen` with the seeds (the bootstrap
+    /// addresses, the configured peers and the members in the peer book of `db`), publishes this
+    /// node's record, and keeps it and the book current until `shutdown`.
     pub async fn start(
         options: MeshOptions,
         identity: NodeIdentity,
         plugins: Plugins,
         objects: ObjectStore,
+        db: Db,
+        tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let gossip_interval = Duration::from_millis(options.config.gossip_interval_ms);
         let failure_timeout = Duration::from_millis(options.config.failure_timeout_ms);
         let node_id = identity.node_id();
         let generation = crate::clock::now_ms();
+        let (book, known) =
+            book::PeerBook::open(db, options.config.forget_dead_after_ms, generation).await;
+        let from_book = known.len();
         let mut seed_nodes: Vec<String> = options.config.bootstrap.clone();
         seed_nodes.extend(options.extra_seeds.iter().cloned());
+        seed_nodes.extend(known);
         seed_nodes.retain(|seed| seed != &options.advertise.to_string());
+        seed_nodes.sort();
+        seed_nodes.dedup();
+        tracing::info!(
+            seeds = seed_nodes.len(),
+            from_peer_book = from_book,
+            "joining the mesh"
+        );
         let verifying_id = node_id.clone();
         let checked = Arc::new(CheckedRecords::default());
         let predicate_checked = checked.clone();
@@ -291,7 +311,8 @@ impl Mesh {
             newest_seq: Arc::default(),
             checked,
         };
-        tokio::spawn(
+        tasks.spawn(mesh.clone().keep_book_current(book, shutdown.clone()));
+        tasks.spawn(
             mesh.clone()
                 .keep_record_current(record_source, first, shutdown),
         );
@@ -334,8 +355,51 @@ impl Mesh {
         }
     }
 
+    /// Writes the members seen alive to the peer book every [`BOOK_INTERVAL`], and once more
+    /// at shutdown.
+    async fn keep_book_current(self, mut book: book::PeerBook, shutdown: CancellationToken) {
+        let mut interval = tokio::time::interval(BOOK_INTERVAL);
+        interval.tick().await;
+        loop {
+            let stopping = tokio::select! {
+                _ = shutdown.cancelled() => true,
+                _ = interval.tick() => false,
+            };
+            let alive = self
+                .believed()
+                .await
+                .into_iter()
+                .filter(|member| member.alive)
+                .map(|member| (member.record.node_id, member.signed))
+                .collect();
+            book.update(alive, crate::clock::now_ms()).await;
+            if stopping {
+                break;
+            }
+        }
+    }
+
     /// Returns the other members this node knows, with what their records say.
     pub async fn members(&self) -> Vec<PeerInfo> {
+        let mut members: Vec<PeerInfo> = self
+            .believed()
+            .await
+            .into_iter()
+            .map(|member| {
+                let state = if member.alive {
+                    PeerState::Alive
+                } else {
+                    PeerState::Dead
+                };
+                peer_info(member.record, state)
+            })
+            .collect();
+        members.sort_by(|a, b| a.address.cmp(&b.address));
+        members
+    }
+
+    /// Returns every other member with a believed record, the newest generation of each.
+    async fn believed(&self) -> Vec<Member> {
         let now = crate::clock::now_ms();
         let mut members = Vec::new();
         let chitchat = self.handle.chitchat();
@@ -371,14 +435,12 @@ impl Mesh {
                 );
                 continue;
             }
-            let state = if live.contains(id) {
-                PeerState::Alive
-            } else {
-                PeerState::Dead
-            };
-            members.push(peer_info(record, state));
+            members.push(Member {
+                record,
+                signed: value.to_owned(),
+                alive: live.contains(id),
+            });
         }
-        members.sort_by(|a, b| a.address.cmp(&b.address));
         members
     }
 
@@ -394,6 +456,14 @@ impl Mesh {
         *seen = record.seq;
         true
     }
+}
+
+/// A member as this node believes it.
+struct Member {
+    record: PeerRecord,
+    /// The record as gossiped, signature included.
+    signed: String,
+    alive: bool,
 }
 
 fn peer_info(record: PeerRecord, state: PeerState) -> PeerInfo {

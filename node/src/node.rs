@@ -202,6 +202,7 @@ impl Node {
             },
         );
         let shutdown_token = CancellationToken::new();
+        let servers = TaskTracker::new();
         let mesh = if config.mesh.enabled {
             let listen = config.mesh.listen.unwrap_or(grpc_address);
             let advertise = config.mesh.advertise.unwrap_or_else(|| {
@@ -227,6 +228,8 @@ impl Node {
                 identity.clone(),
                 plugins.clone(),
                 objects.clone(),
+                db.clone(),
+                &servers,
                 shutdown_token.clone(),
             )
             .await
@@ -256,7 +259,6 @@ impl Node {
             mesh,
         };
 
-        let servers = TaskTracker::new();
         let grpc_shutdown = shutdown_token.clone().cancelled_owned();
         let grpc_context = context.clone();
         servers.spawn(async move {

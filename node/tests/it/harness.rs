@@ -204,12 +204,17 @@ impl TestNode {
     /// Starts the node again after it stopped: same data directory, same gRPC address, same
     /// environment (the REST port may differ).
     pub fn restart(&mut self) {
+        self.restart_with_config(self.config.clone());
+    }
+
+    /// [`Self::restart`] with another configuration file's content.
+    pub fn restart_with_config(&mut self, config: Option<Value>) {
         let restarted = TestNode::start_with(NodeOptions {
             data_dir: Some(self.data_dir.clone()),
             grpc_listen: Some(self.grpc),
             http_listen: None,
             environment: self.environment.clone(),
-            config: self.config.clone(),
+            config,
             file_limit: self.file_limit,
         });
         self.removes_data_dir = false;

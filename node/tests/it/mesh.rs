@@ -106,6 +106,30 @@ async fn members_that_know_one_find_all_see_a_killed_one_dead_and_alive_again() 
 }
 
 #[tokio::test]
+async fn a_node_restarted_without_bootstrap_finds_the_mesh_from_its_peer_book() {
+    let seed = member(None);
+    let other = member(Some(&seed));
+    let mut joiner = member(Some(&seed));
+    until_seen(&[&joiner], &seed, "alive").await;
+    until_seen(&[&joiner], &other, "alive").await;
+
+    // Stopped (the peer book is written at shutdown, and every 10 s while running), then
+    // started with no bootstrap address and no peers at all.
+    assert!(joiner.terminate().success());
+    joiner.restart_with_config(Some(json!({"mesh": {"bootstrap": []}})));
+    assert!(
+        joiner
+            .log()
+            .contains("joining the mesh seeds=2 from_peer_book=2"),
+        "the restarted node joins through the two members of its peer book:\n{}",
+        joiner.log()
+    );
+    until_seen(&[&joiner], &seed, "alive").await;
+    until_seen(&[&joiner], &other, "alive").await;
+    until_seen(&[&seed, &other], &joiner, "alive").await;
+}
+
+#[tokio::test]
 async fn a_node_gossiping_a_forged_record_is_never_listed() {
     use sphere_node::identity::NodeIdentity;
     use sphere_node::mesh::{CLUSTER_ID, PeerRecord, RECORD_KEY};
