@@ -67,6 +67,9 @@ pub struct GrpcConfig {
     pub connections: ConnectionLimits,
     /// Most requests in flight at once on one HTTP/2 connection.
     pub max_streams_per_connection: u32,
+    /// Which clients may call without a TLS link (grpcurl, tests): `loopback` (the default),
+    /// `never`, or `anywhere`. Nodes always call each other over authenticated TLS.
+    pub plaintext: crate::link::Plaintext,
 }
 
 /// The REST API.
@@ -247,6 +250,7 @@ impl Default for GrpcConfig {
             task_timeout_ms: 30_000,
             connections: ConnectionLimits::default(),
             max_streams_per_connection: 256,
+            plaintext: crate::link::Plaintext::default(),
         }
     }
 }

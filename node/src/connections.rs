@@ -122,6 +122,8 @@ pub struct Connection {
     write_waker: AtomicWaker,
     registry: Weak<Registry>,
     id: u64,
+    /// The node at the other end, once a link handshake proved it.
+    peer_id: std::sync::OnceLock<crate::identity::NodeId>,
 }
 
 impl Connection {
@@ -288,6 +290,7 @@ impl Registry {
             in_flight: AtomicU32::new(0),
             has_requested: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            peer_id: std::sync::OnceLock::new(),
             read_waker: AtomicWaker::new(),
             write_waker: AtomicWaker::new(),
             registry: Arc::downgrade(self),
@@ -389,16 +392,6 @@ impl GuardedListener {
             return (GuardedStream { stream, connection }, peer);
         }
     }
-
-    /// Returns a stream of admitted connections, for tonic.
-    pub fn into_stream(
-        self,
-    ) -> impl futures_util::Stream<Item = Result<GuardedStream, io::Error>> + Send {
-        futures_util::stream::unfold(self, |mut listener| async move {
-            let (stream, _) = listener.accept().await;
-            Some((Ok(stream), listener))
-        })
-    }
 }
 
 impl axum::serve::Listener for GuardedListener {
@@ -426,10 +419,39 @@ pub struct GuardedStream {
 #[derive(Debug, Clone)]
 pub struct ConnectionHandle(Arc<Connection>);
 
-impl tonic::transport::server::Connected for GuardedStream {
-    type ConnectInfo = ConnectionHandle;
+impl ConnectionHandle {
+    /// The node at the other end, when the connection is an authenticated link.
+    pub fn peer_id(&self) -> Option<crate::identity::NodeId> {
+        self.0.peer_id.get().copied()
+    }
+}
 
-    fn connect_info(&self) -> Self::ConnectInfo {
+impl GuardedStream {
+    /// Looks at the first bytes the client sent without taking them; fails once the
+    /// connection is closed by its limits, like a read.
+    pub async fn peek(&self, buffer: &mut [u8]) -> io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            self.connection.read_waker.register(cx.waker());
+            if self.connection.is_closed() {
+                return Poll::Ready(Err(closed_error()));
+            }
+            self.stream.poll_peek(cx, &mut ReadBuf::new(buffer))
+        })
+        .await
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.peer_addr()
+    }
+
+    /// Notes the node a link handshake proved to be at the other end.
+    pub fn set_peer_id(&self, peer_id: crate::identity::NodeId) {
+        let _ = self.connection.peer_id.set(peer_id);
+    }
+
+    /// The handle requests on this connection report to.
+    pub fn handle(&self) -> ConnectionHandle {
         ConnectionHandle(Arc::clone(&self.connection))
     }
 }

@@ -66,6 +66,8 @@ pub enum ErrorCode {
     NotEnoughProviders,
     /// The target node could not be reached.
     TargetUnreachable,
+    /// The node at the target's address is not the node the target names.
+    TargetMismatch,
     /// The target node did not answer in time.
     TargetTimeout,
     /// The target answered with something this node cannot use.
@@ -88,7 +90,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in no particular order.
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 32] = [
         Self::Unauthorized,
         Self::FileLost,
         Self::InsufficientFunds,
@@ -111,6 +113,7 @@ impl ErrorCode {
         Self::MethodNotAllowed,
         Self::AlreadyExists,
         Self::TargetUnreachable,
+        Self::TargetMismatch,
         Self::TargetTimeout,
         Self::TargetError,
         Self::PluginUnavailable,
@@ -147,6 +150,7 @@ impl ErrorCode {
             Self::ChannelStateConflict => "channel_state_conflict",
             Self::NotEnoughProviders => "not_enough_providers",
             Self::TargetUnreachable => "target_unreachable",
+            Self::TargetMismatch => "target_mismatch",
             Self::TargetTimeout => "target_timeout",
             Self::TargetError => "target_error",
             Self::PluginUnavailable => "plugin_unavailable",
@@ -187,6 +191,7 @@ impl ErrorCode {
             Self::ChannelStateConflict => StatusCode::CONFLICT,
             Self::NotEnoughProviders => StatusCode::SERVICE_UNAVAILABLE,
             Self::TargetUnreachable
+            | Self::TargetMismatch
             | Self::TargetError
             | Self::PluginUnavailable
             | Self::PluginFailed
@@ -224,6 +229,7 @@ impl ErrorCode {
             Self::TargetUnreachable | Self::PluginUnavailable | Self::ShuttingDown => {
                 tonic::Code::Unavailable
             }
+            Self::TargetMismatch => tonic::Code::Unauthenticated,
             Self::TargetTimeout | Self::PluginTimeout => tonic::Code::DeadlineExceeded,
             Self::TargetError | Self::PluginFailed => tonic::Code::Aborted,
             Self::IntegrityError => tonic::Code::DataLoss,
@@ -287,7 +293,7 @@ impl Error {
     /// Interprets a gRPC status received from `target`. A status carrying a
     /// `sphere-error-code` comes from a Sphere node and keeps its code and message; any other
     /// status means the call did not get through to a node's handler.
-    pub fn from_remote_status(status: &tonic::Status, target: &str) -> Self {
+    pub fn from_remote_status(status: &tonic::Status, target: impl std::fmt::Display) -> Self {
         let remote_code = status
             .metadata()
             .get(ERROR_CODE_METADATA)
@@ -304,6 +310,13 @@ impl Error {
                 message: status.message().to_owned(),
                 details,
             };
+        }
+        if let Some(link_error) = link_error(status) {
+            let code = match link_error {
+                crate::link::LinkError::Impostor { .. } => ErrorCode::TargetMismatch,
+                _ => ErrorCode::TargetUnreachable,
+            };
+            return Self::new(code, format!("target {target}: {link_error}"));
         }
         match status.code() {
             code if is_timeout(status) || code == tonic::Code::DeadlineExceeded => Self::new(
@@ -339,6 +352,18 @@ pub fn is_timeout(status: &tonic::Status) -> bool {
 }
 
 /// Returns a status's message followed by the chain of errors that caused it.
+/// The link failure behind a status, when the call never got a link to the node.
+fn link_error(status: &tonic::Status) -> Option<&crate::link::LinkError> {
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if let Some(link_error) = error.downcast_ref::<crate::link::LinkError>() {
+            return Some(link_error);
+        }
+        cause = error.source();
+    }
+    None
+}
+
 fn with_causes(status: &tonic::Status) -> String {
     let mut text = status.message().to_owned();
     let mut cause = std::error::Error::source(status);

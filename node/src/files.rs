@@ -40,7 +40,7 @@ use crate::auth::{self, SignedRequest};
 use crate::error::{Error, ErrorCode};
 use crate::identity::NodeIdentity;
 use crate::payments::payer::{Payer, Payment, Work};
-use crate::peers::Peers;
+use crate::peers::{Peers, Target};
 use crate::storage::StorageError;
 use crate::storage::chunks::ChunkHash;
 use crate::storage::crypto::{ChunkCipher, FileKey};
@@ -167,7 +167,7 @@ impl Files {
                 Err(error) => failures.push((target.clone(), error)),
             }
         }
-        let provider_failure = |target: &str, cause: Error| {
+        let provider_failure = |target: &Target, cause: Error| {
             Error::new(
                 cause.code,
                 format!("storing on provider {target} failed: {}", cause.message),
@@ -215,7 +215,7 @@ impl Files {
         };
         // Leave nothing that looks stored: remove what the successful providers kept.
         for replica in &replicas {
-            self.discard_copy(&replica.address, &id).await;
+            self.discard_copy(&replica_target(replica)?, &id).await;
         }
         Err(failure.expect("every other branch returned"))
     }
@@ -242,7 +242,7 @@ impl Files {
         let _guard = self.record_lock.lock().await;
         let record = self.record(id).await?;
         for replica in &record.replicas {
-            self.delete_objects(&replica.address, id).await?;
+            self.delete_objects(&replica_target(replica)?, id).await?;
         }
         self.index.remove(id).await?;
         Ok(record)
@@ -251,13 +251,32 @@ impl Files {
     /// Streams the plaintext of `record` back, from `preferred` first if given, then from the
     /// replicas (those passing audits first). Every chunk is verified before it is yielded; the
     /// stream ends with an error only when no replica can give a chunk that verifies.
-    pub fn read(&self, record: &FileRecord, preferred: Option<&str>) -> Result<ByteStream, Error> {
-        let mut sources: Vec<String> = preferred.map(str::to_owned).into_iter().collect();
+    pub fn read(
+        &self,
+        record: &FileRecord,
+        preferred: Option<Target>,
+    ) -> Result<ByteStream, Error> {
         let mut replicas = record.replicas.clone();
         replicas.sort_by_key(|replica| replica.failing_since_ms.is_some());
-        for replica in replicas {
-            if !sources.contains(&replica.address) {
-                sources.push(replica.address);
+        let mut sources: Vec<Target> = Vec::new();
+        if let Some(preferred) = preferred {
+            // A replica's provider proves it is the node that took the copy, even when the
+            // reader named it by address.
+            let replica = replicas
+                .iter()
+                .find(|replica| replica.address == preferred.address());
+            sources.push(match (preferred.node(), replica) {
+                (None, Some(replica)) => replica_target(replica)?,
+                _ => preferred,
+            });
+        }
+        for replica in &replicas {
+            let target = replica_target(replica)?;
+            if !sources
+                .iter()
+                .any(|source| source.address() == target.address())
+            {
+                sources.push(target);
             }
         }
         if sources.is_empty() {
@@ -282,7 +301,7 @@ impl Files {
                     Ok(()) => return,
                     Err(ReadStop::ClientGone) => return,
                     Err(ReadStop::Failed(error)) => {
-                        tracing::warn!(file_id = manifest.id, source, chunk = next, %error, "replica failed; trying the next one");
+                        tracing::warn!(file_id = manifest.id, %source, chunk = next, %error, "replica failed; trying the next one");
                         last_error = Some(error);
                     }
                 }
@@ -301,7 +320,7 @@ impl Files {
     /// Sends the verified plaintext of chunks `*next..` from `source`, advancing `*next`.
     async fn read_from(
         &self,
-        source: &str,
+        source: &Target,
         manifest: &Manifest,
         expected: &[ChunkHash],
         cipher: &Arc<ChunkCipher>,
@@ -346,13 +365,16 @@ impl Files {
     }
 
     /// Picks the providers of a new file.
-    async fn choose_providers(&self, placement: &Placement) -> Result<Vec<String>, Error> {
+    async fn choose_providers(&self, placement: &Placement) -> Result<Vec<Target>, Error> {
         if !placement.targets.is_empty() {
-            let mut targets: Vec<String> = Vec::new();
-            for target in &placement.targets {
-                crate::peers::target_uri(target)?;
-                if !targets.contains(target) {
-                    targets.push(target.clone());
+            let mut targets: Vec<Target> = Vec::new();
+            for text in &placement.targets {
+                let target = self.peers.resolve(text).await?;
+                if !targets
+                    .iter()
+                    .any(|known| known.address() == target.address())
+                {
+                    targets.push(target);
                 }
             }
             return Ok(targets);
@@ -371,10 +393,11 @@ impl Files {
             )
         };
         let probes = self.options.providers.iter().map(|provider| async move {
-            let free = self.free_space(provider).await.ok()?;
-            (free > 0).then(|| provider.clone())
+            let provider = Target::at(provider).ok()?;
+            let free = self.free_space(&provider).await.ok()?;
+            (free > 0).then_some(provider)
         });
-        let mut available: Vec<String> = futures_util::future::join_all(probes)
+        let mut available: Vec<Target> = futures_util::future::join_all(probes)
             .await
             .into_iter()
             .flatten()
@@ -389,12 +412,12 @@ impl Files {
     }
 
     /// Returns the free space `provider` reports.
-    async fn free_space(&self, provider: &str) -> Result<u64, Error> {
+    async fn free_space(&self, provider: &Target) -> Result<u64, Error> {
         let mut request = tonic::Request::new(GetCapacityRequest {});
         request.set_timeout(CAPACITY_PROBE_TIMEOUT);
         let capacity = self
             .peers
-            .storage(provider)?
+            .storage(provider)
             .get_capacity(request)
             .await
             .map_err(|status| Error::from_remote_status(&status, provider))?
@@ -408,12 +431,12 @@ impl Files {
     /// durably.
     async fn put_object(
         &self,
-        target: &str,
+        target: &Target,
         object_id: &str,
         kind: &str,
         parts: impl Stream<Item = PutObjectRequest> + Send + 'static,
     ) -> Result<Replica, Error> {
-        let mut client = self.peers.storage(target)?;
+        let mut client = self.peers.storage(target);
         let header = ObjectHeader {
             object_id: object_id.to_owned(),
             auth: None,
@@ -428,7 +451,7 @@ impl Files {
         let payment: Arc<std::sync::Mutex<Option<Result<Payment, Error>>>> = Arc::default();
         let paying = Arc::clone(&payment);
         let payer = self.payer.clone();
-        let target_name = target.to_owned();
+        let target_name = target.clone();
         let parts = parts.filter_map(move |mut message| {
             let payer = payer.clone();
             let paying = Arc::clone(&paying);
@@ -465,7 +488,7 @@ impl Files {
         let response = response.map_err(|status| Error::from_remote_status(&status, target));
         settle(payment, &response).await;
         let response = response?.into_inner();
-        let mut replica = Replica::new(target.to_owned(), response.provider_id);
+        let mut replica = Replica::new(target.address().to_owned(), response.provider_id);
         replica.paid_until_ms = Some(response.paid_until_ms).filter(|until| *until != 0);
         Ok(replica)
     }
@@ -475,7 +498,7 @@ impl Files {
     /// The caller settles the payment when the stream has ended.
     async fn get_object(
         &self,
-        source: &str,
+        source: &Target,
         object_id: &str,
         start: u64,
         (size, chunk_count): (u64, u64),
@@ -496,7 +519,7 @@ impl Files {
         let request = self.signed_for(source, request).await?;
         let stream = self
             .peers
-            .storage(source)?
+            .storage(source)
             .get_object(request)
             .await
             .map_err(|status| Error::from_remote_status(&status, source))?
@@ -508,7 +531,7 @@ impl Files {
     /// until when it is paid.
     pub(crate) async fn renew_object(
         &self,
-        target: &str,
+        target: &Target,
         object_id: &str,
         size: u64,
     ) -> Result<u64, Error> {
@@ -525,7 +548,7 @@ impl Files {
         let response = match self.signed_for(target, request).await {
             Ok(request) => self
                 .peers
-                .storage(target)?
+                .storage(target)
                 .renew_object(request)
                 .await
                 .map_err(|status| Error::from_remote_status(&status, target)),
@@ -536,7 +559,7 @@ impl Files {
     }
 
     /// Stores the encrypted manifest of a file on each of `targets`.
-    async fn put_manifest(&self, manifest: &Manifest, targets: &[String]) -> Result<(), Error> {
+    async fn put_manifest(&self, manifest: &Manifest, targets: &[Target]) -> Result<(), Error> {
         let object_id = manifest_object_id(&manifest.id);
         let mut sealed = manifest_json(manifest);
         self.manifest_key(&manifest.id)
@@ -571,14 +594,14 @@ impl Files {
 
     /// Deletes the data and manifest objects of file `id` from `target`; objects already gone
     /// count as deleted.
-    async fn delete_objects(&self, target: &str, id: &str) -> Result<(), Error> {
+    async fn delete_objects(&self, target: &Target, id: &str) -> Result<(), Error> {
         for object_id in [id.to_owned(), manifest_object_id(id)] {
             let request = DeleteObjectRequest {
                 auth: None,
                 object_id,
             };
             let request = self.signed_for(target, request).await?;
-            match self.peers.storage(target)?.delete_object(request).await {
+            match self.peers.storage(target).delete_object(request).await {
                 Ok(_) => {}
                 Err(status) => {
                     let error = Error::from_remote_status(&status, target);
@@ -594,18 +617,18 @@ impl Files {
     /// Deletes what `target` holds of file `id` when that copy must not be kept (a failed upload
     /// or repair, a lost replica). The copy is recorded first, and a delete that fails is tried
     /// again by [`Files::retry_discards`] until it succeeds.
-    async fn discard_copy(&self, target: &str, id: &str) {
-        if let Err(error) = self.index.add_discard(id, target).await {
-            tracing::warn!(file_id = id, target, %error, "could not record a copy to delete");
+    async fn discard_copy(&self, target: &Target, id: &str) {
+        if let Err(error) = self.index.add_discard(id, target.address()).await {
+            tracing::warn!(file_id = id, %target, %error, "could not record a copy to delete");
         }
         match self.delete_objects(target, id).await {
             Ok(()) => {
-                if let Err(error) = self.index.remove_discard(id, target).await {
-                    tracing::warn!(file_id = id, target, %error, "could not forget a deleted copy");
+                if let Err(error) = self.index.remove_discard(id, target.address()).await {
+                    tracing::warn!(file_id = id, %target, %error, "could not forget a deleted copy");
                 }
             }
             Err(error) => {
-                tracing::warn!(file_id = id, target, %error, "could not delete a copy that must not be kept; will retry");
+                tracing::warn!(file_id = id, %target, %error, "could not delete a copy that must not be kept; will retry");
             }
         }
     }
@@ -621,7 +644,7 @@ impl Files {
                 .await?
                 .is_some_and(|record| record.replicas.iter().any(|r| r.address == *address));
             if !wanted {
-                if let Err(error) = self.delete_objects(address, file_id).await {
+                if let Err(error) = self.delete_objects(&Target::at(address)?, file_id).await {
                     tracing::debug!(file_id, address, %error, "a copy to delete is still there");
                     continue;
                 }
@@ -634,9 +657,9 @@ impl Files {
 
     /// Returns `request` signed by this node for the provider at `target` (whose node ID it asks
     /// when it does not know it), so that no other provider accepts it.
-    async fn signed_for<R: SignedRequest>(&self, target: &str, request: R) -> Result<R, Error> {
+    async fn signed_for<R: SignedRequest>(&self, target: &Target, request: R) -> Result<R, Error> {
         let provider = self.peers.node_id(target).await?;
-        Ok(auth::sign(&self.identity, &provider, request))
+        Ok(auth::sign(&self.identity, &provider.to_string(), request))
     }
 
     /// Returns the key of the data of file `id`.
@@ -650,6 +673,14 @@ impl Files {
             self.identity
                 .derive_secret(format!("manifest:{id}").as_bytes()),
         )
+    }
+}
+
+/// The provider of `replica`, which must prove it is the node that acknowledged the copy.
+pub(crate) fn replica_target(replica: &Replica) -> Result<Target, Error> {
+    match replica.provider_id.parse() {
+        Ok(node) => Target::node_at(node, &replica.address),
+        Err(_) => Target::at(&replica.address),
     }
 }
 

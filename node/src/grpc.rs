@@ -8,8 +8,9 @@ mod tasks;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::connections::{GuardedListener, TrackRequestsLayer};
+use crate::connections::TrackRequestsLayer;
 use crate::context::NodeContext;
+use crate::link::Link;
 use crate::peers::MAX_MESSAGE_BYTES;
 use sphere_proto::v1::node_service_server::NodeServiceServer;
 use sphere_proto::v1::storage_service_server::StorageServiceServer;
@@ -17,10 +18,11 @@ use sphere_proto::v1::task_service_server::TaskServiceServer;
 
 pub use storage::ProviderStorage;
 
-/// Serves every node-to-node service on `listener`, at most `max_streams` calls at once per
-/// connection, until `shutdown` completes, then lets in-flight calls finish.
+/// Serves every node-to-node service on the `links` the listener accepted, at most
+/// `max_streams` calls at once per connection, until `shutdown` completes, then lets in-flight
+/// calls finish.
 pub async fn serve(
-    listener: GuardedListener,
+    links: impl futures_util::Stream<Item = Result<Link, std::io::Error>> + Send + 'static,
     max_streams: u32,
     context: NodeContext,
     provider: ProviderStorage,
@@ -63,6 +65,6 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(listener.into_stream(), shutdown)
+        .serve_with_incoming_shutdown(links, shutdown)
         .await
 }

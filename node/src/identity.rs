@@ -8,7 +8,70 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use alloy_primitives::Address;
 use alloy_signer_local::PrivateKeySigner;
+
+/// A node's ID: the Ethereum address of its key. Written with the EIP-55 checksum, read in any
+/// case (`0x` and 40 hex digits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(Address);
+
+impl NodeId {
+    /// The ID of the node whose key has this uncompressed public key (64 bytes: x then y).
+    pub fn from_public_key(uncompressed: &[u8; 64]) -> Self {
+        Self(Address::from_raw_public_key(uncompressed))
+    }
+
+    /// The address payments and signatures use.
+    pub fn address(self) -> Address {
+        self.0
+    }
+}
+
+impl From<Address> for NodeId {
+    fn from(address: Address) -> Self {
+        Self(address)
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0.to_checksum(None))
+    }
+}
+
+/// Why a text is not a node ID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a node ID (0x and 40 hex digits)")]
+pub struct NotANodeId(String);
+
+impl std::str::FromStr for NodeId {
+    type Err = NotANodeId;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let hex_digits = text
+            .strip_prefix("0x")
+            .or_else(|| text.strip_prefix("0X"))
+            .filter(|digits| digits.len() == 40)
+            .ok_or_else(|| NotANodeId(text.to_owned()))?;
+        let mut bytes = [0u8; 20];
+        hex::decode_to_slice(hex_digits, &mut bytes).map_err(|_| NotANodeId(text.to_owned()))?;
+        Ok(Self(Address::from(bytes)))
+    }
+}
+
+impl serde::Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// Errors reading or writing a key file.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +138,12 @@ impl NodeIdentity {
 
     /// Returns the node ID: the key's Ethereum address, EIP-55 checksummed.
     pub fn node_id(&self) -> String {
-        self.signer.address().to_checksum(None)
+        self.id().to_string()
+    }
+
+    /// Returns the node ID as a value.
+    pub fn id(&self) -> NodeId {
+        NodeId(self.signer.address())
     }
 
     /// Derives `N` secret bytes for `purpose` from the node key (HKDF-SHA256): the same key and
@@ -187,6 +255,36 @@ impl NodeIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_ids_read_in_any_case_and_show_checksummed() {
+        let identity = NodeIdentity::generate();
+        let shown = identity.id().to_string();
+        assert_eq!(shown, identity.node_id());
+        for written in [
+            shown.clone(),
+            shown.to_lowercase(),
+            shown.replacen("0x", "0X", 1),
+        ] {
+            assert_eq!(written.parse::<NodeId>(), Ok(identity.id()), "{written}");
+        }
+        for bad in [
+            "",
+            "0x",
+            "0x1234",
+            &shown[2..],
+            &format!("{shown}00"),
+            "0xzz34567890123456789012345678901234567890",
+        ] {
+            assert!(bad.parse::<NodeId>().is_err(), "{bad:?}");
+        }
+        let json = serde_json::to_string(&identity.id()).expect("serialises");
+        assert_eq!(json, format!("\"{shown}\""));
+        assert_eq!(
+            serde_json::from_str::<NodeId>(&json).expect("reads"),
+            identity.id()
+        );
+    }
 
     #[test]
     fn same_file_gives_same_identity_and_is_private() {

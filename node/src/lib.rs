@@ -37,6 +37,7 @@ pub mod files;
 pub mod grpc;
 pub mod http;
 pub mod identity;
+pub mod link;
 pub mod mesh;
 pub mod metrics;
 pub mod node;

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{PeerInfo, PeerPlugin, PeerState};
 use crate::config::MeshConfig;
-use crate::identity::NodeIdentity;
+use crate::identity::{NodeId, NodeIdentity};
 use crate::plugin::Plugins;
 use crate::storage::db::Db;
 use crate::storage::objects::ObjectStore;
@@ -396,6 +396,16 @@ impl Mesh {
             .collect();
         members.sort_by(|a, b| a.address.cmp(&b.address));
         members
+    }
+
+    /// Where member `node` is (its gRPC address) and whether it is alive; `None` when it is not
+    /// a member.
+    pub async fn member(&self, node: NodeId) -> Option<(String, bool)> {
+        self.believed()
+            .await
+            .into_iter()
+            .find(|member| member.record.node_id.parse() == Ok(node))
+            .map(|member| (member.record.grpc_address, member.alive))
     }
 
     /// Returns every other member with a believed record, the newest generation of each.

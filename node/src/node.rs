@@ -26,6 +26,7 @@ use crate::files::{FileOptions, Files};
 use crate::grpc::ProviderStorage;
 use crate::http::access::ApiAccess;
 use crate::identity::{IdentityError, NodeIdentity};
+use crate::link::LinkKeys;
 use crate::payments::{Payments, PaymentsError};
 use crate::peers::Peers;
 use crate::plugin::Plugins;
@@ -184,7 +185,11 @@ impl Node {
         let objects = ObjectStore::open(db.clone(), chunks, config.storage.capacity_bytes)
             .await
             .map_err(storage_error)?;
-        let peers = Peers::new(Duration::from_millis(config.grpc.connect_timeout_ms));
+        let link_keys = LinkKeys::new(&identity);
+        let peers = Peers::new(
+            link_keys.clone(),
+            Duration::from_millis(config.grpc.connect_timeout_ms),
+        );
         let payments = Payments::start(&config.payments, &identity, &db, &peers).await?;
         let provider = ProviderStorage::new(identity.node_id(), objects.clone(), payments.clone());
         let files = Files::new(
@@ -237,6 +242,7 @@ impl Node {
                 address: listen,
                 reason: format!("{error:#}"),
             })?;
+            peers.use_mesh(mesh.clone());
             Some(mesh)
         } else {
             None
@@ -259,11 +265,17 @@ impl Node {
             mesh,
         };
 
+        let grpc_links = crate::link::incoming(
+            grpc_listener,
+            &link_keys,
+            config.grpc.plaintext,
+            Duration::from_millis(config.grpc.connections.handshake_timeout_ms),
+        );
         let grpc_shutdown = shutdown_token.clone().cancelled_owned();
         let grpc_context = context.clone();
         servers.spawn(async move {
             if let Err(error) = crate::grpc::serve(
-                grpc_listener,
+                grpc_links,
                 max_streams,
                 grpc_context,
                 provider,

@@ -1,13 +1,15 @@
 //! Connections from this node to other nodes' gRPC services.
 //!
-//! A target is named by its gRPC address (`127.0.0.1:8081` or `http://host:8081`). Channels are
-//! made lazily, kept per target and shared by every request to it; tonic reconnects a channel
-//! whose peer restarted. A peer that does not answer at all is caught by the per-request deadline
-//! and by HTTP/2 keep-alive pings.
+//! A [`Target`] is where a node listens (its gRPC address, `127.0.0.1:8081`) and, when the
+//! caller knows it, which node must answer there (`0xID@host:port`). Every connection is an
+//! authenticated link ([`crate::link`]): the node at the other end proves its ID, and a target
+//! that names a node refuses any other. Channels are made lazily, kept per target and shared by
+//! every request to it; tonic reconnects a channel whose peer restarted. A peer that does not
+//! answer at all is caught by the per-request deadline and by HTTP/2 keep-alive pings.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use sphere_proto::v1::node_service_client::NodeServiceClient;
 use sphere_proto::v1::storage_service_client::StorageServiceClient;
@@ -15,7 +17,10 @@ use sphere_proto::v1::task_service_client::TaskServiceClient;
 use sphere_proto::v1::{GetInfoRequest, GetInfoResponse};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
+use crate::identity::NodeId;
+use crate::link::LinkKeys;
+use crate::mesh::Mesh;
 
 /// How often an idle connection to a peer is checked, and how long an answer may take.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -25,67 +30,171 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 17 * 1024 * 1024;
 
-/// How long the node ID a target gave is trusted before it is asked again (a target address may
-/// come to be served by another node).
-const NODE_ID_TTL: Duration = Duration::from_secs(60);
+/// A node to call: its gRPC address and, when known, the node that must answer there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// `http://host:port`.
+    uri: String,
+    node: Option<NodeId>,
+}
 
-/// The channels to other nodes, one per target address.
+impl Target {
+    /// Whichever node listens at `address` (`host:port`, or `http://host:port`).
+    pub fn at(address: &str) -> Result<Self, Error> {
+        Ok(Self {
+            uri: target_uri(address)?,
+            node: None,
+        })
+    }
+
+    /// Node `node`, at `address`; another node there is refused.
+    pub fn node_at(node: NodeId, address: &str) -> Result<Self, Error> {
+        Ok(Self {
+            node: Some(node),
+            ..Self::at(address)?
+        })
+    }
+
+    /// The address, as `host:port`.
+    pub fn address(&self) -> &str {
+        self.uri.trim_start_matches("http://")
+    }
+
+    /// The node that must answer, if the caller named one.
+    pub fn node(&self) -> Option<NodeId> {
+        self.node
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.node {
+            Some(node) => write!(formatter, "{node}@{}", self.address()),
+            None => formatter.write_str(self.address()),
+        }
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = Error;
+
+    /// `host:port`, `http://host:port` or `0xID@host:port`.
+    fn from_str(text: &str) -> Result<Self, Error> {
+        match text.trim().split_once('@') {
+            Some((node, address)) => {
+                let node = node
+                    .parse()
+                    .map_err(|error| Error::invalid_field("target", error))?;
+                Self::node_at(node, address)
+            }
+            None => Self::at(text),
+        }
+    }
+}
+
+/// One channel to a target, and the node its last link reached.
+#[derive(Debug, Clone)]
+struct PeerChannel {
+    channel: Channel,
+    reached: Arc<Mutex<Option<NodeId>>>,
+}
+
+/// The channels to other nodes, one per target.
 #[derive(Debug, Clone)]
 pub struct Peers {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
-    /// The node ID each target address last gave, and when.
-    node_ids: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    channels: Arc<Mutex<HashMap<Target, PeerChannel>>>,
+    keys: LinkKeys,
     connect_timeout: Duration,
+    /// Membership, once it started: where a node named by its ID alone is.
+    mesh: Arc<OnceLock<Mesh>>,
 }
 
 impl Peers {
-    /// Returns an empty pool whose connections give up after `connect_timeout`.
-    pub fn new(connect_timeout: Duration) -> Self {
+    /// Returns an empty pool whose links use `keys` and give up connecting after
+    /// `connect_timeout`.
+    pub fn new(keys: LinkKeys, connect_timeout: Duration) -> Self {
         Self {
             channels: Arc::default(),
-            node_ids: Arc::default(),
+            keys,
             connect_timeout,
+            mesh: Arc::default(),
+        }
+    }
+
+    /// Lets targets be named by node ID alone, found among the members of `mesh`.
+    pub fn use_mesh(&self, mesh: Mesh) {
+        let _ = self.mesh.set(mesh);
+    }
+
+    /// Reads a target as a user writes it: `host:port`, `0xID@host:port`, or a node ID alone
+    /// (a live member of the mesh).
+    pub async fn resolve(&self, text: &str) -> Result<Target, Error> {
+        let text = text.trim();
+        if text.contains('@') || !text.starts_with("0x") {
+            return text.parse();
+        }
+        let node: NodeId = text
+            .parse()
+            .map_err(|error| Error::invalid_field("target", error))?;
+        let Some(mesh) = self.mesh.get() else {
+            return Err(Error::invalid_field(
+                "target",
+                format!(
+                    "{node} is a node ID, which needs the mesh (mesh.enabled): give 0xID@host:port"
+                ),
+            ));
+        };
+        match mesh.member(node).await {
+            Some((address, true)) => Target::node_at(node, &address),
+            Some((address, false)) => Err(Error::new(
+                ErrorCode::TargetUnreachable,
+                format!("node {node} (last at {address}) is dead in the mesh"),
+            )),
+            None => Err(Error::new(
+                ErrorCode::TargetUnreachable,
+                format!("no member of the mesh is node {node}"),
+            )),
         }
     }
 
     /// Returns a task client for `target`.
-    pub fn tasks(&self, target: &str) -> Result<TaskServiceClient<Channel>, Error> {
-        Ok(TaskServiceClient::new(self.channel(target)?)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES))
+    pub fn tasks(&self, target: &Target) -> TaskServiceClient<Channel> {
+        TaskServiceClient::new(self.peer(target).channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// Returns a node-information client for `target`.
-    pub fn node(&self, target: &str) -> Result<NodeServiceClient<Channel>, Error> {
-        Ok(NodeServiceClient::new(self.channel(target)?))
+    pub fn node(&self, target: &Target) -> NodeServiceClient<Channel> {
+        NodeServiceClient::new(self.peer(target).channel)
     }
 
-    /// Returns the node ID of the node serving `target`, as it last said (asked again after a
-    /// minute).
-    pub async fn node_id(&self, target: &str) -> Result<String, Error> {
-        let uri = target_uri(target)?;
-        if let Some((node_id, asked)) = self
-            .node_ids
-            .lock()
-            .expect("node ID map lock is never poisoned")
-            .get(&uri)
-            && asked.elapsed() < NODE_ID_TTL
-        {
-            return Ok(node_id.clone());
+    /// Returns the node ID of the node at `target`: the one it names, else the one its link
+    /// proved (linking first if need be).
+    pub async fn node_id(&self, target: &Target) -> Result<NodeId, Error> {
+        if let Some(node) = target.node {
+            return Ok(node);
         }
-        let node_id = self.info(target).await?.node_id;
-        self.node_ids
-            .lock()
-            .expect("node ID map lock is never poisoned")
-            .insert(uri, (node_id.clone(), Instant::now()));
-        Ok(node_id)
+        let reached = Arc::clone(&self.peer(target).reached);
+        let known = *reached.lock().expect("lock is never poisoned");
+        if let Some(node) = known {
+            return Ok(node);
+        }
+        self.info(target).await?;
+        let reached = *reached.lock().expect("lock is never poisoned");
+        reached.ok_or_else(|| {
+            Error::new(
+                ErrorCode::TargetError,
+                format!("target {target} answered without a link"),
+            )
+        })
     }
 
-    /// Asks the node serving `target` who it is.
-    pub async fn info(&self, target: &str) -> Result<GetInfoResponse, Error> {
+    /// Asks the node at `target` who it is.
+    pub async fn info(&self, target: &Target) -> Result<GetInfoResponse, Error> {
         let mut request = tonic::Request::new(GetInfoRequest {});
         request.set_timeout(self.connect_timeout + KEEP_ALIVE_TIMEOUT);
         let info = self
-            .node(target)?
+            .node(target)
             .get_info(request)
             .await
             .map_err(|status| Error::from_remote_status(&status, target))?
@@ -94,31 +203,33 @@ impl Peers {
     }
 
     /// Returns a storage client for `target`.
-    pub fn storage(&self, target: &str) -> Result<StorageServiceClient<Channel>, Error> {
-        Ok(StorageServiceClient::new(self.channel(target)?)
+    pub fn storage(&self, target: &Target) -> StorageServiceClient<Channel> {
+        StorageServiceClient::new(self.peer(target).channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    fn channel(&self, target: &str) -> Result<Channel, Error> {
-        let uri = target_uri(target)?;
+    fn peer(&self, target: &Target) -> PeerChannel {
         let mut channels = self
             .channels
             .lock()
             .expect("peer map lock is never poisoned");
-        if let Some(channel) = channels.get(&uri) {
-            return Ok(channel.clone());
+        if let Some(peer) = channels.get(target) {
+            return peer.clone();
         }
-        let endpoint = Endpoint::from_shared(uri.clone())
-            .map_err(|error| Error::invalid_field("target", format!("is not an address: {error}")))?
+        let endpoint = Endpoint::from_shared(target.uri.clone())
+            .expect("a target's URI was checked when it was made")
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
-        channels.insert(uri, channel.clone());
-        Ok(channel)
+        let reached = Arc::new(Mutex::new(None));
+        let channel = endpoint
+            .connect_with_connector_lazy(self.keys.connector(target.node, Arc::clone(&reached)));
+        let peer = PeerChannel { channel, reached };
+        channels.insert(target.clone(), peer.clone());
+        peer
     }
 }
 
@@ -148,6 +259,30 @@ pub fn target_uri(target: &str) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_name_an_address_and_perhaps_a_node() {
+        let node = crate::identity::NodeIdentity::generate().id();
+        let named: Target = format!("{node}@127.0.0.1:8081").parse().expect("ok");
+        assert_eq!(named.node(), Some(node));
+        assert_eq!(named.address(), "127.0.0.1:8081");
+        assert_eq!(named.to_string(), format!("{node}@127.0.0.1:8081"));
+        let lower = format!("{}@127.0.0.1:8081", node.to_string().to_lowercase());
+        assert_eq!(lower.parse::<Target>().expect("any case"), named);
+        let anyone: Target = "http://127.0.0.1:8081".parse().expect("ok");
+        assert_eq!(
+            (anyone.node(), anyone.to_string()),
+            (None, "127.0.0.1:8081".to_owned())
+        );
+        for bad in [
+            "0x12@127.0.0.1:1",
+            "@127.0.0.1:1",
+            "0xzz@",
+            "nobody@127.0.0.1:1",
+        ] {
+            assert!(bad.parse::<Target>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn targets_accept_host_port_and_uris() {

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::{CHUNKS_IN_FLIGHT, Files, KIND_DATA};
 use crate::clock::now_ms;
 use crate::error::{Error, ErrorCode};
+use crate::peers::Target;
 use crate::storage::chunks::ChunkHash;
 use crate::storage::files::{FileRecord, Manifest, Replica};
 use crate::storage::merkle;
@@ -116,7 +117,8 @@ impl Files {
             return None;
         };
         let renewed = async {
-            let info = payer.target_info(&replica.address).await?;
+            let target = super::replica_target(replica)?;
+            let info = payer.target_info(&target).await?;
             let Some(terms) = &info.payment_terms else {
                 return Ok(None);
             };
@@ -125,10 +127,10 @@ impl Files {
                 return Ok(None);
             }
             let until = self
-                .renew_object(&replica.address, &manifest.id, manifest.sealed_size())
+                .renew_object(&target, &manifest.id, manifest.sealed_size())
                 .await?;
             self.renew_object(
-                &replica.address,
+                &target,
                 &super::manifest_object_id(&manifest.id),
                 super::sealed_manifest_len(manifest),
             )
@@ -163,13 +165,14 @@ impl Files {
             chunk_index: chunk_index as u64,
             segment_index: segment_index as u64,
         };
-        let request = self.signed_for(&replica.address, request).await?;
+        let target = super::replica_target(replica)?;
+        let request = self.signed_for(&target, request).await?;
         let answer = self
             .peers
-            .storage(&replica.address)?
+            .storage(&target)
             .audit_object(request)
             .await
-            .map_err(|status| Error::from_remote_status(&status, &replica.address))?
+            .map_err(|status| Error::from_remote_status(&status, &target))?
             .into_inner();
         let proof: Option<Vec<[u8; 32]>> = answer
             .proof
@@ -244,6 +247,13 @@ impl Files {
             .map(|replica| replica.address.as_str())
             .chain(discarding.iter().map(String::as_str))
             .collect();
+        let source_target = match super::replica_target(source) {
+            Ok(target) => target,
+            Err(error) => {
+                tracing::error!(file_id, %error, "the healthy replica's record is unusable");
+                return;
+            }
+        };
         let mut added = Vec::new();
         for candidate in self
             .options
@@ -254,10 +264,14 @@ impl Files {
             if added.len() == missing {
                 break;
             }
-            match self
-                .copy_replica(&record.manifest, &source.address, candidate)
-                .await
-            {
+            let copied = match Target::at(candidate) {
+                Ok(candidate) => {
+                    self.copy_replica(&record.manifest, &source_target, &candidate)
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            match copied {
                 Ok(replica) => {
                     crate::metrics::repair();
                     tracing::info!(
@@ -275,10 +289,12 @@ impl Files {
             tracing::warn!(file_id, missing, "no provider could take a repair copy");
             return;
         }
-        let lost_addresses: Vec<String> =
-            lost.iter().map(|replica| replica.address.clone()).collect();
-        let replaced = added.len().min(lost_addresses.len());
-        let dropped: Vec<String> = lost_addresses.into_iter().take(replaced).collect();
+        let replaced = added.len().min(lost.len());
+        let dropped_replicas: Vec<&Replica> = lost.iter().take(replaced).collect();
+        let dropped: Vec<String> = dropped_replicas
+            .iter()
+            .map(|replica| replica.address.clone())
+            .collect();
         let result = self
             .update_record(file_id, |current| {
                 current
@@ -291,9 +307,14 @@ impl Files {
             tracing::error!(file_id, %error, "could not record repaired replicas");
             return;
         }
-        for address in &dropped {
+        for replica in dropped_replicas {
             // The lost provider may be gone or damaged; removing its copy is a courtesy.
-            self.discard_copy(address, file_id).await;
+            match super::replica_target(replica) {
+                Ok(target) => self.discard_copy(&target, file_id).await,
+                Err(error) => {
+                    tracing::warn!(file_id, %error, "a lost replica's record is unusable")
+                }
+            }
         }
     }
 
@@ -302,14 +323,14 @@ impl Files {
     async fn copy_replica(
         &self,
         manifest: &Manifest,
-        source: &str,
-        target: &str,
+        source: &Target,
+        target: &Target,
     ) -> Result<Replica, Error> {
         let expected = Arc::new(manifest.chunk_hashes()?);
         let object = (manifest.sealed_size(), expected.len() as u64);
         let (mut incoming, payment) = self.get_object(source, &manifest.id, 0, object).await?;
         let (sender, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
-        let source_name = source.to_owned();
+        let source_name = source.clone();
         let forward = async move {
             let mut size = 0u64;
             for (index, expected_hash) in expected.iter().enumerate() {
@@ -377,7 +398,10 @@ impl Files {
                 return Err(error);
             }
         };
-        if let Err(error) = self.put_manifest(manifest, &[target.to_owned()]).await {
+        if let Err(error) = self
+            .put_manifest(manifest, std::slice::from_ref(target))
+            .await
+        {
             self.discard_copy(target, &manifest.id).await;
             return Err(error);
         }

@@ -13,6 +13,8 @@ use sphere_proto::v1::ListObjectsRequest;
 use super::{Files, KIND_DATA, KIND_MANIFEST, manifest_object_id};
 use crate::auth;
 use crate::error::Error;
+use crate::identity::NodeId;
+use crate::peers::Target;
 use crate::storage::files::{FileRecord, Manifest, Replica};
 
 /// What recovery found.
@@ -45,11 +47,19 @@ impl Files {
         };
         let mut found: BTreeMap<String, (Manifest, Vec<Replica>)> = BTreeMap::new();
         for provider in &providers {
-            match self.manifests_on(provider).await {
-                Ok((provider_id, manifests)) => {
+            let answer = match self.peers.resolve(provider).await {
+                Ok(target) => self
+                    .manifests_on(&target)
+                    .await
+                    .map(|found| (target, found)),
+                Err(error) => Err(error),
+            };
+            match answer {
+                Ok((target, (provider_id, manifests))) => {
                     report.providers_answered += 1;
                     for manifest in manifests {
-                        let replica = Replica::new(provider.clone(), provider_id.clone());
+                        let replica =
+                            Replica::new(target.address().to_owned(), provider_id.to_string());
                         found
                             .entry(manifest.id.clone())
                             .or_insert_with(|| (manifest, Vec::new()))
@@ -77,14 +87,14 @@ impl Files {
     }
 
     /// Returns `provider`'s node ID and the manifests of this node's files it holds.
-    async fn manifests_on(&self, provider: &str) -> Result<(String, Vec<Manifest>), Error> {
+    async fn manifests_on(&self, provider: &Target) -> Result<(NodeId, Vec<Manifest>), Error> {
         let provider_id = self.peers.node_id(provider).await?;
         let listing = self
             .peers
-            .storage(provider)?
+            .storage(provider)
             .list_objects(auth::sign(
                 &self.identity,
-                &provider_id,
+                &provider_id.to_string(),
                 ListObjectsRequest { auth: None },
             ))
             .await
@@ -115,7 +125,7 @@ impl Files {
                 .await
             {
                 Ok(manifest) => manifests.push(manifest),
-                Err(error) => tracing::warn!(provider, file_id, %error, "unreadable manifest"),
+                Err(error) => tracing::warn!(%provider, file_id, %error, "unreadable manifest"),
             }
         }
         Ok((provider_id, manifests))
@@ -123,7 +133,7 @@ impl Files {
 
     async fn read_manifest(
         &self,
-        provider: &str,
+        provider: &Target,
         file_id: &str,
         manifest_id: &str,
         size: u64,

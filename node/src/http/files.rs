@@ -23,18 +23,18 @@ use crate::storage::files::{FileRecord, Replica};
 error_responses!(
     /// Errors of storing a file.
     StoreErrors: InvalidJson, MissingField, InvalidField, PayloadTooLarge, NotEnoughProviders,
-    TargetUnreachable, TargetTimeout, TargetError, PermissionDenied, ProviderFull,
+    TargetUnreachable, TargetMismatch, TargetTimeout, TargetError, PermissionDenied, ProviderFull,
     PaymentRequired, InsufficientFunds, StorageFailure, ShuttingDown,
 );
 error_responses!(
     /// Errors of reading a file.
     ReadErrors: InvalidJson, MissingField, InvalidField, PayloadTooLarge, FileNotFound, FileLost,
-    TargetUnreachable, TargetTimeout, TargetError, IntegrityError, PaymentRequired,
+    TargetUnreachable, TargetMismatch, TargetTimeout, TargetError, IntegrityError, PaymentRequired,
     StorageFailure,
 );
 error_responses!(
     /// Errors of deleting a file.
-    DeleteErrors: InvalidField, FileNotFound, TargetUnreachable, TargetTimeout, TargetError,
+    DeleteErrors: InvalidField, FileNotFound, TargetUnreachable, TargetMismatch, TargetTimeout, TargetError,
     StorageFailure,
 );
 error_responses!(
@@ -221,6 +221,10 @@ async fn read_json_response(
     target: Option<&str>,
 ) -> Result<Response, Error> {
     let record = context.files.record(id).await?;
+    let target = match target {
+        Some(target) => Some(context.peers.resolve(target).await?),
+        None => None,
+    };
     // The answer holds the file base64-encoded; past the request limit, streaming is the way.
     if record.manifest.size > context.max_json_body_bytes as u64 {
         return Err(Error::new(
@@ -301,8 +305,11 @@ pub async fn read_stream(
     Query(query): Query<ReadQuery>,
 ) -> Result<Response, Error> {
     let record = context.files.record(&id).await?;
-    let target = address(query.target, "target")?;
-    let mut plaintext = context.files.read(&record, target.as_deref())?;
+    let target = match address(query.target, "target")? {
+        Some(target) => Some(context.peers.resolve(&target).await?),
+        None => None,
+    };
+    let mut plaintext = context.files.read(&record, target)?;
     let first_chunk = plaintext.next().await.transpose()?;
     let file_id = record.manifest.id.clone();
     let rest = plaintext.map_err(move |error| {

@@ -25,7 +25,7 @@ error_responses!(
 error_responses!(
     /// Errors of a channel transaction (open, top up, close).
     ChannelErrors: InvalidJson, MissingField, InvalidField, PayloadTooLarge, PaymentsOff,
-    ChannelNotFound, ChannelStateConflict, InsufficientFunds, TargetUnreachable, TargetTimeout,
+    ChannelNotFound, ChannelStateConflict, InsufficientFunds, TargetUnreachable, TargetMismatch, TargetTimeout,
     TargetError, StorageFailure,
 );
 error_responses!(
@@ -153,6 +153,7 @@ pub async fn open(
     let deposit = wei(&required(request.deposit, "deposit")?, "deposit")?;
     let provider: Address = match (address(request.target, "target")?, request.provider) {
         (Some(target), None) => {
+            let target = context.peers.resolve(&target).await?;
             let info = payments.payer.target_info(&target).await?;
             if info.payment_terms.is_none() {
                 return Err(Error::new(
@@ -160,12 +161,7 @@ pub async fn open(
                     format!("target {target} does not take payments; it needs no channel"),
                 ));
             }
-            info.node_id.parse().map_err(|_| {
-                Error::new(
-                    ErrorCode::TargetError,
-                    format!("target {target} has a node ID that is not an address"),
-                )
-            })?
+            context.peers.node_id(&target).await?.address()
         }
         (None, Some(provider)) => provider
             .parse()

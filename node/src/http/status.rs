@@ -12,6 +12,7 @@ use crate::api::{
     PluginList,
 };
 use crate::context::NodeContext;
+use crate::peers::Target;
 use crate::plugin::registry::SlotHealth;
 
 error_responses!(
@@ -119,7 +120,18 @@ pub async fn peers(State(context): State<NodeContext>) -> axum::Json<PeerList> {
 
 async fn ask_peer(context: &NodeContext, address: &str) -> PeerInfo {
     let started = Instant::now();
-    let answer = context.peers.info(address).await;
+    let answer = match Target::at(address) {
+        Ok(target) => match context.peers.info(&target).await {
+            // The node its link proved, whatever it says about itself.
+            Ok(info) => context
+                .peers
+                .node_id(&target)
+                .await
+                .map(|node| (node, info)),
+            Err(error) => Err(error),
+        },
+        Err(error) => Err(error),
+    };
     let latency_ms = duration_ms(started.elapsed());
     let mut peer = PeerInfo {
         address: address.to_owned(),
@@ -137,10 +149,10 @@ async fn ask_peer(context: &NodeContext, address: &str) -> PeerInfo {
         error: None,
     };
     match answer {
-        Ok(info) => {
+        Ok((node, info)) => {
             peer.state = PeerState::Alive;
             peer.reachable = true;
-            peer.node_id = Some(info.node_id);
+            peer.node_id = Some(node.to_string());
             peer.version = Some(info.version);
             peer.plugins = info
                 .plugins

@@ -13,6 +13,7 @@ use crate::api::{TaskAnswer, TaskRequest};
 use crate::context::NodeContext;
 use crate::error::{Error, ErrorCode};
 use crate::payments::payer::{Payment, Work};
+use crate::peers::Target;
 
 /// The longest deadline a request may ask for (it is capped by `grpc.task_timeout_ms` anyway).
 const MAX_TIMEOUT_MS: u64 = 86_400_000;
@@ -25,7 +26,7 @@ error_responses!(
     /// Errors of `POST /task`.
     TaskErrors: InvalidJson, MissingField, InvalidField, PayloadTooLarge, PluginNotFound,
     Overloaded, TaskRejected, PaymentRequired, InsufficientFunds, ChannelStateConflict,
-    TargetUnreachable, TargetTimeout, TargetError, PluginUnavailable, PluginTimeout, PluginFailed,
+    TargetUnreachable, TargetMismatch, TargetTimeout, TargetError, PluginUnavailable, PluginTimeout, PluginFailed,
     ShuttingDown,
 );
 
@@ -74,6 +75,7 @@ pub async fn run_task(
                 .await?
         }
         Some(target) => {
+            let target = context.peers.resolve(&target).await?;
             let mut task = RunTaskRequest {
                 task_id: task_id.clone(),
                 input,
@@ -123,7 +125,7 @@ pub async fn run_task(
 /// Runs `task` on `target` and records how it went in the metrics.
 async fn run_on_target(
     context: &NodeContext,
-    target: &str,
+    target: &Target,
     task: RunTaskRequest,
     deadline: Duration,
 ) -> Result<(Bytes, String), Error> {
@@ -135,14 +137,18 @@ async fn run_on_target(
         .options()
         .providers
         .iter()
-        .any(|peer| peer == target);
+        .any(|peer| peer == target.address());
     let plugin = match &outcome {
         Ok((_, plugin)) => plugin.as_str(),
         Err(_) if requested_plugin.is_empty() => "default",
         Err(_) => requested_plugin.as_str(),
     };
     crate::metrics::requested_task(
-        if known_target { target } else { "other" },
+        if known_target {
+            target.address()
+        } else {
+            "other"
+        },
         plugin,
         outcome
             .as_ref()
@@ -154,11 +160,11 @@ async fn run_on_target(
 
 async fn call_target(
     context: &NodeContext,
-    target: &str,
+    target: &Target,
     task: RunTaskRequest,
     deadline: Duration,
 ) -> Result<(Bytes, String), Error> {
-    let mut client = context.peers.tasks(target)?;
+    let mut client = context.peers.tasks(target);
     let mut request = tonic::Request::new(task);
     request.set_timeout(deadline);
     match tokio::time::timeout(deadline + STUCK_CALL_MARGIN, client.run_task(request)).await {

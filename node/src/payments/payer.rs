@@ -26,7 +26,7 @@ use sphere_proto::v1::{GetInfoRequest, GetInfoResponse, PaymentTerms};
 use super::chain::{Chain, Mined};
 use super::ledger::{Durability, Ledger, Record};
 use crate::error::{Error, ErrorCode};
-use crate::peers::Peers;
+use crate::peers::{Peers, Target};
 use crate::storage::db::Db;
 
 /// Key prefix of the requester's channel records.
@@ -230,7 +230,7 @@ struct Inner {
     peers: Peers,
     signer: PrivateKeySigner,
     channels: Ledger<OutgoingChannel>,
-    targets: Mutex<HashMap<String, (Instant, Arc<GetInfoResponse>)>>,
+    targets: Mutex<HashMap<Target, (Instant, Arc<GetInfoResponse>)>>,
 }
 
 impl Payer {
@@ -271,7 +271,7 @@ impl Payer {
     }
 
     /// Returns what `target` says about itself, asking it at most every [`TERMS_CACHE`].
-    pub async fn target_info(&self, target: &str) -> Result<Arc<GetInfoResponse>, Error> {
+    pub async fn target_info(&self, target: &Target) -> Result<Arc<GetInfoResponse>, Error> {
         if let Some((asked_at, info)) = self
             .inner
             .targets
@@ -285,7 +285,7 @@ impl Payer {
         let info = self
             .inner
             .peers
-            .node(target)?
+            .node(target)
             .get_info(GetInfoRequest {})
             .await
             .map_err(|status| Error::from_remote_status(&status, target))?
@@ -295,13 +295,13 @@ impl Payer {
             .targets
             .lock()
             .expect("target cache lock is never poisoned")
-            .insert(target.to_owned(), (Instant::now(), Arc::clone(&info)));
+            .insert(target.clone(), (Instant::now(), Arc::clone(&info)));
         Ok(info)
     }
 
     /// Returns a voucher paying `target` for `work`, or `None` when the target does not charge
     /// for it.
-    pub async fn pay(&self, target: &str, work: Work<'_>) -> Result<Option<Payment>, Error> {
+    pub async fn pay(&self, target: &Target, work: Work<'_>) -> Result<Option<Payment>, Error> {
         let info = self.target_info(target).await?;
         let Some(terms) = &info.payment_terms else {
             return Ok(None);
@@ -311,15 +311,8 @@ impl Payer {
         if price.is_zero() {
             return Ok(None);
         }
-        let provider: Address = info.node_id.parse().map_err(|_| {
-            Error::new(
-                ErrorCode::TargetError,
-                format!(
-                    "target {target} has a node ID that is not an address: {:?}",
-                    info.node_id
-                ),
-            )
-        })?;
+        // The node its link proved, whatever it says about itself.
+        let provider = self.inner.peers.node_id(target).await?.address();
         let (payment, ceiling_version) = self.sign(target, provider, price, &what)?;
         // Before the voucher leaves, the bound on what was signed must be on the disk (this
         // returns at once when it is, and waits for a write under way otherwise).
@@ -333,7 +326,7 @@ impl Payer {
     /// last moved.
     fn sign(
         &self,
-        target: &str,
+        target: &Target,
         provider: Address,
         price: U256,
         what: &str,
@@ -396,7 +389,7 @@ impl Payer {
         Ok((payment, channel.ceiling_version))
     }
 
-    fn check_same_contract(&self, target: &str, terms: &PaymentTerms) -> Result<(), Error> {
+    fn check_same_contract(&self, target: &Target, terms: &PaymentTerms) -> Result<(), Error> {
         let chain = &self.inner.chain;
         let same_contract = terms
             .contract

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{NodeOptions, TestNode};
+use crate::harness::{NodeOptions, TestNode, base64};
 
 /// Starts a node that joins the mesh through `seed` (none: the first member).
 fn member(seed: Option<&TestNode>) -> TestNode {
@@ -207,4 +207,112 @@ async fn a_node_gossiping_a_forged_record_is_never_listed() {
     for forger in forgers {
         forger.shutdown().await.ok();
     }
+}
+
+#[tokio::test]
+async fn targets_by_node_id_reach_that_node_and_an_impostor_at_its_address_is_refused() {
+    let seed = member(None);
+    let genuine = member(Some(&seed));
+    let other = member(Some(&seed));
+    until_seen(&[&seed], &genuine, "alive").await;
+    until_seen(&[&seed], &other, "alive").await;
+
+    // A task by node ID alone (found through membership), and as ID@address.
+    for target in [
+        genuine.node_id.clone(),
+        format!("{}@{}", genuine.node_id.to_lowercase(), genuine.target()),
+    ] {
+        let (status, answer) = seed
+            .post("/task", &json!({"target": target, "input": "hello"}))
+            .await;
+        assert_eq!(
+            (status, &answer["output"]),
+            (200, &json!("world")),
+            "{target}: {answer}"
+        );
+    }
+
+    // The genuine node's ID at the other node's address: the link proves who answers there.
+    let impostor_target = format!("{}@{}", genuine.node_id, other.target());
+    let (status, answer) = seed
+        .post(
+            "/task",
+            &json!({"target": impostor_target, "input": "hello"}),
+        )
+        .await;
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(answer["error"]["code"], "target_mismatch", "{answer}");
+    let message = answer["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains(&other.node_id) && message.contains(&genuine.node_id),
+        "{message}"
+    );
+    // Nor is a file stored there.
+    let (status, answer) = seed
+        .post(
+            "/file",
+            &json!({"name": "x", "data": "eA==", "targets": [impostor_target]}),
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (502, &json!("target_mismatch")),
+        "{answer}"
+    );
+
+    // A node ID no member has.
+    let stranger = sphere_node::identity::NodeIdentity::generate().node_id();
+    let (status, answer) = seed
+        .post("/task", &json!({"target": stranger, "input": "hello"}))
+        .await;
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(answer["error"]["code"], "target_unreachable", "{answer}");
+
+    // Files by node ID: JSON with `targets`, and a streamed upload with `?targets=`.
+    let (status, stored) = seed
+        .post(
+            "/file",
+            &json!({"name": "by-id", "data": base64(b"kept by one node"), "targets": [genuine.node_id]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(
+        stored["replicas"][0]["provider_id"],
+        genuine.node_id.as_str()
+    );
+    assert_eq!(stored["replicas"][0]["target"], genuine.target().as_str());
+    let streamed = seed
+        .http()
+        .put(seed.url(&format!(
+            "/files/streamed?targets={},{}",
+            genuine.node_id, other.node_id
+        )))
+        .body(b"kept by two".to_vec())
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(streamed.status(), 201);
+    let streamed: Value = streamed.json().await.expect("JSON");
+    let mut holders: Vec<&str> = streamed["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .filter_map(|replica| replica["provider_id"].as_str())
+        .collect();
+    holders.sort_unstable();
+    let mut expected = vec![genuine.node_id.as_str(), other.node_id.as_str()];
+    expected.sort_unstable();
+    assert_eq!(holders, expected);
+    let (status, read) = seed
+        .call(
+            reqwest::Method::GET,
+            &format!("/file/{}", stored["id"].as_str().expect("id")),
+            "",
+        )
+        .await;
+    assert_eq!(
+        (status, &read["data"]),
+        (200, &json!(base64(b"kept by one node"))),
+        "{read}"
+    );
 }

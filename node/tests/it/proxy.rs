@@ -1,5 +1,7 @@
-//! A gRPC proxy that stands between two nodes and keeps what passes, as an eavesdropper on the
-//! network would: the tests replay the requests it captured.
+//! A gRPC proxy in front of a node that keeps what passes: the tests replay the requests it
+//! captured. Links between nodes are TLS bound to node keys, so nobody on the network can read
+//! them; the proxy holds the node's own key, and sees what the node itself (or whoever stole
+//! its key) sees.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -9,7 +11,6 @@ use axum::extract::Request;
 use bytes::Bytes;
 use http_body_util::Full;
 use prost::Message;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 use tower::ServiceExt;
 
@@ -50,8 +51,11 @@ pub struct GrpcProxy {
 }
 
 impl GrpcProxy {
-    /// Starts a proxy on 127.0.0.1 that forwards to `upstream`.
-    pub async fn start(upstream: SocketAddr) -> Self {
+    /// Starts a proxy on 127.0.0.1 that answers links with `node`'s key and forwards to it.
+    pub async fn start(node: &crate::harness::TestNode) -> Self {
+        let identity = sphere_node::identity::NodeIdentity::load(&node.data_dir.join("node.key"))
+            .expect("the node's key");
+        let upstream = node.grpc;
         let channel = Channel::from_shared(format!("http://{upstream}"))
             .expect("upstream URI")
             .connect_lazy();
@@ -99,10 +103,20 @@ impl GrpcProxy {
             .await
             .expect("bind proxy");
         let address = listener.local_addr().expect("proxy address");
+        let links = sphere_node::link::incoming(
+            sphere_node::connections::GuardedListener::new(
+                listener,
+                "proxy",
+                sphere_node::connections::ConnectionLimits::default(),
+            ),
+            &sphere_node::link::LinkKeys::new(&identity),
+            sphere_node::link::Plaintext::Loopback,
+            std::time::Duration::from_secs(10),
+        );
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_routes(tonic::service::Routes::from(router))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
+                .serve_with_incoming(links),
         );
         Self {
             address,

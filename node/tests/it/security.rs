@@ -53,8 +53,8 @@ fn captured_about(
 async fn requests_captured_on_the_wire_are_refused_by_other_providers_and_after_a_restart() {
     let mut providers = [TestNode::start(), TestNode::start()];
     let proxies = [
-        GrpcProxy::start(providers[0].grpc).await,
-        GrpcProxy::start(providers[1].grpc).await,
+        GrpcProxy::start(&providers[0]).await,
+        GrpcProxy::start(&providers[1]).await,
     ];
     let owner = TestNode::start_with(NodeOptions {
         config: Some(json!({
@@ -390,4 +390,47 @@ async fn a_burst_of_clients_connecting_at_once_is_served() {
         }
     }
     assert_eq!(served, CLIENTS, "every client of the burst is answered");
+}
+
+#[tokio::test]
+async fn plaintext_grpc_is_refused_where_grpc_plaintext_says_never_and_nodes_still_link() {
+    use sphere_proto::v1::GetInfoRequest;
+    use sphere_proto::v1::node_service_client::NodeServiceClient;
+
+    let open = TestNode::start();
+    let closed = TestNode::start_with(NodeOptions {
+        config: Some(json!({"grpc": {"plaintext": "never"}})),
+        ..NodeOptions::default()
+    });
+    // Plaintext from loopback: served by default, refused by `never`.
+    let mut client = NodeServiceClient::connect(format!("http://{}", open.target()))
+        .await
+        .expect("connect");
+    let info = client
+        .get_info(GetInfoRequest {})
+        .await
+        .expect("plaintext from loopback is served by default");
+    assert_eq!(info.into_inner().node_id, open.node_id);
+    let refused = async {
+        NodeServiceClient::connect(format!("http://{}", closed.target()))
+            .await
+            .map_err(|error| error.to_string())?
+            .get_info(GetInfoRequest {})
+            .await
+            .map_err(|status| status.to_string())
+    }
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    // Nodes link over TLS whatever grpc.plaintext says.
+    let (status, answer) = open
+        .post(
+            "/task",
+            &json!({"target": closed.target(), "input": "hello"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["output"]),
+        (200, &json!("world")),
+        "{answer}"
+    );
 }

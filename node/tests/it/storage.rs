@@ -436,7 +436,7 @@ async fn a_dropped_replica_whose_delete_failed_is_deleted_later() {
     let providers = providers(3);
     let mut proxies = Vec::new();
     for provider in &providers {
-        proxies.push(GrpcProxy::start(provider.grpc).await);
+        proxies.push(GrpcProxy::start(provider).await);
     }
     let owner = TestNode::start_with(NodeOptions {
         config: Some(json!({
