@@ -73,7 +73,7 @@ pub struct FileOptions {
     pub chunk_size: usize,
     /// Replicas of a file when the request names neither targets nor a number.
     pub default_replicas: u32,
-    /// Providers the node may pick from (the `peers` setting, until discovery exists).
+    /// Providers the node may pick from besides the live members of the mesh (`peers`).
     pub providers: Vec<String>,
     /// How often every replica is audited.
     pub audit_interval: Duration,
@@ -383,32 +383,59 @@ impl Files {
         if wanted == 0 {
             return Err(Error::invalid_field("replicas", "must be at least 1"));
         }
-        let not_enough = |found: usize| {
-            Error::new(
+        let mut available = self.candidate_providers().await;
+        if available.len() < wanted {
+            return Err(Error::new(
                 ErrorCode::NotEnoughProviders,
                 format!(
-                    "the file needs {wanted} providers but only {found} of the configured peers can take it; \
-                     name `targets`, ask for fewer `replicas`, or add peers"
+                    "the file needs {wanted} providers but only {} (live members of the mesh and configured peers with free space) can take it; \
+                     name `targets`, ask for fewer `replicas`, or add nodes",
+                    available.len()
                 ),
-            )
-        };
-        let probes = self.options.providers.iter().map(|provider| async move {
-            let provider = Target::at(provider).ok()?;
-            let free = self.free_space(&provider).await.ok()?;
-            (free > 0).then_some(provider)
-        });
-        let mut available: Vec<Target> = futures_util::future::join_all(probes)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        if available.len() < wanted {
-            return Err(not_enough(available.len()));
+            ));
         }
         use rand::seq::SliceRandom;
         available.shuffle(&mut rand::rng());
         available.truncate(wanted);
         Ok(available)
+    }
+
+    /// The providers that can take a copy now, one entry per node: the live members of the mesh
+    /// with free space (as their records say, called as the node each record names), then the
+    /// configured peers outside the mesh that report free space.
+    pub(crate) async fn candidate_providers(&self) -> Vec<Target> {
+        let mut candidates: Vec<Target> = match self.peers.mesh() {
+            Some(mesh) => mesh
+                .live_members()
+                .await
+                .into_iter()
+                .filter(|(_, _, free_bytes)| *free_bytes > 0)
+                .filter_map(|(node, address, _)| Target::node_at(node, &address).ok())
+                .collect(),
+            None => Vec::new(),
+        };
+        let outside: Vec<Target> = self
+            .options
+            .providers
+            .iter()
+            .filter_map(|provider| Target::at(provider).ok())
+            .filter(|provider| {
+                !candidates
+                    .iter()
+                    .any(|member| member.address() == provider.address())
+            })
+            .collect();
+        let probes = outside.into_iter().map(|provider| async move {
+            let free = self.free_space(&provider).await.ok()?;
+            (free > 0).then_some(provider)
+        });
+        candidates.extend(
+            futures_util::future::join_all(probes)
+                .await
+                .into_iter()
+                .flatten(),
+        );
+        candidates
     }
 
     /// Returns the free space `provider` reports.

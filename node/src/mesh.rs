@@ -408,6 +408,20 @@ impl Mesh {
             .map(|member| (member.record.grpc_address, member.alive))
     }
 
+    /// The live members: each one's node ID, gRPC address, and bytes free for others (as its
+    /// record says).
+    pub async fn live_members(&self) -> Vec<(NodeId, String, u64)> {
+        self.believed()
+            .await
+            .into_iter()
+            .filter(|member| member.alive)
+            .filter_map(|member| {
+                let node = member.record.node_id.parse().ok()?;
+                Some((node, member.record.grpc_address, member.record.free_bytes))
+            })
+            .collect()
+    }
+
     /// Returns every other member with a believed record, the newest generation of each.
     async fn believed(&self) -> Vec<Member> {
         let now = crate::clock::now_ms();

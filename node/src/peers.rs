@@ -126,6 +126,11 @@ impl Peers {
         let _ = self.mesh.set(mesh);
     }
 
+    /// Membership, when the mesh is on.
+    pub fn mesh(&self) -> Option<&Mesh> {
+        self.mesh.get()
+    }
+
     /// Reads a target as a user writes it: `host:port`, `0xID@host:port`, or a node ID alone
     /// (a live member of the mesh).
     pub async fn resolve(&self, text: &str) -> Result<Target, Error> {

@@ -254,35 +254,46 @@ impl Files {
                 return;
             }
         };
-        let mut added = Vec::new();
-        for candidate in self
-            .options
-            .providers
+        // Never two copies on one node, whatever address it is known by.
+        let holder_ids: Vec<&str> = record
+            .replicas
             .iter()
-            .filter(|p| !holders.contains(&p.as_str()))
-        {
+            .map(|replica| replica.provider_id.as_str())
+            .collect();
+        let candidates = self
+            .candidate_providers()
+            .await
+            .into_iter()
+            .filter(|candidate| {
+                !holders.contains(&candidate.address())
+                    && !candidate.node().is_some_and(|node| {
+                        holder_ids
+                            .iter()
+                            .any(|holder| holder.eq_ignore_ascii_case(&node.to_string()))
+                    })
+            });
+        let mut added = Vec::new();
+        for candidate in candidates {
             if added.len() == missing {
                 break;
             }
-            let copied = match Target::at(candidate) {
-                Ok(candidate) => {
-                    self.copy_replica(&record.manifest, &source_target, &candidate)
-                        .await
-                }
-                Err(error) => Err(error),
-            };
-            match copied {
+            match self
+                .copy_replica(&record.manifest, &source_target, &candidate)
+                .await
+            {
                 Ok(replica) => {
                     crate::metrics::repair();
                     tracing::info!(
                         file_id,
                         from = source.address,
-                        to = candidate,
+                        to = %candidate,
                         "replica repaired"
                     );
                     added.push(replica);
                 }
-                Err(error) => tracing::warn!(file_id, to = candidate, %error, "repair copy failed"),
+                Err(error) => {
+                    tracing::warn!(file_id, to = %candidate, %error, "repair copy failed")
+                }
             }
         }
         if added.is_empty() {

@@ -31,35 +31,43 @@ pub struct RecoveryReport {
 }
 
 impl Files {
-    /// Asks every configured peer (and `extra_providers`) for this node's objects and records
-    /// again every file whose manifest can be read. Files the node already has a record of are
+    /// Asks every configured peer, every live member of the mesh and `extra_providers` for this
+    /// node's objects and records again every file whose manifest can be read. Files the node already has a record of are
     /// left as they are.
     pub async fn recover(&self, extra_providers: &[String]) -> Result<RecoveryReport, Error> {
-        let mut providers = self.options.providers.clone();
+        let mut providers: Vec<Target> = Vec::new();
+        for provider in &self.options.providers {
+            providers.push(Target::at(provider)?);
+        }
         for provider in extra_providers {
-            if !providers.contains(provider) {
-                providers.push(provider.clone());
+            providers.push(self.peers.resolve(provider).await?);
+        }
+        if let Some(mesh) = self.peers.mesh() {
+            for (node, address, _) in mesh.live_members().await {
+                providers.push(Target::node_at(node, &address)?);
+            }
+        }
+        let mut asked: Vec<Target> = Vec::new();
+        for provider in providers {
+            if !asked
+                .iter()
+                .any(|known| known.address() == provider.address())
+            {
+                asked.push(provider);
             }
         }
         let mut report = RecoveryReport {
-            providers_asked: providers.len(),
+            providers_asked: asked.len(),
             ..RecoveryReport::default()
         };
         let mut found: BTreeMap<String, (Manifest, Vec<Replica>)> = BTreeMap::new();
-        for provider in &providers {
-            let answer = match self.peers.resolve(provider).await {
-                Ok(target) => self
-                    .manifests_on(&target)
-                    .await
-                    .map(|found| (target, found)),
-                Err(error) => Err(error),
-            };
-            match answer {
-                Ok((target, (provider_id, manifests))) => {
+        for provider in &asked {
+            match self.manifests_on(provider).await {
+                Ok((provider_id, manifests)) => {
                     report.providers_answered += 1;
                     for manifest in manifests {
                         let replica =
-                            Replica::new(target.address().to_owned(), provider_id.to_string());
+                            Replica::new(provider.address().to_owned(), provider_id.to_string());
                         found
                             .entry(manifest.id.clone())
                             .or_insert_with(|| (manifest, Vec::new()))
@@ -67,7 +75,7 @@ impl Files {
                             .push(replica);
                     }
                 }
-                Err(error) => tracing::warn!(provider, %error, "provider did not answer recovery"),
+                Err(error) => tracing::warn!(%provider, %error, "provider did not answer recovery"),
             }
         }
         report.files_found = found.len();

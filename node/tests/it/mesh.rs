@@ -316,3 +316,95 @@ async fn targets_by_node_id_reach_that_node_and_an_impostor_at_its_address_is_re
         "{read}"
     );
 }
+
+#[tokio::test]
+async fn files_go_to_live_members_are_repaired_among_them_and_recovered_from_them() {
+    // An owner with no `peers` at all: its providers come from the mesh.
+    let owner = TestNode::start_with(NodeOptions {
+        config: Some(json!({
+            "storage": {"replicas": 2, "audit_interval_ms": 200, "lost_after_ms": 1000},
+        })),
+        ..NodeOptions::default()
+    });
+    let mut providers: Vec<TestNode> = (0..3).map(|_| member(Some(&owner))).collect();
+    for provider in &providers {
+        until_seen(&[&owner], provider, "alive").await;
+    }
+
+    let contents = b"spread over the mesh".repeat(1000);
+    let (status, stored) = owner
+        .post(
+            "/file",
+            &json!({"name": "spread", "data": base64(&contents)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{stored}");
+    let id = stored["id"].as_str().expect("id").to_owned();
+    let holders: Vec<String> = stored["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .map(|replica| replica["provider_id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(holders.len(), 2, "{stored}");
+    assert_ne!(holders[0], holders[1]);
+
+    // A holder dies: the copy is made again on the member that had none.
+    let victim = providers
+        .iter()
+        .position(|provider| provider.node_id == holders[0])
+        .expect("a holder is one of the members");
+    providers[victim].kill9();
+    let spare = providers
+        .iter()
+        .find(|provider| !holders.contains(&provider.node_id))
+        .expect("one member holds nothing")
+        .node_id
+        .clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, listing) = owner.call(reqwest::Method::GET, "/files", "").await;
+        let now_held: Vec<&str> = listing["files"][0]["replicas"]
+            .as_array()
+            .map(|replicas| {
+                replicas
+                    .iter()
+                    .filter_map(|replica| replica["provider_id"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if now_held.contains(&spare.as_str()) && !now_held.contains(&holders[0].as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not repaired onto {spare}: {listing}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, read) = owner
+        .call(reqwest::Method::GET, &format!("/file/{id}"), "")
+        .await;
+    assert_eq!((status, &read["data"]), (200, &json!(base64(&contents))));
+
+    // The owner loses its database (peer book included): with its key and one member's
+    // address, it finds its files on the members again.
+    let mut owner = owner;
+    owner.kill9();
+    std::fs::remove_dir_all(owner.data_dir.join("db")).expect("lose the database");
+    let survivor = providers
+        .iter()
+        .find(|provider| provider.node_id == spare)
+        .expect("the spare");
+    owner.restart_with_config(Some(json!({"mesh": {"bootstrap": [survivor.target()]}})));
+    until_seen(&[&owner], survivor, "alive").await;
+    let (status, report) = owner
+        .call(reqwest::Method::POST, "/files/recover", "")
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["files_restored"], 1, "{report}");
+    let (status, read) = owner
+        .call(reqwest::Method::GET, &format!("/file/{id}"), "")
+        .await;
+    assert_eq!((status, &read["data"]), (200, &json!(base64(&contents))));
+}
