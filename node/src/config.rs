@@ -199,7 +199,7 @@ impl Default for MeshConfig {
             bootstrap: Vec::new(),
             listen: None,
             advertise: None,
-            gossip_interval_ms: 500,
+            gossip_interval_ms: 1_000,
             failure_timeout_ms: 5_000,
             forget_dead_after_ms: 3_600_000,
         }

@@ -28,6 +28,7 @@ use crate::storage::db::Db;
 use crate::storage::objects::ObjectStore;
 
 mod book;
+mod transport;
 
 /// The key of a node's state that holds its signed record.
 pub const RECORD_KEY: &str = "record";
@@ -271,8 +272,10 @@ impl Mesh {
             listen_addr: options.listen,
             seed_nodes,
             failure_detector_config: FailureDetectorConfig {
-                // Dead once no heartbeat came for the timeout, heartbeats coming every interval.
-                phi_threshold: failure_timeout.as_secs_f64() / gossip_interval.as_secs_f64(),
+                // Heartbeats come about every interval, and the last one before a death came up
+                // to an interval before it: dead once silent for the timeout less an interval.
+                phi_threshold: (failure_timeout.as_secs_f64() - gossip_interval.as_secs_f64())
+                    / gossip_interval.as_secs_f64(),
                 sampling_window_size: 1_000,
                 max_interval: failure_timeout,
                 initial_interval: gossip_interval,
@@ -302,7 +305,7 @@ impl Mesh {
         let handle = chitchat::spawn_chitchat(
             config,
             vec![(RECORD_KEY.to_owned(), first.sign(&record_source.identity))],
-            &UdpTransport,
+            &transport::CountingTransport(UdpTransport),
         )
         .await?;
         let mesh = Self {

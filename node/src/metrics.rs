@@ -5,7 +5,7 @@
 //! `_bytes` for units. Recorded as things happen: REST requests by route, method and status with
 //! their latency; tasks by plugin and outcome with their latency; open connections per listener;
 //! audits by result; repairs; bytes stored and served as a provider; tasks asked of other nodes
-//! by target, plugin and outcome; transactions sent to the payment contract. Read from the
+//! by target, plugin and outcome; transactions sent to the payment contract; gossip datagrams. Read from the
 //! node's state at each scrape: plugins (up, restarts, in flight, queued), the storage offered
 //! and used, and the payment channels both ways.
 
@@ -99,6 +99,13 @@ pub fn repair() {
 /// disk to answer audits) or `served` (chunks sent to their owners).
 pub fn provider_bytes(direction: &'static str, bytes: u64) {
     metrics::counter!("sphere_provider_bytes_total", "direction" => direction).increment(bytes);
+}
+
+/// Counts one gossip datagram of `bytes` this node `sent` or `received`.
+pub fn gossip(direction: &'static str, bytes: usize) {
+    metrics::counter!("sphere_gossip_bytes_total", "direction" => direction)
+        .increment(bytes as u64);
+    metrics::counter!("sphere_gossip_messages_total", "direction" => direction).increment(1);
 }
 
 /// Sets what a plugin's status says, at a scrape.

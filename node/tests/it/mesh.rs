@@ -55,9 +55,9 @@ async fn until_seen(watchers: &[&TestNode], other: &TestNode, state: &str) -> Du
 }
 
 #[tokio::test]
-async fn members_that_know_one_find_all_see_a_killed_one_dead_and_alive_again() {
+async fn ten_members_that_know_one_find_all_see_a_killed_one_dead_and_alive_again() {
     let seed = member(None);
-    let mut joiners: Vec<TestNode> = (0..4).map(|_| member(Some(&seed))).collect();
+    let mut joiners: Vec<TestNode> = (0..9).map(|_| member(Some(&seed))).collect();
     let mut everyone: Vec<&TestNode> = joiners.iter().collect();
     everyone.push(&seed);
 
@@ -82,18 +82,27 @@ async fn members_that_know_one_find_all_see_a_killed_one_dead_and_alive_again() 
         "{seed_entry}"
     );
 
+    // Gossip is counted for the operator.
+    let metrics = crate::metrics::scrape(&seed).await;
+    for direction in ["sent", "received"] {
+        let label = format!("direction=\"{direction}\"");
+        let bytes = crate::metrics::sample(&metrics, "sphere_gossip_bytes_total", &[&label]);
+        assert!(bytes > 0.0, "gossip bytes {direction}: {bytes}");
+    }
+
     // kill -9: every other member marks it dead (mesh.failure_timeout_ms is 5 s by default).
-    let victim = joiners.last_mut().expect("joiners");
+    let last = joiners.len() - 1;
+    let victim = &mut joiners[last];
     victim.kill9();
     let victim_id = victim.node_id.clone();
-    let watchers: Vec<&TestNode> = std::iter::once(&seed).chain(&joiners[..3]).collect();
-    let took = until_seen(&watchers, &joiners[3], "dead").await;
+    let watchers: Vec<&TestNode> = std::iter::once(&seed).chain(&joiners[..last]).collect();
+    let took = until_seen(&watchers, &joiners[last], "dead").await;
     eprintln!("a killed member was dead for every other member after {took:?}");
 
     // Restarted (same key, new generation): alive again, listed once.
-    joiners[3].restart();
-    let watchers: Vec<&TestNode> = std::iter::once(&seed).chain(&joiners[..3]).collect();
-    until_seen(&watchers, &joiners[3], "alive").await;
+    joiners[last].restart();
+    let watchers: Vec<&TestNode> = std::iter::once(&seed).chain(&joiners[..last]).collect();
+    until_seen(&watchers, &joiners[last], "alive").await;
     let listed = peers(&seed).await;
     assert_eq!(
         listed
