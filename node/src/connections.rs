@@ -122,8 +122,6 @@ pub struct Connection {
     write_waker: AtomicWaker,
     registry: Weak<Registry>,
     id: u64,
-    /// The node at the other end, once a link handshake proved it.
-    peer_id: std::sync::OnceLock<crate::identity::NodeId>,
 }
 
 impl Connection {
@@ -290,7 +288,6 @@ impl Registry {
             in_flight: AtomicU32::new(0),
             has_requested: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            peer_id: std::sync::OnceLock::new(),
             read_waker: AtomicWaker::new(),
             write_waker: AtomicWaker::new(),
             registry: Arc::downgrade(self),
@@ -419,13 +416,6 @@ pub struct GuardedStream {
 #[derive(Debug, Clone)]
 pub struct ConnectionHandle(Arc<Connection>);
 
-impl ConnectionHandle {
-    /// The node at the other end, when the connection is an authenticated link.
-    pub fn peer_id(&self) -> Option<crate::identity::NodeId> {
-        self.0.peer_id.get().copied()
-    }
-}
-
 impl GuardedStream {
     /// Looks at the first bytes the client sent without taking them; fails once the
     /// connection is closed by its limits, like a read.
@@ -443,11 +433,6 @@ impl GuardedStream {
     /// The client's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.stream.peer_addr()
-    }
-
-    /// Notes the node a link handshake proved to be at the other end.
-    pub fn set_peer_id(&self, peer_id: crate::identity::NodeId) {
-        let _ = self.connection.peer_id.set(peer_id);
     }
 
     /// The handle requests on this connection report to.

@@ -160,10 +160,14 @@ impl Files {
         let (sealed, uploaded) = tokio::join!(sealing, futures_util::future::join_all(uploads));
 
         let mut replicas = Vec::new();
+        let mut stored_on = Vec::new();
         let mut failures = Vec::new();
         for (target, result) in targets.iter().zip(uploaded) {
             match result {
-                Ok(replica) => replicas.push(replica),
+                Ok(replica) => {
+                    replicas.push(replica);
+                    stored_on.push(target);
+                }
                 Err(error) => failures.push((target.clone(), error)),
             }
         }
@@ -214,8 +218,8 @@ impl Files {
             }
         };
         // Leave nothing that looks stored: remove what the successful providers kept.
-        for replica in &replicas {
-            self.discard_copy(&replica_target(replica)?, &id).await;
+        for target in stored_on {
+            self.discard_copy(target, &id).await;
         }
         Err(failure.expect("every other branch returned"))
     }

@@ -233,7 +233,7 @@ impl Connector {
 pub enum Link {
     /// Plaintext HTTP/2.
     Plain(GuardedStream),
-    /// A TLS link; its connection knows the peer's node ID.
+    /// A TLS link from a node that proved its key.
     Tls(Box<tokio_rustls::server::TlsStream<GuardedStream>>),
 }
 
@@ -382,8 +382,8 @@ async fn accept(
         .accept(stream)
         .await
         .map_err(|error| format!("TLS handshake failed: {error}"))?;
-    let peer = node_id_of(tls.get_ref().1.peer_certificates())?;
-    tls.get_ref().0.set_peer_id(peer);
+    // Only nodes link: the certificate must carry a secp256k1 node key.
+    node_id_of(tls.get_ref().1.peer_certificates())?;
     Ok(Link::Tls(Box::new(tls)))
 }
 

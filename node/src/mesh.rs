@@ -47,7 +47,7 @@ const BOOK_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerRecord {
     /// The node ID: the Ethereum address of the key that signed the record.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// Software version.
     pub version: String,
     /// Where other nodes reach its gRPC services.
@@ -145,19 +145,22 @@ impl PeerRecord {
             .map_err(|error| RecordError::Unreadable(error.to_string()))?;
         let signature = Signature::try_from(&signature_bytes[..])
             .map_err(|error| RecordError::Unreadable(error.to_string()))?;
-        let signer = signature
-            .recover_address_from_msg(format!("{RECORD_DOMAIN}{}", signed.body).as_bytes())
-            .map_err(|error| RecordError::Unreadable(error.to_string()))?
-            .to_checksum(None);
+        let signer = NodeId::from(
+            signature
+                .recover_address_from_msg(format!("{RECORD_DOMAIN}{}", signed.body).as_bytes())
+                .map_err(|error| RecordError::Unreadable(error.to_string()))?,
+        );
         let record: PeerRecord = serde_json::from_str(&signed.body)
             .map_err(|error| RecordError::Unreadable(error.to_string()))?;
-        for claimed in [record.node_id.as_str(), gossip_id] {
-            if !claimed.eq_ignore_ascii_case(&signer) {
-                return Err(RecordError::WrongSigner {
-                    claimed: claimed.to_owned(),
-                    signer,
-                });
-            }
+        let wrong_signer = |claimed: String| RecordError::WrongSigner {
+            claimed,
+            signer: signer.to_string(),
+        };
+        if record.node_id != signer {
+            return Err(wrong_signer(record.node_id.to_string()));
+        }
+        if gossip_id.parse() != Ok(signer) {
+            return Err(wrong_signer(gossip_id.to_owned()));
         }
         Ok(record)
     }
@@ -218,7 +221,7 @@ pub struct Mesh {
     handle: Arc<ChitchatHandle>,
     node_id: String,
     /// The highest sequence number believed per node, so an older record is never taken back.
-    newest_seq: Arc<Mutex<HashMap<String, u64>>>,
+    newest_seq: Arc<Mutex<HashMap<NodeId, u64>>>,
     checked: Arc<CheckedRecords>,
 }
 
@@ -407,7 +410,7 @@ impl Mesh {
         self.believed()
             .await
             .into_iter()
-            .find(|member| member.record.node_id.parse() == Ok(node))
+            .find(|member| member.record.node_id == node)
             .map(|member| (member.record.grpc_address, member.alive))
     }
 
@@ -418,9 +421,9 @@ impl Mesh {
             .await
             .into_iter()
             .filter(|member| member.alive)
-            .filter_map(|member| {
-                let node = member.record.node_id.parse().ok()?;
-                Some((node, member.record.grpc_address, member.record.free_bytes))
+            .map(|member| {
+                let record = member.record;
+                (record.node_id, record.grpc_address, record.free_bytes)
             })
             .collect()
     }
@@ -476,7 +479,7 @@ impl Mesh {
             .newest_seq
             .lock()
             .expect("sequence map lock is never poisoned");
-        let seen = newest.entry(record.node_id.clone()).or_insert(record.seq);
+        let seen = newest.entry(record.node_id).or_insert(record.seq);
         if record.seq < *seen {
             return false;
         }
@@ -498,7 +501,7 @@ fn peer_info(record: PeerRecord, state: PeerState) -> PeerInfo {
         address: record.grpc_address,
         reachable: state == PeerState::Alive,
         state,
-        node_id: Some(record.node_id),
+        node_id: Some(record.node_id.to_string()),
         version: Some(record.version),
         http_address: Some(record.http_address),
         labels: record.labels,
@@ -532,7 +535,7 @@ impl RecordSource {
         let now = crate::clock::now_ms();
         let (capacity_bytes, used_bytes) = self.objects.capacity();
         PeerRecord {
-            node_id: self.identity.node_id(),
+            node_id: self.identity.id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             grpc_address: self.options.advertise.to_string(),
             http_address: self.options.http_address.to_string(),
@@ -563,7 +566,7 @@ mod tests {
 
     fn record(identity: &NodeIdentity) -> PeerRecord {
         PeerRecord {
-            node_id: identity.node_id(),
+            node_id: identity.id(),
             version: "0.1.0".to_owned(),
             grpc_address: "127.0.0.1:8081".to_owned(),
             http_address: "127.0.0.1:3000".to_owned(),

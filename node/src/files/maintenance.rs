@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::{CHUNKS_IN_FLIGHT, Files, KIND_DATA};
 use crate::clock::now_ms;
 use crate::error::{Error, ErrorCode};
+use crate::identity::NodeId;
 use crate::peers::Target;
 use crate::storage::chunks::ChunkHash;
 use crate::storage::files::{FileRecord, Manifest, Replica};
@@ -255,10 +256,10 @@ impl Files {
             }
         };
         // Never two copies on one node, whatever address it is known by.
-        let holder_ids: Vec<&str> = record
+        let holder_ids: Vec<NodeId> = record
             .replicas
             .iter()
-            .map(|replica| replica.provider_id.as_str())
+            .filter_map(|replica| replica.provider_id.parse().ok())
             .collect();
         let candidates = self
             .candidate_providers()
@@ -266,11 +267,9 @@ impl Files {
             .into_iter()
             .filter(|candidate| {
                 !holders.contains(&candidate.address())
-                    && !candidate.node().is_some_and(|node| {
-                        holder_ids
-                            .iter()
-                            .any(|holder| holder.eq_ignore_ascii_case(&node.to_string()))
-                    })
+                    && !candidate
+                        .node()
+                        .is_some_and(|node| holder_ids.contains(&node))
             });
         let mut added = Vec::new();
         for candidate in candidates {

@@ -3,13 +3,15 @@
 //!
 //! It is a cache: written without waiting for the disk, read only for seed addresses (records
 //! are checked again, and gossip brings fresh ones). A member not seen alive for
-//! `mesh.forget_dead_after_ms` is dropped from it.
+//! `mesh.forget_dead_after_ms` is dropped from it. A member's entry is written again only when
+//! its record changed or a quarter of that time passed, so a quiet mesh costs the disk little.
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::PeerRecord;
+use crate::identity::NodeId;
 use crate::storage::db::Db;
 
 const KEY_PREFIX: &str = "mesh/peer/";
@@ -28,10 +30,13 @@ struct KnownPeer {
 pub(super) struct PeerBook {
     db: Db,
     forget_after_ms: u64,
-    last_seen_ms: HashMap<String, u64>,
+    /// When each member was last seen alive.
+    last_seen_ms: HashMap<NodeId, u64>,
+    /// What the disk holds of each member: its signed record, and the time written with it.
+    written: HashMap<NodeId, (String, u64)>,
 }
 
-fn key(node_id: &str) -> Vec<u8> {
+fn key(node_id: NodeId) -> Vec<u8> {
     format!("{KEY_PREFIX}{node_id}").into_bytes()
 }
 
@@ -43,6 +48,7 @@ impl PeerBook {
             db,
             forget_after_ms,
             last_seen_ms: HashMap::new(),
+            written: HashMap::new(),
         };
         let entries = match book.db.scan_prefix(KEY_PREFIX.as_bytes().to_vec()).await {
             Ok(entries) => entries,
@@ -54,25 +60,27 @@ impl PeerBook {
         let mut seeds = Vec::new();
         let mut forgotten = Vec::new();
         for (key, value) in entries {
-            let node_id = String::from_utf8_lossy(&key[KEY_PREFIX.len()..]).into_owned();
+            let name = String::from_utf8_lossy(&key[KEY_PREFIX.len()..]).into_owned();
             let known = serde_json::from_slice::<KnownPeer>(&value)
                 .map_err(|error| error.to_string())
                 .and_then(|known| {
-                    PeerRecord::verify_signature(&known.record, &node_id)
-                        .map(|record| (known.last_seen_ms, record))
+                    PeerRecord::verify_signature(&known.record, &name)
+                        .map(|record| (known, record))
                         .map_err(|error| error.to_string())
                 });
             match known {
-                Ok((last_seen_ms, record))
-                    if now_ms.saturating_sub(last_seen_ms) < forget_after_ms =>
+                Ok((known, record))
+                    if now_ms.saturating_sub(known.last_seen_ms) < forget_after_ms =>
                 {
-                    book.last_seen_ms.insert(node_id, last_seen_ms);
+                    book.last_seen_ms.insert(record.node_id, known.last_seen_ms);
+                    book.written
+                        .insert(record.node_id, (known.record, known.last_seen_ms));
                     seeds.push(record.grpc_address);
                 }
                 Ok(_) => forgotten.push((key, None)),
                 Err(reason) => {
                     tracing::warn!(
-                        member = node_id,
+                        member = name,
                         reason,
                         "dropped an unreadable entry of the peer book"
                     );
@@ -94,33 +102,42 @@ impl PeerBook {
 
     /// Notes that the members whose signed records are `alive` were seen alive at `now_ms`,
     /// and forgets members not seen for the configured time.
-    pub(super) async fn update(&mut self, alive: Vec<(String, String)>, now_ms: u64) {
+    pub(super) async fn update(&mut self, alive: Vec<(NodeId, String)>, now_ms: u64) {
+        let rewrite_after_ms = self.forget_after_ms / 4;
         for (node_id, record) in alive {
+            self.last_seen_ms.insert(node_id, now_ms);
+            let current = self.written.get(&node_id).is_some_and(|(written, at)| {
+                *written == record && now_ms.saturating_sub(*at) < rewrite_after_ms
+            });
+            if current {
+                continue;
+            }
             let value = serde_json::to_vec(&KnownPeer {
-                record,
+                record: record.clone(),
                 last_seen_ms: now_ms,
             })
             .expect("book entries serialise");
-            if let Err(error) = self.db.put(key(&node_id), value).await {
+            if let Err(error) = self.db.put(key(node_id), value).await {
                 tracing::warn!(%error, "could not write the peer book");
                 return;
             }
-            self.last_seen_ms.insert(node_id, now_ms);
+            self.written.insert(node_id, (record, now_ms));
         }
         let forget_after_ms = self.forget_after_ms;
-        let stale: Vec<String> = self
+        let stale: Vec<NodeId> = self
             .last_seen_ms
             .iter()
             .filter(|(_, seen)| now_ms.saturating_sub(**seen) >= forget_after_ms)
-            .map(|(node_id, _)| node_id.clone())
+            .map(|(node_id, _)| *node_id)
             .collect();
         if stale.is_empty() {
             return;
         }
         for node_id in &stale {
             self.last_seen_ms.remove(node_id);
+            self.written.remove(node_id);
         }
-        let changes = stale.iter().map(|node_id| (key(node_id), None)).collect();
+        let changes = stale.iter().map(|node_id| (key(*node_id), None)).collect();
         if let Err(error) = self.db.write_durable(changes).await {
             tracing::warn!(%error, "could not drop members from the peer book");
         }
@@ -134,7 +151,7 @@ mod tests {
 
     fn signed_record(identity: &NodeIdentity, grpc_address: &str) -> String {
         PeerRecord {
-            node_id: identity.node_id(),
+            node_id: identity.id(),
             version: "0.1.0".to_owned(),
             grpc_address: grpc_address.to_owned(),
             http_address: "127.0.0.1:3000".to_owned(),
@@ -161,15 +178,15 @@ mod tests {
         let (mut book, seeds) = PeerBook::open(db.clone(), 1_000, 0).await;
         assert!(seeds.is_empty());
         book.update(
-            vec![(stale.node_id(), signed_record(&stale, "127.0.0.1:2"))],
+            vec![(stale.id(), signed_record(&stale, "127.0.0.1:2"))],
             100,
         )
         .await;
         book.update(
             vec![
-                (fresh.node_id(), signed_record(&fresh, "127.0.0.1:1")),
+                (fresh.id(), signed_record(&fresh, "127.0.0.1:1")),
                 // A record filed under a node ID that did not sign it is never a seed.
-                (impostor.node_id(), signed_record(&fresh, "127.0.0.1:3")),
+                (impostor.id(), signed_record(&fresh, "127.0.0.1:3")),
             ],
             900,
         )
@@ -189,5 +206,36 @@ mod tests {
         book.update(Vec::new(), 2_000).await;
         let (_, seeds) = PeerBook::open(db, 1_000, 2_000).await;
         assert!(seeds.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_member_is_written_again_only_after_a_quarter_of_the_forget_time() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Db::open(dir.path()).expect("db");
+        let member = NodeIdentity::generate();
+        let record = signed_record(&member, "127.0.0.1:1");
+        let on_disk = || async {
+            let value = db
+                .get(key(member.id()))
+                .await
+                .expect("read")
+                .expect("stored");
+            serde_json::from_slice::<KnownPeer>(&value)
+                .expect("entry")
+                .last_seen_ms
+        };
+        let (mut book, _) = PeerBook::open(db.clone(), 1_000, 0).await;
+        book.update(vec![(member.id(), record.clone())], 0).await;
+        book.update(vec![(member.id(), record.clone())], 200).await;
+        assert_eq!(
+            on_disk().await,
+            0,
+            "seen again within 250 ms: not rewritten"
+        );
+        book.update(vec![(member.id(), record.clone())], 250).await;
+        assert_eq!(on_disk().await, 250);
+        let changed = signed_record(&member, "127.0.0.1:2");
+        book.update(vec![(member.id(), changed)], 260).await;
+        assert_eq!(on_disk().await, 260, "a changed record is written at once");
     }
 }

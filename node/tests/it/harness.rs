@@ -429,6 +429,22 @@ pub fn sphere() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sphere"))
 }
 
+/// Returns `sphere node` on free loopback ports with its data in `data_dir`.
+pub fn sphere_node(data_dir: &Path) -> Command {
+    let mut command = sphere();
+    command
+        .args([
+            "node",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir);
+    command
+}
+
 /// Runs `command`, which must fail; returns what it printed on stderr.
 pub fn stderr_of_failure(command: &mut Command) -> String {
     let output = command.output().expect("sphere runs");

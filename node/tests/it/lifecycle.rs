@@ -4,7 +4,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::harness::{
-    NodeOptions, TestNode, children_of, eventually, is_alive, sphere, stderr_of_failure,
+    NodeOptions, TestNode, children_of, eventually, is_alive, sphere, sphere_node,
+    stderr_of_failure,
 };
 
 #[tokio::test]
@@ -236,19 +237,7 @@ async fn get_node_tells_identity_addresses_uptime_and_the_operators_labels() {
 #[test]
 fn a_bad_label_flag_stops_the_node_naming_it() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let stderr = stderr_of_failure(
-        sphere()
-            .args([
-                "node",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--grpc-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(["--label", "Region=eu"]),
-    );
+    let stderr = stderr_of_failure(sphere_node(dir.path()).args(["--label", "Region=eu"]));
     assert!(
         stderr.contains("labels") && stderr.contains("Region"),
         "{stderr}"

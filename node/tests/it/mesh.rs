@@ -159,7 +159,7 @@ async fn a_node_gossiping_a_forged_record_is_never_listed() {
         let address = socket.local_addr().expect("address");
         drop(socket);
         let record = PeerRecord {
-            node_id: record_id,
+            node_id: record_id.parse().expect("a node ID"),
             version: "9.9.9".to_owned(),
             grpc_address: address.to_string(),
             http_address: "127.0.0.1:1".to_owned(),

@@ -73,18 +73,9 @@ fn refused_start(payments: serde_json::Value) -> String {
     let config = dir.path().join("config.json");
     std::fs::write(&config, json!({ "payments": payments }).to_string()).expect("write");
     crate::harness::stderr_of_failure(
-        crate::harness::sphere()
-            .args([
-                "node",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--grpc-listen",
-                "127.0.0.1:0",
-            ])
+        crate::harness::sphere_node(dir.path())
             .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.path()),
+            .arg(&config),
     )
 }
 
