@@ -315,7 +315,8 @@ pub struct PluginList {
 /// `GET /peers`: the nodes this node knows.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PeerList {
-    /// The members of the mesh, from their signed records, and configured peers outside it.
+    /// The members of the mesh, from their signed records, and configured peers outside it,
+    /// ordered by gRPC address.
     pub peers: Vec<PeerInfo>,
 }
 
@@ -325,46 +326,74 @@ pub struct PeerList {
 pub enum PeerState {
     /// Gossiping (or, outside the mesh, answering).
     Alive,
-    /// Silent past `mesh.failure_timeout_ms`: it gets no work.
+    /// Still counted alive, but silent for more than half of `mesh.failure_timeout_ms`.
+    Suspect,
+    /// Silent past `mesh.failure_timeout_ms` (or, outside the mesh, not answering): it gets no
+    /// work.
     Dead,
-    /// A configured peer outside the mesh that did not answer.
-    Unreachable,
 }
 
-/// A peer: a member of the mesh as its signed record says, or a configured peer as it answered
-/// `NodeService.GetInfo`.
+/// How this node knows a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerSource {
+    /// A member of the mesh: what it says comes from its signed record.
+    Mesh,
+    /// A configured peer (`peers`) outside the mesh: what it says comes from asking it
+    /// (`NodeService.GetInfo`) over an authenticated link.
+    Configured,
+}
+
+/// A peer: a member of the mesh as its signed records say, or a configured peer as it answered.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PeerInfo {
-    /// Its gRPC address.
-    pub address: String,
+    /// Its node ID (the Ethereum address of its key); absent for a configured peer that never
+    /// answered.
+    pub id: Option<String>,
     /// Where it stands.
     pub state: PeerState,
-    /// Whether it is alive.
-    pub reachable: bool,
-    /// Its node ID.
-    pub node_id: Option<String>,
+    /// How this node knows it.
+    pub source: PeerSource,
+    /// Where it listens.
+    pub addresses: PeerAddresses,
     /// Its software version.
     pub version: Option<String>,
-    /// Where its REST API listens, as its record says.
-    pub http_address: Option<String>,
     /// Its operator's labels.
     pub labels: BTreeMap<String, String>,
     /// The plugins it offers.
     pub plugins: Vec<PeerPlugin>,
-    /// Whether it takes payments.
+    /// Whether it takes payments (and so wants a voucher with each task).
     pub payments: Option<bool>,
-    /// Bytes it offers other nodes.
-    pub capacity_bytes: Option<u64>,
-    /// Bytes of that still free.
-    pub free_bytes: Option<u64>,
-    /// Milliseconds its `GetInfo` answer took (configured peers outside the mesh).
-    pub latency_ms: Option<f64>,
-    /// Why it did not answer.
+    /// What it charges, when it takes payments and its record says.
+    pub prices: Option<Prices>,
+    /// What it offers.
+    pub capacity: Option<PeerCapacity>,
+    /// Tasks it runs and queues now, per plugin (signed apart from the record, and republished
+    /// as it changes, at most once per gossip interval).
+    pub load: Option<PeerLoad>,
+    /// Milliseconds since this node last heard of it (its gossip heartbeat last grew, or,
+    /// outside the mesh, it last answered).
+    pub last_seen_ms: Option<u64>,
+    /// Round-trip time in milliseconds: of gossip with it (a smoothed average), or, outside the
+    /// mesh, of its `GetInfo` answer.
+    pub rtt_ms: Option<f64>,
+    /// Why it did not answer (configured peers).
     pub error: Option<ErrorDetail>,
 }
 
-/// A plugin a peer offers.
+/// Where a peer listens.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PeerAddresses {
+    /// Its gRPC address: what `target` takes, with or without `0xID@` before it.
+    pub grpc: String,
+    /// Its REST API, as its record says.
+    pub http: Option<String>,
+    /// Where it gossips.
+    pub gossip: Option<String>,
+}
+
+/// A plugin a peer offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PeerPlugin {
     /// Its name.
     pub name: String,
@@ -372,6 +401,45 @@ pub struct PeerPlugin {
     pub version: String,
     /// What it does.
     pub description: String,
+    /// MIME type of the input it expects.
+    pub input_content_type: String,
+    /// MIME type of the output it returns.
+    pub output_content_type: String,
+    /// Whether the same input always gives the same output.
+    pub deterministic: bool,
+    /// Whether running a task twice does no harm.
+    pub idempotent: bool,
+    /// Whether it takes tasks now.
+    pub serving: bool,
+}
+
+/// What a peer offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PeerCapacity {
+    /// CPU cores of its machine.
+    pub cpu_cores: u32,
+    /// Memory of its machine, in bytes.
+    pub memory_bytes: u64,
+    /// Bytes of disk it offers other nodes (`storage.capacity_bytes`).
+    pub disk_bytes: u64,
+    /// Bytes of that still free.
+    pub free_disk_bytes: u64,
+}
+
+/// What a peer runs now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PeerLoad {
+    /// Per plugin name.
+    pub plugins: BTreeMap<String, PluginLoad>,
+}
+
+/// Tasks of one plugin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PluginLoad {
+    /// Running.
+    pub in_flight: u32,
+    /// Waiting for a free slot.
+    pub queued: u32,
 }
 
 /// `GET /payments`: the node's payments. With payments off, only `enabled` (false).

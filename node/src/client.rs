@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::api::{
     Amount, ChannelChange, ChannelInfo, DeletedFile, ErrorAnswer, FileInfo, FileList,
-    OpenChannelRequest, PaymentsAnswer, RecoveredChannels, RecoveryReport, RedeemAnswer,
+    OpenChannelRequest, PaymentsAnswer, PeerList, RecoveredChannels, RecoveryReport, RedeemAnswer,
     TopUpRequest,
 };
 
@@ -159,6 +159,11 @@ impl NodeClient {
     /// Asks the node to find its files again on its peers.
     pub async fn recover(&self) -> anyhow::Result<RecoveryReport> {
         self.call(Method::POST, "/files/recover", None::<&()>).await
+    }
+
+    /// Returns the peers the node knows.
+    pub async fn peers(&self) -> anyhow::Result<PeerList> {
+        self.call(Method::GET, "/peers", None::<&()>).await
     }
 
     /// Returns the node's payments.
@@ -310,6 +315,51 @@ pub fn files_table(listing: &FileList) -> String {
     lines.join("\n")
 }
 
+/// Formats `GET /peers` as a table for people: one line per peer, the plugins with their
+/// running and queued tasks.
+pub fn peers_table(list: &PeerList) -> String {
+    let mut lines = vec![format!(
+        "{:<7}  {:<42}  {:<21}  {:>8}  {:>7}  {:<30}  {}",
+        "STATE", "ID", "ADDRESS", "SEEN", "RTT", "PLUGINS (RUNNING/QUEUED)", "LABELS"
+    )];
+    for peer in &list.peers {
+        let plugins: Vec<String> = peer
+            .plugins
+            .iter()
+            .map(|plugin| {
+                let load = peer
+                    .load
+                    .as_ref()
+                    .and_then(|load| load.plugins.get(&plugin.name))
+                    .map_or(String::new(), |load| {
+                        format!(" {}/{}", load.in_flight, load.queued)
+                    });
+                printable(&format!("{}{load}", plugin.name))
+            })
+            .collect();
+        let labels: Vec<String> = peer
+            .labels
+            .iter()
+            .map(|(key, value)| printable(&format!("{key}={value}")))
+            .collect();
+        let or_dash = |text: Option<String>| text.unwrap_or_else(|| "-".to_owned());
+        lines.push(format!(
+            "{:<7}  {:<42}  {:<21}  {:>8}  {:>7}  {:<30}  {}",
+            label(&peer.state),
+            or_dash(peer.id.clone()),
+            printable(&peer.addresses.grpc),
+            or_dash(
+                peer.last_seen_ms
+                    .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+            ),
+            or_dash(peer.rtt_ms.map(|ms| format!("{ms:.1}ms"))),
+            plugins.join(", "),
+            labels.join(" "),
+        ));
+    }
+    lines.join("\n")
+}
+
 /// Returns the JSON word for one of the API's enum values (`ok`, `degraded`, ...).
 fn label(value: &impl Serialize) -> String {
     match serde_json::to_value(value) {
@@ -351,6 +401,34 @@ mod tests {
     fn names_are_encoded_for_paths() {
         assert_eq!(encode_path_segment("a b/c.txt"), "a%20b%2Fc.txt");
         assert_eq!(encode_path_segment("plain-name_1.bin"), "plain-name_1.bin");
+    }
+
+    #[test]
+    fn the_peer_table_shows_state_plugins_with_their_load_and_labels() {
+        let list: PeerList = serde_json::from_value(serde_json::json!({"peers": [{
+            "id": "0x00000000000000000000000000000000000000aB", "state": "suspect",
+            "source": "mesh",
+            "addresses": {"grpc": "127.0.0.1:8082", "http": null, "gossip": null},
+            "version": "0.1.0", "labels": {"region": "eu"},
+            "plugins": [{"name": "hello", "version": "1", "description": "",
+                "input_content_type": "", "output_content_type": "", "deterministic": true,
+                "idempotent": true, "serving": true}],
+            "payments": false, "prices": null, "capacity": null,
+            "load": {"plugins": {"hello": {"in_flight": 2, "queued": 5}}},
+            "last_seen_ms": 2500, "rtt_ms": 0.31, "error": null
+        }]}))
+        .expect("a peer list");
+        let table = peers_table(&list);
+        for shown in [
+            "suspect",
+            "127.0.0.1:8082",
+            "hello 2/5",
+            "region=eu",
+            "2.5s",
+            "0.3ms",
+        ] {
+            assert!(table.contains(shown), "{shown} in {table}");
+        }
     }
 
     #[test]

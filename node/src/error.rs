@@ -34,6 +34,8 @@ pub enum ErrorCode {
     FileNotFound,
     /// The target has no plugin with that name; the details list the ones it has.
     PluginNotFound,
+    /// No peer with that node ID is known (`GET /peers/{id}`).
+    PeerNotFound,
     /// The plugin's slots and queue are full; retry after the `Retry-After` seconds.
     Overloaded,
     /// The file is known but none of its replicas can give it back any more (every one lost).
@@ -90,7 +92,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in no particular order.
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 33] = [
         Self::Unauthorized,
         Self::FileLost,
         Self::InsufficientFunds,
@@ -107,6 +109,7 @@ impl ErrorCode {
         Self::PayloadTooLarge,
         Self::FileNotFound,
         Self::PluginNotFound,
+        Self::PeerNotFound,
         Self::Overloaded,
         Self::TaskRejected,
         Self::RouteNotFound,
@@ -136,6 +139,7 @@ impl ErrorCode {
             Self::FileLost => "file_lost",
             Self::InsufficientFunds => "insufficient_funds",
             Self::PluginNotFound => "plugin_not_found",
+            Self::PeerNotFound => "peer_not_found",
             Self::Overloaded => "overloaded",
             Self::TaskRejected => "task_rejected",
             Self::RouteNotFound => "route_not_found",
@@ -173,9 +177,10 @@ impl ErrorCode {
         match self {
             Self::InvalidJson | Self::MissingField | Self::InvalidField => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::FileNotFound | Self::RouteNotFound | Self::PluginNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            Self::FileNotFound
+            | Self::RouteNotFound
+            | Self::PluginNotFound
+            | Self::PeerNotFound => StatusCode::NOT_FOUND,
             Self::FileLost => StatusCode::GONE,
             Self::InsufficientFunds => StatusCode::CONFLICT,
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
@@ -209,9 +214,10 @@ impl ErrorCode {
                 tonic::Code::InvalidArgument
             }
             Self::PayloadTooLarge => tonic::Code::ResourceExhausted,
-            Self::FileNotFound | Self::RouteNotFound | Self::PluginNotFound => {
-                tonic::Code::NotFound
-            }
+            Self::FileNotFound
+            | Self::RouteNotFound
+            | Self::PluginNotFound
+            | Self::PeerNotFound => tonic::Code::NotFound,
             Self::FileLost => tonic::Code::DataLoss,
             Self::InsufficientFunds => tonic::Code::FailedPrecondition,
             Self::Overloaded => tonic::Code::ResourceExhausted,

@@ -21,7 +21,8 @@
 //! | `POST /channels/{id}/close` | asks to close a channel; after the challenge period, closes it |
 //! | `GET /health` | the node's identity and its plugins' health |
 //! | `GET /node` | the node's identity, addresses and uptime |
-//! | `GET /peers` | the configured peers and their answers to `GetInfo` |
+//! | `GET /peers` | the mesh's members and configured peers: addresses, plugins, prices, capacity, load, state |
+//! | `GET /peers/{id}` | one peer by node ID |
 //! | `GET /metrics` | Prometheus metrics: requests, tasks, plugins, storage, payments, connections |
 //! | `GET /openapi.json` | the OpenAPI 3.1 description of these routes |
 //! | `GET /` | the dashboard |
@@ -94,6 +95,7 @@ fn api() -> (Router<NodeContext>, utoipa::openapi::OpenApi) {
         .routes(routes!(status::node))
         .routes(routes!(status::plugins))
         .routes(routes!(status::peers))
+        .routes(routes!(status::peer))
         .routes(routes!(status::metrics))
         .routes(routes!(payments::summary))
         .routes(routes!(payments::redeem))

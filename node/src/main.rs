@@ -38,6 +38,14 @@ enum Command {
     /// Stores, reads, lists and deletes files through a running node.
     #[command(subcommand)]
     File(FileCommand),
+    /// Lists the nodes a running node knows: state, node ID, address, plugins, load, labels.
+    Peers {
+        /// Print the answer of `GET /peers` as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        node: NodeAddress,
+    },
     /// Runs the built-in demo plugin ("hello" -> "world"); a node starts this itself.
     #[command(name = "demo-plugin", hide = true)]
     DemoPlugin,
@@ -270,6 +278,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::File(command) => runtime()?.block_on(run_file_command(command)),
         Command::Channel(command) => runtime()?.block_on(run_channel_command(command)),
+        Command::Peers { json, node } => runtime()?.block_on(async {
+            let peers = node.client().peers().await?;
+            if json {
+                print_json(&peers)
+            } else {
+                println!("{}", sphere_node::client::peers_table(&peers));
+                Ok(())
+            }
+        }),
         Command::Payments(PaymentsCommand::Status { node }) => {
             runtime()?.block_on(async { print_json(&node.client().payments().await?) })
         }

@@ -2,25 +2,28 @@
 //!
 //! Gossip is chitchat's (Quickwit's scuttlebutt with a phi-accrual failure detector), over UDP on
 //! `mesh.listen` (by default the gRPC port's number, so one `host:port` names a node for both).
-//! Each node writes one key of its own state: its [`PeerRecord`], signed with the node key. A
-//! reader believes a record only when its signature recovers the node ID the record and the
-//! gossip identity both claim, and its sequence number is not older than one already seen; a
-//! member without such a record never counts as alive, so a stranger cannot pose as a node.
+//! Each node writes two keys of its own state, each a value signed with the node key
+//! ([`record`]): its [`PeerRecord`] and its [`LoadRecord`]. A reader believes a value only when
+//! its signature recovers the node ID the value and the gossip identity both claim, and its
+//! sequence number is not older than one already seen; a member without a believed record never
+//! counts as alive, so a stranger cannot pose as a node.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use alloy_primitives::Signature;
-use alloy_signer::SignerSync;
 use chitchat::transport::UdpTransport;
-use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState};
-use serde::{Deserialize, Serialize};
+use chitchat::{
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, Heartbeat, NodeState,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{PeerInfo, PeerPlugin, PeerState};
+use crate::api::{
+    PeerAddresses, PeerCapacity, PeerInfo, PeerLoad, PeerPlugin, PeerSource, PeerState, PluginLoad,
+    Prices,
+};
 use crate::config::MeshConfig;
 use crate::identity::{NodeId, NodeIdentity};
 use crate::plugin::Plugins;
@@ -28,173 +31,16 @@ use crate::storage::db::Db;
 use crate::storage::objects::ObjectStore;
 
 mod book;
+pub mod record;
 mod transport;
 
-/// The key of a node's state that holds its signed record.
-pub const RECORD_KEY: &str = "record";
-/// What the signed text starts with, so a record signature is never anything else's.
-const RECORD_DOMAIN: &str = "sphere peer record\nversion 1\n";
+use record::{Checked, LOAD_KEY, RECORD_KEY, RECORD_TTL};
+pub use record::{LoadRecord, PeerRecord, RecordError, Signed};
+
 /// Nodes of other clusters ignore each other's gossip.
 pub const CLUSTER_ID: &str = "sphere-v1";
-/// How long a record stays valid; it is signed again well before.
-const RECORD_TTL: Duration = Duration::from_secs(600);
-/// How often the node checks whether its record changed.
-const RECORD_REFRESH: Duration = Duration::from_secs(2);
 /// How often the members seen alive are written to the peer book.
 const BOOK_INTERVAL: Duration = Duration::from_secs(10);
-
-/// What a node tells the network about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerRecord {
-    /// The node ID: the Ethereum address of the key that signed the record.
-    pub node_id: NodeId,
-    /// Software version.
-    pub version: String,
-    /// Where other nodes reach its gRPC services.
-    pub grpc_address: String,
-    /// Where its REST API listens.
-    pub http_address: String,
-    /// The operator's labels.
-    pub labels: BTreeMap<String, String>,
-    /// The plugins it serves.
-    pub plugins: Vec<RecordPlugin>,
-    /// Whether it takes payments.
-    pub payments: bool,
-    /// Bytes it offers other nodes, and how many are free.
-    pub capacity_bytes: u64,
-    /// Bytes of that still free.
-    pub free_bytes: u64,
-    /// Grows with every new record of this node (milliseconds since the epoch when signed).
-    pub seq: u64,
-    /// After this (milliseconds since the epoch) the record is not believed.
-    pub expires_at_ms: u64,
-}
-
-/// A plugin as a record lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordPlugin {
-    /// Its name.
-    pub name: String,
-    /// Its version.
-    pub version: String,
-    /// What it does.
-    pub description: String,
-    /// Whether it serves now.
-    pub serving: bool,
-}
-
-/// A record as gossiped: the exact JSON text that was signed, and the signature.
-#[derive(Debug, Serialize, Deserialize)]
-struct SignedRecord {
-    body: String,
-    signature: String,
-}
-
-/// Why a gossiped record is not believed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum RecordError {
-    /// Not a signed record at all.
-    #[error("the record is not readable: {0}")]
-    Unreadable(String),
-    /// The signature does not recover the node ID claimed.
-    #[error("the record claims node {claimed} but is signed by {signer}")]
-    WrongSigner {
-        /// The node ID the record or the gossip identity claims.
-        claimed: String,
-        /// Who signed it.
-        signer: String,
-    },
-    /// The record expired.
-    #[error("the record expired")]
-    Expired,
-}
-
-impl PeerRecord {
-    /// Signs the record with `identity` into the value gossiped under [`RECORD_KEY`].
-    pub fn sign(&self, identity: &NodeIdentity) -> String {
-        let body = serde_json::to_string(self).expect("records serialise");
-        let signature = identity
-            .signer()
-            .sign_message_sync(format!("{RECORD_DOMAIN}{body}").as_bytes())
-            .expect("signing with a local key cannot fail");
-        serde_json::to_string(&SignedRecord {
-            body,
-            signature: format!("0x{}", hex::encode(signature.as_bytes())),
-        })
-        .expect("records serialise")
-    }
-
-    /// Reads and checks a gossiped value: signed by the node it names, which is `gossip_id` (the
-    /// identity it gossips under), and not expired at `now_ms`.
-    pub fn verify(value: &str, gossip_id: &str, now_ms: u64) -> Result<Self, RecordError> {
-        Self::verify_signature(value, gossip_id)?.unexpired(now_ms)
-    }
-
-    fn unexpired(self, now_ms: u64) -> Result<Self, RecordError> {
-        if self.expires_at_ms <= now_ms {
-            return Err(RecordError::Expired);
-        }
-        Ok(self)
-    }
-
-    /// The part of [`Self::verify`] that does not change with time.
-    fn verify_signature(value: &str, gossip_id: &str) -> Result<Self, RecordError> {
-        let signed: SignedRecord = serde_json::from_str(value)
-            .map_err(|error| RecordError::Unreadable(error.to_string()))?;
-        let signature_bytes = hex::decode(signed.signature.trim_start_matches("0x"))
-            .map_err(|error| RecordError::Unreadable(error.to_string()))?;
-        let signature = Signature::try_from(&signature_bytes[..])
-            .map_err(|error| RecordError::Unreadable(error.to_string()))?;
-        let signer = NodeId::from(
-            signature
-                .recover_address_from_msg(format!("{RECORD_DOMAIN}{}", signed.body).as_bytes())
-                .map_err(|error| RecordError::Unreadable(error.to_string()))?,
-        );
-        let record: PeerRecord = serde_json::from_str(&signed.body)
-            .map_err(|error| RecordError::Unreadable(error.to_string()))?;
-        let wrong_signer = |claimed: String| RecordError::WrongSigner {
-            claimed,
-            signer: signer.to_string(),
-        };
-        if record.node_id != signer {
-            return Err(wrong_signer(record.node_id.to_string()));
-        }
-        if gossip_id.parse() != Ok(signer) {
-            return Err(wrong_signer(gossip_id.to_owned()));
-        }
-        Ok(record)
-    }
-}
-
-/// Gossiped records already checked, by gossip identity: a signature is recovered once per new
-/// record rather than at every gossip round (chitchat asks the liveness predicate about every
-/// member each round).
-#[derive(Debug, Default)]
-struct CheckedRecords(Mutex<HashMap<String, CheckedRecord>>);
-
-type CheckedRecord = (String, Result<PeerRecord, RecordError>);
-
-/// Identities remembered at most; strangers can gossip under any number of made-up ones.
-const CHECKED_RECORDS_MAX: usize = 4_096;
-
-impl CheckedRecords {
-    /// [`PeerRecord::verify`], from the cache when `value` was checked before.
-    fn verify(&self, value: &str, gossip_id: &str, now_ms: u64) -> Result<PeerRecord, RecordError> {
-        let mut checked = self.0.lock().expect("record cache lock is never poisoned");
-        let outcome = match checked.get(gossip_id) {
-            Some((seen, outcome)) if seen == value => outcome.clone(),
-            _ => {
-                let outcome = PeerRecord::verify_signature(value, gossip_id);
-                if checked.len() >= CHECKED_RECORDS_MAX {
-                    checked.clear();
-                }
-                checked.insert(gossip_id.to_owned(), (value.to_owned(), outcome.clone()));
-                outcome
-            }
-        };
-        outcome?.unexpired(now_ms)
-    }
-}
 
 /// Where this node gossips and what it publishes.
 #[derive(Debug, Clone)]
@@ -211,8 +57,8 @@ pub struct MeshOptions {
     pub http_address: SocketAddr,
     /// The operator's labels.
     pub labels: BTreeMap<String, String>,
-    /// Whether payments are on.
-    pub payments: bool,
+    /// What this node charges, when payments are on.
+    pub prices: Option<Prices>,
 }
 
 /// This node's membership in the network. Cheap to clone.
@@ -220,9 +66,16 @@ pub struct MeshOptions {
 pub struct Mesh {
     handle: Arc<ChitchatHandle>,
     node_id: String,
-    /// The highest sequence number believed per node, so an older record is never taken back.
-    newest_seq: Arc<Mutex<HashMap<NodeId, u64>>>,
-    checked: Arc<CheckedRecords>,
+    /// The highest sequence number believed per node and key, so an older value is never taken
+    /// back.
+    newest_seq: Arc<Mutex<HashMap<(NodeId, &'static str), u64>>>,
+    records: Arc<Checked<PeerRecord>>,
+    loads: Arc<Checked<LoadRecord>>,
+    /// Per gossip identity: its highest heartbeat, and when it grew (ms since the epoch).
+    heard: Arc<Mutex<HashMap<ChitchatId, (Heartbeat, u64)>>>,
+    round_trips: Arc<transport::RoundTrips>,
+    /// Silent this long, a member still counted alive is shown as suspect.
+    suspect_after_ms: u64,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -237,7 +90,7 @@ impl std::fmt::Debug for Mesh {
 impl Mesh {
     /// Joins the network: starts gossiping on `options.listen` with the seeds (the bootstrap
     /// addresses, the configured peers and the members in the peer book of `db`), publishes this
-    /// node's record, and keeps it and the book current until `shutdown`.
+    /// node's record and load, and keeps them and the book current until `shutdown`.
     pub async fn start(
         options: MeshOptions,
         identity: NodeIdentity,
@@ -266,8 +119,8 @@ impl Mesh {
             "joining the mesh"
         );
         let verifying_id = node_id.clone();
-        let checked = Arc::new(CheckedRecords::default());
-        let predicate_checked = checked.clone();
+        let records = Arc::new(Checked::<PeerRecord>::default());
+        let predicate_records = records.clone();
         let config = ChitchatConfig {
             chitchat_id: ChitchatId::new(node_id.clone(), generation, options.advertise),
             cluster_id: CLUSTER_ID.to_owned(),
@@ -291,73 +144,113 @@ impl Mesh {
                 let gossip_id = state.chitchat_id().node_id.as_ref();
                 gossip_id == verifying_id.as_str()
                     || state.get(RECORD_KEY).is_some_and(|value| {
-                        predicate_checked
+                        predicate_records
                             .verify(value, gossip_id, crate::clock::now_ms())
                             .is_ok()
                     })
             })),
             protocol_version: chitchat::ProtocolVersion::V1,
         };
-        let record_source = RecordSource {
-            identity,
-            options,
-            plugins,
-            objects,
-        };
-        let first = record_source.record();
+        let suspect_after_ms =
+            (options.config.failure_timeout_ms / 2).max(2 * options.config.gossip_interval_ms);
+        let source = RecordSource::new(identity, options, plugins, objects);
+        let record = source.record();
+        let load = source.load();
+        let round_trips = Arc::new(transport::RoundTrips::default());
         let handle = chitchat::spawn_chitchat(
             config,
-            vec![(RECORD_KEY.to_owned(), first.sign(&record_source.identity))],
-            &transport::CountingTransport(UdpTransport),
+            vec![
+                (RECORD_KEY.to_owned(), record.sign(&source.identity)),
+                (LOAD_KEY.to_owned(), load.sign(&source.identity)),
+            ],
+            &transport::CountingTransport::new(UdpTransport, round_trips.clone()),
         )
         .await?;
         let mesh = Self {
             handle: Arc::new(handle),
             node_id,
             newest_seq: Arc::default(),
-            checked,
+            records,
+            loads: Arc::default(),
+            heard: Arc::default(),
+            round_trips,
+            suspect_after_ms,
         };
         tasks.spawn(mesh.clone().keep_book_current(book, shutdown.clone()));
         tasks.spawn(
             mesh.clone()
-                .keep_record_current(record_source, first, shutdown),
+                .keep_current(source, (record, load), gossip_interval, shutdown),
         );
         Ok(mesh)
     }
 
-    /// Signs and publishes a new record whenever what it says changes, and before it expires.
-    async fn keep_record_current(
+    /// Every gossip interval: notes whose heartbeats grew, and signs and publishes a new load or
+    /// record when what it says changed (a record also before it expires).
+    async fn keep_current(
         self,
         source: RecordSource,
-        mut published: PeerRecord,
+        (mut record, mut load): (PeerRecord, LoadRecord),
+        interval: Duration,
         shutdown: CancellationToken,
     ) {
-        let mut interval = tokio::time::interval(RECORD_REFRESH);
+        let mut interval = tokio::time::interval(interval);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = interval.tick() => {}
             }
-            let mut record = source.record();
-            let unchanged = PeerRecord {
-                seq: published.seq,
-                expires_at_ms: published.expires_at_ms,
-                ..record.clone()
-            } == published;
-            let fresh = published.expires_at_ms
-                > crate::clock::now_ms() + RECORD_TTL.as_millis() as u64 / 2;
-            if unchanged && fresh {
-                continue;
+            self.note_heartbeats().await;
+            let mut updates = Vec::new();
+            let mut new_load = source.load();
+            if new_load.load != load.load {
+                new_load.seq = new_load.seq.max(load.seq + 1);
+                updates.push((LOAD_KEY, new_load.sign(&source.identity)));
+                load = new_load;
             }
-            record.seq = record.seq.max(published.seq + 1);
-            let value = record.sign(&source.identity);
-            self.handle
-                .with_chitchat(|chitchat| chitchat.self_node_state().set(RECORD_KEY, &value))
-                .await;
-            published = record;
+            let mut new_record = source.record();
+            let unchanged = PeerRecord {
+                seq: record.seq,
+                expires_at_ms: record.expires_at_ms,
+                ..new_record.clone()
+            } == record;
+            let fresh =
+                record.expires_at_ms > crate::clock::now_ms() + RECORD_TTL.as_millis() as u64 / 2;
+            if !(unchanged && fresh) {
+                new_record.seq = new_record.seq.max(record.seq + 1);
+                updates.push((RECORD_KEY, new_record.sign(&source.identity)));
+                record = new_record;
+            }
+            if !updates.is_empty() {
+                self.handle
+                    .with_chitchat(|chitchat| {
+                        for (key, value) in updates.drain(..) {
+                            chitchat.self_node_state().set(key, value);
+                        }
+                    })
+                    .await;
+            }
         }
         if let Err(error) = self.handle.initiate_shutdown() {
             tracing::debug!(%error, "gossip was stopped already");
+        }
+    }
+
+    /// Notes, for each member, when its heartbeat last grew: the last time anyone heard of it.
+    async fn note_heartbeats(&self) {
+        let now = crate::clock::now_ms();
+        let chitchat = self.handle.chitchat();
+        let chitchat = chitchat.lock().await;
+        let mut heard = self
+            .heard
+            .lock()
+            .expect("heartbeat map lock is never poisoned");
+        heard.retain(|id, _| chitchat.node_states().contains_key(id));
+        for (id, state) in chitchat.node_states() {
+            let heartbeat = state.heartbeat();
+            let known = heard.entry(id.clone()).or_insert((heartbeat, now));
+            if heartbeat > known.0 {
+                *known = (heartbeat, now);
+            }
         }
     }
 
@@ -385,22 +278,16 @@ impl Mesh {
         }
     }
 
-    /// Returns the other members this node knows, with what their records say.
+    /// Returns the other members this node knows, with what their records say, ordered by gRPC
+    /// address.
     pub async fn members(&self) -> Vec<PeerInfo> {
         let mut members: Vec<PeerInfo> = self
             .believed()
             .await
             .into_iter()
-            .map(|member| {
-                let state = if member.alive {
-                    PeerState::Alive
-                } else {
-                    PeerState::Dead
-                };
-                peer_info(member.record, state)
-            })
+            .map(|member| self.peer_info(member))
             .collect();
-        members.sort_by(|a, b| a.address.cmp(&b.address));
+        members.sort_by(|a, b| a.addresses.grpc.cmp(&b.addresses.grpc));
         members
     }
 
@@ -423,7 +310,11 @@ impl Mesh {
             .filter(|member| member.alive)
             .map(|member| {
                 let record = member.record;
-                (record.node_id, record.grpc_address, record.free_bytes)
+                (
+                    record.node_id,
+                    record.grpc_address,
+                    record.capacity.free_disk_bytes,
+                )
             })
             .collect()
     }
@@ -447,7 +338,7 @@ impl Mesh {
             let Some(value) = state.get(RECORD_KEY) else {
                 continue;
             };
-            let record = match self.checked.verify(value, gossip_id, now) {
+            let record = match self.records.verify(value, gossip_id, now) {
                 Ok(record) => record,
                 Err(error) => {
                     tracing::warn!(member = gossip_id, gossip = %id.gossip_advertise_addr, %error, "ignored a peer record");
@@ -457,7 +348,7 @@ impl Mesh {
             // Only a believed record stands for its node: a forger's newer generation hides
             // nothing.
             seen.insert(gossip_id);
-            if !self.is_newest(&record) {
+            if !self.is_newest(record.node_id, RECORD_KEY, record.seq) {
                 tracing::warn!(
                     member = gossip_id,
                     seq = record.seq,
@@ -465,26 +356,83 @@ impl Mesh {
                 );
                 continue;
             }
+            let load = state.get(LOAD_KEY).and_then(|value| {
+                match self.loads.verify(value, gossip_id, now) {
+                    Ok(load) if self.is_newest(load.node_id, LOAD_KEY, load.seq) => Some(load.load),
+                    Ok(load) => {
+                        tracing::warn!(
+                            member = gossip_id,
+                            seq = load.seq,
+                            "ignored an older peer load"
+                        );
+                        None
+                    }
+                    Err(error) => {
+                        tracing::warn!(member = gossip_id, %error, "ignored a peer load");
+                        None
+                    }
+                }
+            });
             members.push(Member {
                 record,
                 signed: value.to_owned(),
                 alive: live.contains(id),
+                load,
+                gossip_address: id.gossip_advertise_addr,
+                last_heard_ms: self
+                    .heard
+                    .lock()
+                    .expect("heartbeat map lock is never poisoned")
+                    .get(id)
+                    .map(|(_, at)| *at),
             });
         }
         members
     }
 
-    fn is_newest(&self, record: &PeerRecord) -> bool {
+    fn is_newest(&self, node: NodeId, key: &'static str, seq: u64) -> bool {
         let mut newest = self
             .newest_seq
             .lock()
             .expect("sequence map lock is never poisoned");
-        let seen = newest.entry(record.node_id).or_insert(record.seq);
-        if record.seq < *seen {
+        let seen = newest.entry((node, key)).or_insert(seq);
+        if seq < *seen {
             return false;
         }
-        *seen = record.seq;
+        *seen = seq;
         true
+    }
+
+    fn peer_info(&self, member: Member) -> PeerInfo {
+        let last_seen_ms = member
+            .last_heard_ms
+            .map(|at| crate::clock::now_ms().saturating_sub(at));
+        let state = match (member.alive, last_seen_ms) {
+            (false, _) => PeerState::Dead,
+            (true, Some(silent)) if silent > self.suspect_after_ms => PeerState::Suspect,
+            (true, _) => PeerState::Alive,
+        };
+        let record = member.record;
+        PeerInfo {
+            id: Some(record.node_id.to_string()),
+            state,
+            source: PeerSource::Mesh,
+            addresses: PeerAddresses {
+                grpc: record.grpc_address,
+                http: Some(record.http_address),
+                gossip: Some(member.gossip_address.to_string()),
+            },
+            version: Some(record.version),
+            labels: record.labels,
+            plugins: record.plugins,
+            payments: Some(record.prices.is_some()),
+            prices: record.prices,
+            capacity: Some(record.capacity),
+            load: member.load,
+            last_seen_ms,
+            rtt_ms: self.round_trips.rtt_ms(member.gossip_address),
+            error: None,
+        }
     }
 }
 
@@ -494,43 +442,40 @@ struct Member {
     /// The record as gossiped, signature included.
     signed: String,
     alive: bool,
+    load: Option<PeerLoad>,
+    gossip_address: SocketAddr,
+    /// When its heartbeat last grew (ms since the epoch).
+    last_heard_ms: Option<u64>,
 }
 
-fn peer_info(record: PeerRecord, state: PeerState) -> PeerInfo {
-    PeerInfo {
-        address: record.grpc_address,
-        reachable: state == PeerState::Alive,
-        state,
-        node_id: Some(record.node_id.to_string()),
-        version: Some(record.version),
-        http_address: Some(record.http_address),
-        labels: record.labels,
-        plugins: record
-            .plugins
-            .into_iter()
-            .map(|plugin| PeerPlugin {
-                name: plugin.name,
-                version: plugin.version,
-                description: plugin.description,
-            })
-            .collect(),
-        payments: Some(record.payments),
-        capacity_bytes: Some(record.capacity_bytes),
-        free_bytes: Some(record.free_bytes),
-        latency_ms: None,
-        error: None,
-    }
-}
-
-/// What a node's record is made of, read afresh at each refresh.
+/// What a node's record and load are made of, read afresh at each refresh.
 struct RecordSource {
     identity: NodeIdentity,
     options: MeshOptions,
     plugins: Plugins,
     objects: ObjectStore,
+    cpu_cores: u32,
+    memory_bytes: u64,
 }
 
 impl RecordSource {
+    fn new(
+        identity: NodeIdentity,
+        options: MeshOptions,
+        plugins: Plugins,
+        objects: ObjectStore,
+    ) -> Self {
+        Self {
+            identity,
+            options,
+            plugins,
+            objects,
+            cpu_cores: std::thread::available_parallelism()
+                .map_or(1, |cores| u32::try_from(cores.get()).unwrap_or(u32::MAX)),
+            memory_bytes: machine_memory_bytes().unwrap_or(0),
+        }
+    }
+
     fn record(&self) -> PeerRecord {
         let now = crate::clock::now_ms();
         let (capacity_bytes, used_bytes) = self.objects.capacity();
@@ -544,82 +489,55 @@ impl RecordSource {
                 .plugins
                 .statuses()
                 .into_iter()
-                .map(|plugin| RecordPlugin {
+                .map(|plugin| PeerPlugin {
+                    serving: plugin.health == crate::plugin::registry::SlotHealth::Serving,
                     name: plugin.name,
                     version: plugin.version.unwrap_or_default(),
                     description: plugin.description.unwrap_or_default(),
-                    serving: plugin.health == crate::plugin::registry::SlotHealth::Serving,
+                    input_content_type: plugin.input_content_type.unwrap_or_default(),
+                    output_content_type: plugin.output_content_type.unwrap_or_default(),
+                    deterministic: plugin.deterministic,
+                    idempotent: plugin.idempotent,
                 })
                 .collect(),
-            payments: self.options.payments,
-            capacity_bytes,
-            free_bytes: capacity_bytes.saturating_sub(used_bytes),
+            prices: self.options.prices.clone(),
+            capacity: PeerCapacity {
+                cpu_cores: self.cpu_cores,
+                memory_bytes: self.memory_bytes,
+                disk_bytes: capacity_bytes,
+                free_disk_bytes: capacity_bytes.saturating_sub(used_bytes),
+            },
             seq: now,
             expires_at_ms: now + RECORD_TTL.as_millis() as u64,
         }
     }
+
+    fn load(&self) -> LoadRecord {
+        LoadRecord {
+            node_id: self.identity.id(),
+            seq: crate::clock::now_ms(),
+            load: PeerLoad {
+                plugins: self
+                    .plugins
+                    .statuses()
+                    .into_iter()
+                    .map(|plugin| {
+                        let load = PluginLoad {
+                            in_flight: plugin.in_flight,
+                            queued: plugin.queued,
+                        };
+                        (plugin.name, load)
+                    })
+                    .collect(),
+            },
+        }
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(identity: &NodeIdentity) -> PeerRecord {
-        PeerRecord {
-            node_id: identity.id(),
-            version: "0.1.0".to_owned(),
-            grpc_address: "127.0.0.1:8081".to_owned(),
-            http_address: "127.0.0.1:3000".to_owned(),
-            labels: BTreeMap::from([("region".to_owned(), "eu".to_owned())]),
-            plugins: Vec::new(),
-            payments: false,
-            capacity_bytes: 10,
-            free_bytes: 5,
-            seq: 1,
-            expires_at_ms: u64::MAX,
-        }
-    }
-
-    #[test]
-    fn a_record_is_believed_only_from_the_node_it_names() {
-        let node = NodeIdentity::generate();
-        let stranger = NodeIdentity::generate();
-        let signed = record(&node).sign(&node);
-        assert_eq!(
-            PeerRecord::verify(&signed, &node.node_id(), 0).expect("genuine"),
-            record(&node)
-        );
-        // Gossiped under another node's identity.
-        assert!(PeerRecord::verify(&signed, &stranger.node_id(), 0).is_err());
-        // Claiming the node but signed by a stranger.
-        let forged = record(&node).sign(&stranger);
-        assert!(matches!(
-            PeerRecord::verify(&forged, &node.node_id(), 0),
-            Err(RecordError::WrongSigner { .. })
-        ));
-        // The cache gives the same answers, expiry included.
-        let checked = CheckedRecords::default();
-        for _ in 0..2 {
-            assert!(checked.verify(&signed, &node.node_id(), 0).is_ok());
-            assert!(checked.verify(&forged, &node.node_id(), 0).is_err());
-        }
-        let mut old = record(&node);
-        old.expires_at_ms = 5;
-        let old = old.sign(&node);
-        assert!(checked.verify(&old, &node.node_id(), 4).is_ok());
-        assert!(matches!(
-            checked.verify(&old, &node.node_id(), 10),
-            Err(RecordError::Expired)
-        ));
-        // Altered after signing.
-        let altered = signed.replace("eu", "us");
-        assert!(PeerRecord::verify(&altered, &node.node_id(), 0).is_err());
-        // Expired.
-        let mut old = record(&node);
-        old.expires_at_ms = 5;
-        assert!(matches!(
-            PeerRecord::verify(&old.sign(&node), &node.node_id(), 10),
-            Err(RecordError::Expired)
-        ));
-    }
+/// The machine's memory, from `/proc/meminfo` (Linux).
+fn machine_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

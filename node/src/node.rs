@@ -226,7 +226,7 @@ impl Node {
                 extra_seeds: config.peers.clone(),
                 http_address,
                 labels: config.labels.clone(),
-                payments: payments.is_some(),
+                prices: payments.is_some().then(|| config.payments.prices.clone()),
             };
             let mesh = crate::mesh::Mesh::start(
                 options,

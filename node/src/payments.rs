@@ -84,6 +84,23 @@ pub struct Prices {
     pub read_gib_wei: u64,
 }
 
+impl Prices {
+    /// The prices a peer's terms give, when every one fits in 64 bits (as this node's own
+    /// prices do).
+    pub fn from_terms(terms: &sphere_proto::v1::PaymentTerms) -> Option<Self> {
+        Some(Self {
+            task_wei: terms.task_wei.parse().ok()?,
+            task_wei_by_plugin: terms
+                .task_wei_by_plugin
+                .iter()
+                .map(|(plugin, price)| Some((plugin.clone(), price.parse().ok()?)))
+                .collect::<Option<_>>()?,
+            storage_gib_day_wei: terms.storage_gib_day_wei.parse().ok()?,
+            read_gib_wei: terms.read_gib_wei.parse().ok()?,
+        })
+    }
+}
+
 impl Default for Prices {
     fn default() -> Self {
         Self {

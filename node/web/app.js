@@ -406,20 +406,40 @@ async function renderPeers() {
   fill(
     document.querySelector("#peers-table tbody"),
     peers.length === 0
-      ? el("tr", {}, el("td", { colspan: 7 },
+      ? el("tr", {}, el("td", { colspan: 10 },
           "No peers yet: give this node a member to join through (--bootstrap host:port) or `peers`."))
       : peers.map((peer) =>
-          el("tr", { "data-peer": peer.node_id || peer.address },
-            el("th", { scope: "row", class: "mono" }, peer.address),
-            el("td", { class: "mono" }, peer.node_id || "–"),
+          el("tr", { "data-peer": peer.id || peer.addresses.grpc },
+            el("th", { scope: "row", class: "mono" }, peer.id || "–"),
+            el("td", { class: "mono" }, peer.addresses.grpc),
             el("td", { class: "state" }, badge(peer.state), peer.error ? ` ${peer.error.message}` : ""),
+            el("td", { class: "seen" }, peer.last_seen_ms === null ? "–" : `${(peer.last_seen_ms / 1000).toFixed(1)} s ago`),
+            el("td", { class: "rtt" }, peer.rtt_ms === null ? "–" : `${peer.rtt_ms.toFixed(2)} ms`),
             el("td", {}, peer.version || "–"),
             el("td", {}, Object.entries(peer.labels).map(([key, value]) => `${key}=${value}`).join(", ") || "–"),
-            el("td", {}, peer.plugins.map((plugin) => `${plugin.name} ${plugin.version}`).join(", ") || "–"),
-            el("td", {}, peer.free_bytes === null || peer.free_bytes === undefined
-              ? "–" : `${bytes(peer.free_bytes)} free of ${bytes(peer.capacity_bytes)}`),
-            el("td", {}, peer.payments === null ? "–" : peer.payments ? "paid" : "free"))),
+            el("td", { class: "plugins" }, peer.plugins.map((plugin) => pluginWithLoad(peer, plugin)).join(", ") || "–"),
+            el("td", {}, capacityText(peer.capacity)),
+            el("td", { class: "prices" }, pricesText(peer)))),
   );
+}
+
+function pluginWithLoad(peer, plugin) {
+  const load = peer.load && peer.load.plugins[plugin.name];
+  const busy = load ? ` (${load.in_flight} running, ${load.queued} queued)` : "";
+  return `${plugin.name} ${plugin.version}${busy}`;
+}
+
+function capacityText(capacity) {
+  if (!capacity) return "–";
+  return `${capacity.cpu_cores} cores, ${bytes(capacity.memory_bytes)} memory, ` +
+    `${bytes(capacity.free_disk_bytes)} free of ${bytes(capacity.disk_bytes)}`;
+}
+
+function pricesText(peer) {
+  if (peer.payments === null) return "–";
+  if (!peer.payments) return "free";
+  if (!peer.prices) return "paid";
+  return `${peer.prices.task_wei} wei/task, ${peer.prices.storage_gib_day_wei} wei/GiB·day`;
 }
 
 // ---------------------------------------------------------------- run a task
@@ -434,16 +454,22 @@ async function renderTaskForm() {
   fill(
     target,
     el("option", { value: "" }, "This node"),
-    state.peers.filter((peer) => peer.state === "alive")
-      .map((peer) => el("option", { value: peer.address }, `${peer.address} (${shortId(peer.node_id)})`)),
+    state.peers.filter((peer) => peer.state !== "dead")
+      .map((peer) => el("option", { value: targetOf(peer) },
+        `${peer.addresses.grpc} (${shortId(peer.id)})`)),
   );
   fillPluginChoices();
+}
+
+// The peer as a target: by node ID at its address, so an impostor there is refused.
+function targetOf(peer) {
+  return peer.id ? `${peer.id}@${peer.addresses.grpc}` : peer.addresses.grpc;
 }
 
 function fillPluginChoices() {
   const address = $("task-target").value;
   const names = address
-    ? (state.peers.find((peer) => peer.address === address)?.plugins || []).map((plugin) => plugin.name)
+    ? (state.peers.find((peer) => targetOf(peer) === address)?.plugins || []).map((plugin) => plugin.name)
     : state.plugins.map((plugin) => plugin.name);
   fill($("task-plugin"), el("option", { value: "" }, "The target's default"),
     names.map((name) => el("option", { value: name }, name)));

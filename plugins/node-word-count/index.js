@@ -48,6 +48,9 @@ const service = {
       inputContentType: 'text/plain',
       outputContentType: 'application/json',
       maxConcurrency: 0,
+      // The same text always gives the same counts, and counting twice does no harm.
+      deterministic: true,
+      idempotent: true,
     });
   },
   execute(call, callback) {

@@ -8,10 +8,12 @@ use axum::response::{IntoResponse, Response};
 
 use super::openapi::{CommonErrors, error_responses};
 use crate::api::{
-    HealthAnswer, NodeAnswer, NodeHealth, PeerInfo, PeerList, PeerPlugin, PeerState, PluginHealth,
-    PluginList,
+    HealthAnswer, NodeAnswer, NodeHealth, PeerAddresses, PeerInfo, PeerList, PeerPlugin,
+    PeerSource, PeerState, PluginHealth, PluginList, Prices,
 };
 use crate::context::NodeContext;
+use crate::error::{Error, ErrorCode};
+use crate::identity::NodeId;
 use crate::peers::Target;
 use crate::plugin::registry::SlotHealth;
 
@@ -100,6 +102,41 @@ pub async fn plugins(State(context): State<NodeContext>) -> axum::Json<PluginLis
     responses((status = 200, description = "The peers", body = PeerList), CommonErrors),
 )]
 pub async fn peers(State(context): State<NodeContext>) -> axum::Json<PeerList> {
+    axum::Json(PeerList {
+        peers: known_peers(&context).await,
+    })
+}
+
+error_responses!(
+    /// Errors of `GET /peers/{id}`.
+    PeerErrors: InvalidField, PeerNotFound
+);
+
+/// One peer, by node ID, as `GET /peers` shows it.
+#[utoipa::path(
+    get,
+    path = "/peers/{id}",
+    tag = "node",
+    params(("id" = String, Path, description = "The peer's node ID (0x and 40 hex digits)")),
+    responses((status = 200, description = "The peer", body = PeerInfo), PeerErrors, CommonErrors),
+)]
+pub async fn peer(
+    State(context): State<NodeContext>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<axum::Json<PeerInfo>, Error> {
+    let node: NodeId = id
+        .parse()
+        .map_err(|error| Error::invalid_field("id", error))?;
+    let wanted = node.to_string();
+    known_peers(&context)
+        .await
+        .into_iter()
+        .find(|peer| peer.id.as_deref() == Some(wanted.as_str()))
+        .map(axum::Json)
+        .ok_or_else(|| Error::new(ErrorCode::PeerNotFound, format!("no peer is node {node}")))
+}
+
+async fn known_peers(context: &NodeContext) -> Vec<PeerInfo> {
     let mut peers = match &context.mesh {
         Some(mesh) => mesh.members().await,
         None => Vec::new(),
@@ -109,13 +146,13 @@ pub async fn peers(State(context): State<NodeContext>) -> axum::Json<PeerList> {
         .options()
         .providers
         .iter()
-        .filter(|address| !peers.iter().any(|peer| &peer.address == *address))
+        .filter(|address| !peers.iter().any(|peer| &peer.addresses.grpc == *address))
         .collect();
     let asks = outside
         .into_iter()
-        .map(|address| ask_peer(&context, address));
+        .map(|address| ask_peer(context, address));
     peers.extend(futures_util::future::join_all(asks).await);
-    axum::Json(PeerList { peers })
+    peers
 }
 
 async fn ask_peer(context: &NodeContext, address: &str) -> PeerInfo {
@@ -132,27 +169,31 @@ async fn ask_peer(context: &NodeContext, address: &str) -> PeerInfo {
         },
         Err(error) => Err(error),
     };
-    let latency_ms = duration_ms(started.elapsed());
+    let rtt_ms = duration_ms(started.elapsed());
     let mut peer = PeerInfo {
-        address: address.to_owned(),
-        state: PeerState::Unreachable,
-        reachable: false,
-        node_id: None,
+        id: None,
+        state: PeerState::Dead,
+        source: PeerSource::Configured,
+        addresses: PeerAddresses {
+            grpc: address.to_owned(),
+            http: None,
+            gossip: None,
+        },
         version: None,
-        http_address: None,
         labels: Default::default(),
         plugins: Vec::new(),
         payments: None,
-        capacity_bytes: None,
-        free_bytes: None,
-        latency_ms: None,
+        prices: None,
+        capacity: None,
+        load: None,
+        last_seen_ms: None,
+        rtt_ms: None,
         error: None,
     };
     match answer {
         Ok((node, info)) => {
             peer.state = PeerState::Alive;
-            peer.reachable = true;
-            peer.node_id = Some(node.to_string());
+            peer.id = Some(node.to_string());
             peer.version = Some(info.version);
             peer.plugins = info
                 .plugins
@@ -161,10 +202,17 @@ async fn ask_peer(context: &NodeContext, address: &str) -> PeerInfo {
                     name: plugin.name,
                     version: plugin.version,
                     description: plugin.description,
+                    input_content_type: plugin.input_content_type,
+                    output_content_type: plugin.output_content_type,
+                    deterministic: plugin.deterministic,
+                    idempotent: plugin.idempotent,
+                    serving: plugin.serving,
                 })
                 .collect();
             peer.payments = Some(info.payment_terms.is_some());
-            peer.latency_ms = Some(latency_ms);
+            peer.prices = info.payment_terms.as_ref().and_then(Prices::from_terms);
+            peer.last_seen_ms = Some(0);
+            peer.rtt_ms = Some(rtt_ms);
         }
         Err(error) => peer.error = Some(error.into()),
     }

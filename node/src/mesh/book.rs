@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::PeerRecord;
+use super::{PeerRecord, Signed};
 use crate::identity::NodeId;
 use crate::storage::db::Db;
 
@@ -157,9 +157,13 @@ mod tests {
             http_address: "127.0.0.1:3000".to_owned(),
             labels: Default::default(),
             plugins: Vec::new(),
-            payments: false,
-            capacity_bytes: 0,
-            free_bytes: 0,
+            prices: None,
+            capacity: crate::api::PeerCapacity {
+                cpu_cores: 1,
+                memory_bytes: 0,
+                disk_bytes: 0,
+                free_disk_bytes: 0,
+            },
             seq: 1,
             expires_at_ms: 1,
         }

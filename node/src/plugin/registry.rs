@@ -53,6 +53,10 @@ pub struct PluginStatus {
     pub input_content_type: Option<String>,
     /// Output MIME type from `Describe`.
     pub output_content_type: Option<String>,
+    /// Whether, as `Describe` says, the same input always gives the same output.
+    pub deterministic: bool,
+    /// Whether, as `Describe` says, running a task twice does no harm.
+    pub idempotent: bool,
     /// gRPC address, once known.
     pub address: Option<String>,
     /// Whether the node runs the plugin process itself.
@@ -171,6 +175,8 @@ impl Plugins {
                 output_content_type: status.output_content_type.unwrap_or_default(),
                 serving: status.health == SlotHealth::Serving,
                 is_default: status.default,
+                deterministic: status.deterministic,
+                idempotent: status.idempotent,
             })
             .collect()
     }
@@ -371,6 +377,8 @@ impl Slot {
                 .map(|description| description.input_content_type.clone()),
             output_content_type: description
                 .map(|description| description.output_content_type.clone()),
+            deterministic: description.is_some_and(|description| description.deterministic),
+            idempotent: description.is_some_and(|description| description.idempotent),
             address: state
                 .client
                 .as_ref()

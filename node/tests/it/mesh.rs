@@ -24,12 +24,21 @@ async fn peers(node: &TestNode) -> Vec<Value> {
     body["peers"].as_array().cloned().unwrap_or_default()
 }
 
+/// Returns what `GET /peers/{id}` on `node` says of node `id`.
+async fn peer(node: &TestNode, id: &str) -> Value {
+    let (status, body) = node
+        .call(reqwest::Method::GET, &format!("/peers/{id}"), "")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 /// Returns the state `node` sees `other` in, if it lists it.
 async fn state_of(node: &TestNode, other: &TestNode) -> Option<String> {
     peers(node)
         .await
         .iter()
-        .find(|peer| peer["node_id"] == other.node_id.as_str())
+        .find(|peer| peer["id"] == other.node_id.as_str())
         .and_then(|peer| peer["state"].as_str().map(str::to_owned))
 }
 
@@ -69,17 +78,61 @@ async fn ten_members_that_know_one_find_all_see_a_killed_one_dead_and_alive_agai
             }
         }
     }
-    let listed = peers(&joiners[0]).await;
-    let seed_entry = listed
-        .iter()
-        .find(|peer| peer["node_id"] == seed.node_id.as_str())
-        .expect("the seed is listed");
-    assert_eq!(seed_entry["address"], seed.target().as_str());
+    let seed_entry = peer(&joiners[0], &seed.node_id).await;
+    assert_eq!(seed_entry["source"], "mesh");
+    assert_eq!(seed_entry["addresses"]["grpc"], seed.target().as_str());
+    assert_eq!(
+        seed_entry["addresses"]["http"],
+        seed.http.to_string().as_str()
+    );
     assert_eq!(seed_entry["labels"], json!({"role": "seed"}));
-    assert_eq!(seed_entry["plugins"][0]["name"], "hello", "{seed_entry}");
-    assert!(
-        seed_entry["capacity_bytes"].as_u64() > Some(0),
+    let hello = &seed_entry["plugins"][0];
+    assert_eq!(
+        (&hello["name"], &hello["deterministic"], &hello["serving"]),
+        (&json!("hello"), &json!(true), &json!(true)),
         "{seed_entry}"
+    );
+    assert_eq!(
+        (&seed_entry["payments"], &seed_entry["prices"]),
+        (&json!(false), &Value::Null)
+    );
+    let capacity = &seed_entry["capacity"];
+    for field in ["cpu_cores", "memory_bytes", "disk_bytes", "free_disk_bytes"] {
+        assert!(capacity[field].as_u64() > Some(0), "{field}: {seed_entry}");
+    }
+    assert_eq!(
+        seed_entry["load"]["plugins"]["hello"],
+        json!({"in_flight": 0, "queued": 0})
+    );
+    assert!(
+        seed_entry["last_seen_ms"].as_u64() < Some(5_000),
+        "{seed_entry}"
+    );
+    // Round trips are timed from gossip rounds with the seed, which come every few seconds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !peer(&joiners[0], &seed.node_id).await["rtt_ms"].is_f64() {
+        assert!(Instant::now() < deadline, "no round-trip time to the seed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = joiners[0]
+        .call(
+            reqwest::Method::GET,
+            &format!("/peers/0x{}", "ab".repeat(20)),
+            "",
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("peer_not_found")),
+        "{body}"
+    );
+    let (status, body) = joiners[0]
+        .call(reqwest::Method::GET, "/peers/nobody", "")
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("invalid_field")),
+        "{body}"
     );
 
     // Gossip is counted for the operator.
@@ -107,11 +160,66 @@ async fn ten_members_that_know_one_find_all_see_a_killed_one_dead_and_alive_agai
     assert_eq!(
         listed
             .iter()
-            .filter(|peer| peer["node_id"] == victim_id.as_str())
+            .filter(|peer| peer["id"] == victim_id.as_str())
             .count(),
         1,
         "{listed:?}"
     );
+}
+
+#[tokio::test]
+async fn a_members_load_shows_the_tasks_it_runs_and_queues() {
+    use crate::harness::{misbehaving_plugin, plugins_config};
+
+    let seed = member(None);
+    let mut config = plugins_config(vec![misbehaving_plugin(
+        "slow",
+        json!({"max_concurrency": 1, "queue_size": 4}),
+    )]);
+    config["mesh"] = json!({"bootstrap": [seed.target()]});
+    let worker = TestNode::start_with(NodeOptions {
+        config: Some(config),
+        ..NodeOptions::default()
+    });
+    until_seen(&[&seed], &worker, "alive").await;
+    let running: Vec<_> = (0..3)
+        .map(|_| {
+            let request = worker
+                .http()
+                .post(worker.url("/task"))
+                .body(r#"{"input": "sleep:3000"}"#)
+                .send();
+            tokio::spawn(request)
+        })
+        .collect();
+
+    // One runs and two wait, as the worker's signed load tells the seed.
+    let load_of_slow =
+        || async { peer(&seed, &worker.node_id).await["load"]["plugins"]["slow"].clone() };
+    let busy = json!({"in_flight": 1, "queued": 2});
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while load_of_slow().await != busy {
+        assert!(
+            Instant::now() < deadline,
+            "load never shown: {}",
+            load_of_slow().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for request in running {
+        let response = request.await.expect("joined").expect("answered");
+        assert_eq!(response.status(), 200);
+    }
+    let idle = json!({"in_flight": 0, "queued": 0});
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while load_of_slow().await != idle {
+        assert!(
+            Instant::now() < deadline,
+            "load never idle: {}",
+            load_of_slow().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
@@ -140,8 +248,10 @@ async fn a_node_restarted_without_bootstrap_finds_the_mesh_from_its_peer_book() 
 
 #[tokio::test]
 async fn a_node_gossiping_a_forged_record_is_never_listed() {
+    use sphere_node::api::PeerCapacity;
     use sphere_node::identity::NodeIdentity;
-    use sphere_node::mesh::{CLUSTER_ID, PeerRecord, RECORD_KEY};
+    use sphere_node::mesh::record::RECORD_KEY;
+    use sphere_node::mesh::{CLUSTER_ID, PeerRecord, Signed};
 
     let seed = member(None);
     let genuine = member(Some(&seed));
@@ -165,9 +275,13 @@ async fn a_node_gossiping_a_forged_record_is_never_listed() {
             http_address: "127.0.0.1:1".to_owned(),
             labels: Default::default(),
             plugins: Vec::new(),
-            payments: false,
-            capacity_bytes: 1,
-            free_bytes: 1,
+            prices: None,
+            capacity: PeerCapacity {
+                cpu_cores: 64,
+                memory_bytes: 1 << 40,
+                disk_bytes: 1 << 40,
+                free_disk_bytes: 1 << 40,
+            },
             seq: u64::MAX - 1,
             expires_at_ms: u64::MAX,
         };
@@ -209,8 +323,8 @@ async fn a_node_gossiping_a_forged_record_is_never_listed() {
         1,
         "only the genuine node is listed: {listed:?}"
     );
-    assert_eq!(listed[0]["node_id"], genuine.node_id.as_str());
-    assert_eq!(listed[0]["address"], genuine.target().as_str());
+    assert_eq!(listed[0]["id"], genuine.node_id.as_str());
+    assert_eq!(listed[0]["addresses"]["grpc"], genuine.target().as_str());
     assert_eq!(listed[0]["state"], "alive");
     assert!(listed.iter().all(|peer| peer["version"] != "9.9.9"));
     for forger in forgers {

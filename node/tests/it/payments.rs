@@ -342,6 +342,35 @@ async fn payments_of(node: &TestNode) -> Value {
 }
 
 #[tokio::test]
+async fn a_paid_providers_peer_record_carries_its_prices() {
+    let chain = anvil();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let address = deploy(&chain, &funded_key_file(&chain, dir.path()));
+    let requester = paid_node(&chain, &address, 1, json!({}));
+    let provider = paid_node(
+        &chain,
+        &address,
+        2,
+        json!({"mesh": {"bootstrap": [requester.target()]}}),
+    );
+    let path = format!("/peers/{}", provider.node_id);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let record = loop {
+        let (status, body) = requester.call(reqwest::Method::GET, &path, "").await;
+        if status == 200 {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the provider never joined: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(record["payments"], true, "{record}");
+    assert_eq!(record["prices"]["task_wei"], TASK_PRICE, "{record}");
+}
+
+#[tokio::test]
 async fn a_thousand_paid_tasks_cost_two_transactions_and_pay_the_provider_exactly() {
     const TASKS: u64 = 1_000;
     let pair = PaidPair::start(json!({})).await;

@@ -115,7 +115,8 @@ def test_a_task_run_from_the_form_shows_its_output_and_a_failure_its_code(page, 
     expect(page.locator("#task-result")).to_contain_text("Succeeded on plugin hello")
 
     # On a peer chosen from the list.
-    page.get_by_label("Target node", exact=True).select_option(providers[0].grpc)
+    page.get_by_label("Target node", exact=True).select_option(
+        f"{providers[0].node_id}@{providers[0].grpc}")
     page.get_by_label("Input text", exact=True).fill("on a peer")
     page.get_by_role("button", name="Run", exact=True).click()
     expect(page.locator("#task-output")).to_have_text("on a peer")
@@ -159,7 +160,10 @@ def test_the_peers_page_lists_the_members_and_shows_one_stopped_as_dead(page, me
         row = page.locator(f"#peers-table tbody tr[data-peer='{provider.node_id}']")
         expect(row).to_contain_text(provider.grpc)
         expect(row.locator(".state")).to_have_text("alive")
-        expect(row).to_contain_text("hello")
+        expect(row.locator(".plugins")).to_contain_text("hello")
+        expect(row.locator(".plugins")).to_contain_text("0 running, 0 queued")
+        expect(row.locator(".seen")).to_contain_text("s ago")
+        expect(row.locator(".prices")).to_have_text("free")
     screenshot(page, "peers")
 
     # A member that joined through the requester, then stopped: listed, then dead.

@@ -21,6 +21,7 @@ impl Plugin for HelloPlugin {
             env!("CARGO_PKG_VERSION"),
             "answers \"hello\" with \"world\" and echoes any other input",
         )
+        .pure()
     }
 
     async fn execute(&self, task: Task) -> Result<Bytes, TaskError> {

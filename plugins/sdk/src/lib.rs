@@ -90,6 +90,10 @@ pub struct Description {
     pub output_content_type: String,
     /// Most tasks it accepts at once; 0 leaves the limit to the node.
     pub max_concurrency: u32,
+    /// Whether the same input always gives the same output on any node.
+    pub deterministic: bool,
+    /// Whether running a task twice does no harm.
+    pub idempotent: bool,
 }
 
 impl Description {
@@ -107,6 +111,8 @@ impl Description {
             input_content_type: "application/octet-stream".to_owned(),
             output_content_type: "application/octet-stream".to_owned(),
             max_concurrency: 0,
+            deterministic: false,
+            idempotent: false,
         }
     }
 
@@ -114,6 +120,15 @@ impl Description {
     pub fn content_types(mut self, input: impl Into<String>, output: impl Into<String>) -> Self {
         self.input_content_type = input.into();
         self.output_content_type = output.into();
+        self
+    }
+
+    /// Declares that the same input always gives the same output, byte for byte, on any node
+    /// (so requesters may verify a task by running it on several), and that running a task
+    /// twice does no harm (so a task whose answer was lost may run again elsewhere).
+    pub fn pure(mut self) -> Self {
+        self.deterministic = true;
+        self.idempotent = true;
         self
     }
 
@@ -199,6 +214,8 @@ impl<P: Plugin> PluginService for PluginGrpc<P> {
             input_content_type: description.input_content_type,
             output_content_type: description.output_content_type,
             max_concurrency: description.max_concurrency,
+            deterministic: description.deterministic,
+            idempotent: description.idempotent,
         }))
     }
 }
