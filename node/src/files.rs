@@ -240,13 +240,24 @@ impl Files {
         Ok(records)
     }
 
+    /// The provider of `replica`, which must prove it is the node that acknowledged the copy:
+    /// where the mesh last saw that node, else where it took the copy.
+    pub(crate) fn replica_target(&self, replica: &Replica) -> Result<Target, Error> {
+        let Ok(node) = replica.provider_id.parse() else {
+            return Target::at(&replica.address);
+        };
+        let moved = self.peers.mesh().and_then(|mesh| mesh.address_of(node));
+        Target::node_at(node, moved.as_deref().unwrap_or(&replica.address))
+    }
+
     /// Deletes file `id` from every replica, then its record. A replica that cannot be reached
     /// keeps the record in place (with an error), so the delete can be retried.
     pub async fn delete(&self, id: &str) -> Result<FileRecord, Error> {
         let _guard = self.record_lock.lock().await;
         let record = self.record(id).await?;
         for replica in &record.replicas {
-            self.delete_objects(&replica_target(replica)?, id).await?;
+            self.delete_objects(&self.replica_target(replica)?, id)
+                .await?;
         }
         self.index.remove(id).await?;
         Ok(record)
@@ -270,12 +281,12 @@ impl Files {
                 .iter()
                 .find(|replica| replica.address == preferred.address());
             sources.push(match (preferred.node(), replica) {
-                (None, Some(replica)) => replica_target(replica)?,
+                (None, Some(replica)) => self.replica_target(replica)?,
                 _ => preferred,
             });
         }
         for replica in &replicas {
-            let target = replica_target(replica)?;
+            let target = self.replica_target(replica)?;
             if !sources
                 .iter()
                 .any(|source| source.address() == target.address())
@@ -704,14 +715,6 @@ impl Files {
             self.identity
                 .derive_secret(format!("manifest:{id}").as_bytes()),
         )
-    }
-}
-
-/// The provider of `replica`, which must prove it is the node that acknowledged the copy.
-pub(crate) fn replica_target(replica: &Replica) -> Result<Target, Error> {
-    match replica.provider_id.parse() {
-        Ok(node) => Target::node_at(node, &replica.address),
-        Err(_) => Target::at(&replica.address),
     }
 }
 

@@ -74,6 +74,9 @@ pub struct Mesh {
     /// Per gossip identity: its highest heartbeat, and when it grew (ms since the epoch).
     heard: Arc<Mutex<HashMap<ChitchatId, (Heartbeat, u64)>>>,
     round_trips: Arc<transport::RoundTrips>,
+    /// Every member's gRPC address as its newest believed record gives it, for callers that
+    /// cannot wait (refreshed every gossip interval).
+    addresses: Arc<Mutex<HashMap<NodeId, String>>>,
     /// Silent this long, a member still counted alive is shown as suspect.
     suspect_after_ms: u64,
 }
@@ -144,8 +147,9 @@ impl Mesh {
                 let gossip_id = state.chitchat_id().node_id.as_ref();
                 gossip_id == verifying_id.as_str()
                     || state.get(RECORD_KEY).is_some_and(|value| {
+                        let generation = state.chitchat_id().generation_id;
                         predicate_records
-                            .verify(value, gossip_id, crate::clock::now_ms())
+                            .verify(value, gossip_id, generation, crate::clock::now_ms())
                             .is_ok()
                     })
             })),
@@ -174,6 +178,7 @@ impl Mesh {
             loads: Arc::default(),
             heard: Arc::default(),
             round_trips,
+            addresses: Arc::default(),
             suspect_after_ms,
         };
         tasks.spawn(mesh.clone().keep_book_current(book, shutdown.clone()));
@@ -200,6 +205,7 @@ impl Mesh {
                 _ = interval.tick() => {}
             }
             self.note_heartbeats().await;
+            self.note_addresses().await;
             let mut updates = Vec::new();
             let mut new_load = source.load();
             if new_load.load != load.load {
@@ -233,6 +239,28 @@ impl Mesh {
         if let Err(error) = self.handle.initiate_shutdown() {
             tracing::debug!(%error, "gossip was stopped already");
         }
+    }
+
+    async fn note_addresses(&self) {
+        let addresses = self
+            .believed()
+            .await
+            .into_iter()
+            .map(|member| (member.record.node_id, member.record.grpc_address))
+            .collect();
+        *self
+            .addresses
+            .lock()
+            .expect("address map lock is never poisoned") = addresses;
+    }
+
+    /// Where member `node` last said it listens (its gRPC address), without waiting.
+    pub fn address_of(&self, node: NodeId) -> Option<String> {
+        self.addresses
+            .lock()
+            .expect("address map lock is never poisoned")
+            .get(&node)
+            .cloned()
     }
 
     /// Notes, for each member, when its heartbeat last grew: the last time anyone heard of it.
@@ -338,12 +366,9 @@ impl Mesh {
             let Some(value) = state.get(RECORD_KEY) else {
                 continue;
             };
-            let record = match self.records.verify(value, gossip_id, now) {
-                Ok(record) => record,
-                Err(error) => {
-                    tracing::warn!(member = gossip_id, gossip = %id.gossip_advertise_addr, %error, "ignored a peer record");
-                    continue;
-                }
+            // A bad record was logged when it was first checked.
+            let Ok(record) = self.records.verify(value, gossip_id, id.generation_id, now) else {
+                continue;
             };
             // Only a believed record stands for its node: a forger's newer generation hides
             // nothing.
@@ -357,21 +382,19 @@ impl Mesh {
                 continue;
             }
             let load = state.get(LOAD_KEY).and_then(|value| {
-                match self.loads.verify(value, gossip_id, now) {
-                    Ok(load) if self.is_newest(load.node_id, LOAD_KEY, load.seq) => Some(load.load),
-                    Ok(load) => {
-                        tracing::warn!(
-                            member = gossip_id,
-                            seq = load.seq,
-                            "ignored an older peer load"
-                        );
-                        None
-                    }
-                    Err(error) => {
-                        tracing::warn!(member = gossip_id, %error, "ignored a peer load");
-                        None
-                    }
+                let load = self
+                    .loads
+                    .verify(value, gossip_id, id.generation_id, now)
+                    .ok()?;
+                if !self.is_newest(load.node_id, LOAD_KEY, load.seq) {
+                    tracing::warn!(
+                        member = gossip_id,
+                        seq = load.seq,
+                        "ignored an older peer load"
+                    );
+                    return None;
                 }
+                Some(load.load)
             });
             members.push(Member {
                 record,

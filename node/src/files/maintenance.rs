@@ -118,7 +118,7 @@ impl Files {
             return None;
         };
         let renewed = async {
-            let target = super::replica_target(replica)?;
+            let target = self.replica_target(replica)?;
             let info = payer.target_info(&target).await?;
             let Some(terms) = &info.payment_terms else {
                 return Ok(None);
@@ -166,7 +166,7 @@ impl Files {
             chunk_index: chunk_index as u64,
             segment_index: segment_index as u64,
         };
-        let target = super::replica_target(replica)?;
+        let target = self.replica_target(replica)?;
         let request = self.signed_for(&target, request).await?;
         let answer = self
             .peers
@@ -248,7 +248,7 @@ impl Files {
             .map(|replica| replica.address.as_str())
             .chain(discarding.iter().map(String::as_str))
             .collect();
-        let source_target = match super::replica_target(source) {
+        let source_target = match self.replica_target(source) {
             Ok(target) => target,
             Err(error) => {
                 tracing::error!(file_id, %error, "the healthy replica's record is unusable");
@@ -319,7 +319,7 @@ impl Files {
         }
         for replica in dropped_replicas {
             // The lost provider may be gone or damaged; removing its copy is a courtesy.
-            match super::replica_target(replica) {
+            match self.replica_target(replica) {
                 Ok(target) => self.discard_copy(&target, file_id).await,
                 Err(error) => {
                     tracing::warn!(file_id, %error, "a lost replica's record is unusable")

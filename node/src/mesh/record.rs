@@ -66,6 +66,8 @@ pub struct LoadRecord {
 pub trait Signed: Serialize + DeserializeOwned + Clone {
     /// What the signed text starts with.
     const DOMAIN: &'static str;
+    /// What the value is, for the log.
+    const NAME: &'static str;
 
     /// The node the value says signed it.
     fn node_id(&self) -> NodeId;
@@ -124,6 +126,7 @@ pub trait Signed: Serialize + DeserializeOwned + Clone {
 
 impl Signed for PeerRecord {
     const DOMAIN: &'static str = "sphere peer record\nversion 2\n";
+    const NAME: &'static str = "record";
 
     fn node_id(&self) -> NodeId {
         self.node_id
@@ -140,6 +143,7 @@ impl Signed for PeerRecord {
 
 impl Signed for LoadRecord {
     const DOMAIN: &'static str = "sphere peer load\nversion 1\n";
+    const NAME: &'static str = "load";
 
     fn node_id(&self) -> NodeId {
         self.node_id
@@ -176,11 +180,11 @@ pub enum RecordError {
     Expired,
 }
 
-/// Gossiped values already checked, by gossip identity: a signature is recovered once per new
-/// value rather than at every read (chitchat asks the liveness predicate about every member
-/// each round).
+/// Gossiped values already checked, by gossip identity and generation: a signature is recovered
+/// (and a bad one logged) once per new value rather than at every read (chitchat asks the
+/// liveness predicate about every member each round).
 #[derive(Debug)]
-pub struct Checked<T>(Mutex<HashMap<String, CheckedValue<T>>>);
+pub struct Checked<T>(Mutex<HashMap<(String, u64), CheckedValue<T>>>);
 
 /// A gossiped value as last seen under one gossip identity, and what checking it gave.
 type CheckedValue<T> = (String, Result<T, RecordError>);
@@ -196,17 +200,27 @@ const CHECKED_MAX: usize = 4_096;
 
 impl<T: Signed> Checked<T> {
     /// [`Signed::verify_signature`] and not expired at `now_ms`, from the cache when `value` was
-    /// checked before.
-    pub fn verify(&self, value: &str, gossip_id: &str, now_ms: u64) -> Result<T, RecordError> {
+    /// checked before under the gossip identity `gossip_id` of generation `generation`.
+    pub fn verify(
+        &self,
+        value: &str,
+        gossip_id: &str,
+        generation: u64,
+        now_ms: u64,
+    ) -> Result<T, RecordError> {
         let mut checked = self.0.lock().expect("cache lock is never poisoned");
-        let outcome = match checked.get(gossip_id) {
+        let key = (gossip_id.to_owned(), generation);
+        let outcome = match checked.get(&key) {
             Some((seen, outcome)) if seen == value => outcome.clone(),
             _ => {
                 let outcome = T::verify_signature(value, gossip_id);
+                if let Err(error) = &outcome {
+                    tracing::warn!(member = gossip_id, generation, %error, "ignored a peer {}", T::NAME);
+                }
                 if checked.len() >= CHECKED_MAX {
                     checked.clear();
                 }
-                checked.insert(gossip_id.to_owned(), (value.to_owned(), outcome.clone()));
+                checked.insert(key, (value.to_owned(), outcome.clone()));
                 outcome
             }
         };
@@ -250,7 +264,7 @@ mod tests {
         let signed = record(&node).sign(&node);
         assert_eq!(
             checked
-                .verify(&signed, &node.node_id(), 0)
+                .verify(&signed, &node.node_id(), 1, 0)
                 .expect("genuine"),
             record(&node)
         );
@@ -260,7 +274,7 @@ mod tests {
         let forged = record(&node).sign(&stranger);
         for _ in 0..2 {
             assert!(matches!(
-                checked.verify(&forged, &node.node_id(), 0),
+                checked.verify(&forged, &node.node_id(), 1, 0),
                 Err(RecordError::WrongSigner { .. })
             ));
         }
@@ -271,9 +285,9 @@ mod tests {
         let mut old = record(&node);
         old.expires_at_ms = 5;
         let old = old.sign(&node);
-        assert!(checked.verify(&old, &node.node_id(), 4).is_ok());
+        assert!(checked.verify(&old, &node.node_id(), 1, 4).is_ok());
         assert!(matches!(
-            checked.verify(&old, &node.node_id(), 10),
+            checked.verify(&old, &node.node_id(), 1, 10),
             Err(RecordError::Expired)
         ));
     }

@@ -207,11 +207,20 @@ impl TestNode {
         self.restart_with_config(self.config.clone());
     }
 
+    /// [`Self::restart`] on new ports: its address changes, its key and data stay.
+    pub fn restart_elsewhere(&mut self) {
+        self.restart_at(None, self.config.clone());
+    }
+
     /// [`Self::restart`] with another configuration file's content.
     pub fn restart_with_config(&mut self, config: Option<Value>) {
+        self.restart_at(Some(self.grpc), config);
+    }
+
+    fn restart_at(&mut self, grpc_listen: Option<SocketAddr>, config: Option<Value>) {
         let restarted = TestNode::start_with(NodeOptions {
             data_dir: Some(self.data_dir.clone()),
-            grpc_listen: Some(self.grpc),
+            grpc_listen,
             http_listen: None,
             environment: self.environment.clone(),
             config,

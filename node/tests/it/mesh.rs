@@ -441,6 +441,67 @@ async fn targets_by_node_id_reach_that_node_and_an_impostor_at_its_address_is_re
 }
 
 #[tokio::test]
+async fn a_replica_is_followed_to_the_new_address_of_the_node_that_holds_it() {
+    let owner = TestNode::start_with(NodeOptions {
+        config: Some(json!({"storage": {"audit_interval_ms": 200}})),
+        ..NodeOptions::default()
+    });
+    let mut provider = member(Some(&owner));
+    until_seen(&[&owner], &provider, "alive").await;
+    let contents = b"wherever it goes".repeat(100);
+    let (status, stored) = owner
+        .post(
+            "/file",
+            &json!({"name": "kept", "target": provider.node_id, "data": base64(&contents)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{stored}");
+    let id = stored["id"].as_str().expect("id").to_owned();
+
+    // The provider comes back on another port: the owner learns it from the mesh.
+    let old_address = provider.target();
+    provider.terminate();
+    provider.restart_elsewhere();
+    assert_ne!(provider.target(), old_address);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while peer(&owner, &provider.node_id).await["addresses"]["grpc"] != provider.target().as_str() {
+        assert!(
+            Instant::now() < deadline,
+            "the owner never saw the new address"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Within a gossip interval, reads and audits go there.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (status, read) = owner
+        .call(reqwest::Method::GET, &format!("/file/{id}"), "")
+        .await;
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["data"], base64(&contents));
+    // An audit after the move passes (audits run every 200 ms; the old address has no one).
+    let replica = || async {
+        let (_, listing) = owner.call(reqwest::Method::GET, "/files", "").await;
+        listing["files"][0]["replicas"][0].clone()
+    };
+    let moved_at = replica().await["last_audit"].clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = replica().await;
+        if now["last_audit"] != moved_at
+            && now["last_audit_error"].is_null()
+            && now["health"] == "ok"
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never audited at the new address: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
 async fn files_go_to_live_members_are_repaired_among_them_and_recovered_from_them() {
     // An owner with no `peers` at all: its providers come from the mesh.
     let owner = TestNode::start_with(NodeOptions {
