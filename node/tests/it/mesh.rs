@@ -438,6 +438,28 @@ async fn targets_by_node_id_reach_that_node_and_an_impostor_at_its_address_is_re
         (200, &json!(base64(b"kept by one node"))),
         "{read}"
     );
+
+    // The node holding the only replica goes, and another takes its address: the replica is
+    // refused from it rather than read.
+    let mut genuine = genuine;
+    let address = genuine.grpc;
+    genuine.terminate();
+    let _squatter = TestNode::start_with(NodeOptions {
+        grpc_listen: Some(address),
+        ..NodeOptions::default()
+    });
+    let (status, read) = seed
+        .call(
+            reqwest::Method::GET,
+            &format!("/file/{}", stored["id"].as_str().expect("id")),
+            "",
+        )
+        .await;
+    assert_eq!(
+        (status, &read["error"]["code"]),
+        (502, &json!("target_mismatch")),
+        "{read}"
+    );
 }
 
 #[tokio::test]
