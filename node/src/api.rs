@@ -326,7 +326,8 @@ pub struct PeerList {
 pub enum PeerState {
     /// Gossiping (or, outside the mesh, answering).
     Alive,
-    /// Still counted alive, but silent for more than half of `mesh.failure_timeout_ms`.
+    /// Still counted alive, but unheard of for `mesh.failure_timeout_ms` less one gossip
+    /// interval: about to be declared dead.
     Suspect,
     /// Silent past `mesh.failure_timeout_ms` (or, outside the mesh, not answering): it gets no
     /// work.

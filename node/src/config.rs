@@ -429,7 +429,7 @@ impl Config {
         positive("storage.audit_interval_ms", self.storage.audit_interval_ms)?;
         positive("storage.lost_after_ms", self.storage.lost_after_ms)?;
         for peer in &self.peers {
-            crate::peers::target_uri(peer).map_err(|error| ConfigError::Invalid {
+            crate::address::target_uri(peer).map_err(|error| ConfigError::Invalid {
                 field: "peers",
                 problem: format!("holds {peer:?}: {}", error.message),
             })?;
@@ -453,7 +453,7 @@ impl Config {
             });
         }
         for seed in &self.mesh.bootstrap {
-            crate::peers::target_uri(seed).map_err(|error| ConfigError::Invalid {
+            crate::address::target_uri(seed).map_err(|error| ConfigError::Invalid {
                 field: "mesh.bootstrap",
                 problem: format!("holds {seed:?}: {}", error.message),
             })?;

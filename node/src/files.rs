@@ -36,6 +36,7 @@ use sphere_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::address::NodeAddress;
 use crate::auth::{self, SignedRequest};
 use crate::error::{Error, ErrorCode};
 use crate::identity::NodeIdentity;
@@ -74,7 +75,7 @@ pub struct FileOptions {
     /// Replicas of a file when the request names neither targets nor a number.
     pub default_replicas: u32,
     /// Providers the node may pick from besides the live members of the mesh (`peers`).
-    pub providers: Vec<String>,
+    pub providers: Vec<NodeAddress>,
     /// How often every replica is audited.
     pub audit_interval: Duration,
     /// How long a replica may fail audits before it counts as lost and is repaired.
@@ -244,10 +245,13 @@ impl Files {
     /// where the mesh last saw that node, else where it took the copy.
     pub(crate) fn replica_target(&self, replica: &Replica) -> Result<Target, Error> {
         let Ok(node) = replica.provider_id.parse() else {
-            return Target::at(&replica.address);
+            return Ok(Target::anyone_at(replica.address.clone()));
         };
         let moved = self.peers.mesh().and_then(|mesh| mesh.address_of(node));
-        Target::node_at(node, moved.as_deref().unwrap_or(&replica.address))
+        Ok(Target::node_at(
+            node,
+            moved.unwrap_or_else(|| replica.address.clone()),
+        ))
     }
 
     /// Deletes file `id` from every replica, then its record. A replica that cannot be reached
@@ -279,7 +283,7 @@ impl Files {
             // reader named it by address.
             let replica = replicas
                 .iter()
-                .find(|replica| replica.address == preferred.address());
+                .find(|replica| &replica.address == preferred.address());
             sources.push(match (preferred.node(), replica) {
                 (None, Some(replica)) => self.replica_target(replica)?,
                 _ => preferred,
@@ -425,7 +429,7 @@ impl Files {
                 .await
                 .into_iter()
                 .filter(|(_, _, free_bytes)| *free_bytes > 0)
-                .filter_map(|(node, address, _)| Target::node_at(node, &address).ok())
+                .map(|(node, address, _)| Target::node_at(node, address))
                 .collect(),
             None => Vec::new(),
         };
@@ -433,7 +437,7 @@ impl Files {
             .options
             .providers
             .iter()
-            .filter_map(|provider| Target::at(provider).ok())
+            .map(|provider| Target::anyone_at(provider.clone()))
             .filter(|provider| {
                 !candidates
                     .iter()
@@ -686,11 +690,12 @@ impl Files {
                 .await?
                 .is_some_and(|record| record.replicas.iter().any(|r| r.address == *address));
             if !wanted {
-                if let Err(error) = self.delete_objects(&Target::at(address)?, file_id).await {
-                    tracing::debug!(file_id, address, %error, "a copy to delete is still there");
+                let target = Target::anyone_at(address.clone());
+                if let Err(error) = self.delete_objects(&target, file_id).await {
+                    tracing::debug!(file_id, %address, %error, "a copy to delete is still there");
                     continue;
                 }
-                tracing::info!(file_id, address, "deleted a copy that must not be kept");
+                tracing::info!(file_id, %address, "deleted a copy that must not be kept");
             }
             self.index.remove_discard(file_id, address).await?;
         }

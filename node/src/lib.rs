@@ -8,6 +8,7 @@
 //! - [`context`]: [`context::NodeContext`], what both servers' handlers share.
 //! - [`config`]: configuration from defaults, file, environment and flags.
 //! - [`identity`]: the node's secp256k1 key; its Ethereum address is the node ID.
+//! - [`address`]: where a node listens (`host:port`), checked once.
 //! - [`auth`]: owner signatures on storage requests, and their verification.
 //! - [`error`]: the node's error codes and their one mapping to HTTP and gRPC.
 //! - [`clock`]: the wall-clock timestamps records carry.
@@ -25,6 +26,7 @@
 //! - [`storage`]: LevelDB, chunk files and encryption; knows nothing of the network.
 //! - [`payments`]: the payment contract through alloy, with the node's key.
 
+pub mod address;
 pub mod api;
 pub mod auth;
 pub mod client;

@@ -20,6 +20,7 @@ use chitchat::{
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::address::NodeAddress;
 use crate::api::{
     PeerAddresses, PeerCapacity, PeerInfo, PeerLoad, PeerPlugin, PeerSource, PeerState, PluginLoad,
     Prices,
@@ -52,7 +53,7 @@ pub struct MeshOptions {
     /// The address others gossip with and call gRPC on.
     pub advertise: SocketAddr,
     /// Seeds besides `mesh.bootstrap`: the configured peers.
-    pub extra_seeds: Vec<String>,
+    pub extra_seeds: Vec<NodeAddress>,
     /// Where this node's REST API listens.
     pub http_address: SocketAddr,
     /// The operator's labels.
@@ -76,8 +77,8 @@ pub struct Mesh {
     round_trips: Arc<transport::RoundTrips>,
     /// Every member's gRPC address as its newest believed record gives it, for callers that
     /// cannot wait (refreshed every gossip interval).
-    addresses: Arc<Mutex<HashMap<NodeId, String>>>,
-    /// Silent this long, a member still counted alive is shown as suspect.
+    addresses: Arc<Mutex<HashMap<NodeId, NodeAddress>>>,
+    /// Unheard of this long, a member still counted alive is shown as suspect.
     suspect_after_ms: u64,
 }
 
@@ -111,8 +112,8 @@ impl Mesh {
             book::PeerBook::open(db, options.config.forget_dead_after_ms, generation).await;
         let from_book = known.len();
         let mut seed_nodes: Vec<String> = options.config.bootstrap.clone();
-        seed_nodes.extend(options.extra_seeds.iter().cloned());
-        seed_nodes.extend(known);
+        seed_nodes.extend(options.extra_seeds.iter().map(NodeAddress::to_string));
+        seed_nodes.extend(known.iter().map(NodeAddress::to_string));
         seed_nodes.retain(|seed| seed != &options.advertise.to_string());
         seed_nodes.sort();
         seed_nodes.dedup();
@@ -155,8 +156,13 @@ impl Mesh {
             })),
             protocol_version: chitchat::ProtocolVersion::V1,
         };
-        let suspect_after_ms =
-            (options.config.failure_timeout_ms / 2).max(2 * options.config.gossip_interval_ms);
+        // Suspect: a round short of being declared dead (heartbeats reach a node a few rounds
+        // late in a large mesh, so an earlier mark would cry wolf).
+        let suspect_after_ms = options
+            .config
+            .failure_timeout_ms
+            .saturating_sub(options.config.gossip_interval_ms)
+            .max(2 * options.config.gossip_interval_ms);
         let source = RecordSource::new(identity, options, plugins, objects);
         let record = source.record();
         let load = source.load();
@@ -255,7 +261,7 @@ impl Mesh {
     }
 
     /// Where member `node` last said it listens (its gRPC address), without waiting.
-    pub fn address_of(&self, node: NodeId) -> Option<String> {
+    pub fn address_of(&self, node: NodeId) -> Option<NodeAddress> {
         self.addresses
             .lock()
             .expect("address map lock is never poisoned")
@@ -321,7 +327,7 @@ impl Mesh {
 
     /// Where member `node` is (its gRPC address) and whether it is alive; `None` when it is not
     /// a member.
-    pub async fn member(&self, node: NodeId) -> Option<(String, bool)> {
+    pub async fn member(&self, node: NodeId) -> Option<(NodeAddress, bool)> {
         self.believed()
             .await
             .into_iter()
@@ -331,7 +337,7 @@ impl Mesh {
 
     /// The live members: each one's node ID, gRPC address, and bytes free for others (as its
     /// record says).
-    pub async fn live_members(&self) -> Vec<(NodeId, String, u64)> {
+    pub async fn live_members(&self) -> Vec<(NodeId, NodeAddress, u64)> {
         self.believed()
             .await
             .into_iter()
@@ -441,7 +447,7 @@ impl Mesh {
             state,
             source: PeerSource::Mesh,
             addresses: PeerAddresses {
-                grpc: record.grpc_address,
+                grpc: record.grpc_address.to_string(),
                 http: Some(record.http_address),
                 gossip: Some(member.gossip_address.to_string()),
             },
@@ -505,7 +511,7 @@ impl RecordSource {
         PeerRecord {
             node_id: self.identity.id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            grpc_address: self.options.advertise.to_string(),
+            grpc_address: self.options.advertise.into(),
             http_address: self.options.http_address.to_string(),
             labels: self.options.labels.clone(),
             plugins: self

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::address::NodeAddress;
 use crate::config::Config;
 use crate::connections::{self, GuardedListener};
 use crate::context::NodeContext;
@@ -192,6 +193,14 @@ impl Node {
         );
         let payments = Payments::start(&config.payments, &identity, &db, &peers).await?;
         let provider = ProviderStorage::new(identity.node_id(), objects.clone(), payments.clone());
+        let configured_peers: Vec<NodeAddress> = config
+            .peers
+            .iter()
+            .map(|peer| {
+                peer.parse()
+                    .expect("peers are checked when the configuration loads")
+            })
+            .collect();
         let files = Files::new(
             FileIndex::new(db.clone()),
             peers.clone(),
@@ -201,7 +210,7 @@ impl Node {
                 chunk_size: usize::try_from(config.storage.chunk_size_bytes)
                     .expect("validated to a few MiB"),
                 default_replicas: config.storage.replicas,
-                providers: config.peers.clone(),
+                providers: configured_peers.clone(),
                 audit_interval: Duration::from_millis(config.storage.audit_interval_ms),
                 lost_after: Duration::from_millis(config.storage.lost_after_ms),
             },
@@ -223,7 +232,7 @@ impl Node {
                 config: config.mesh.clone(),
                 listen,
                 advertise,
-                extra_seeds: config.peers.clone(),
+                extra_seeds: configured_peers.clone(),
                 http_address,
                 labels: config.labels.clone(),
                 prices: payments.is_some().then(|| config.payments.prices.clone()),

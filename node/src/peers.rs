@@ -17,6 +17,7 @@ use sphere_proto::v1::task_service_client::TaskServiceClient;
 use sphere_proto::v1::{GetInfoRequest, GetInfoResponse};
 use tonic::transport::{Channel, Endpoint};
 
+pub use crate::address::NodeAddress;
 use crate::error::{Error, ErrorCode};
 use crate::identity::NodeId;
 use crate::link::LinkKeys;
@@ -33,31 +34,35 @@ pub const MAX_MESSAGE_BYTES: usize = 17 * 1024 * 1024;
 /// A node to call: its gRPC address and, when known, the node that must answer there.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
-    /// `http://host:port`.
-    uri: String,
+    address: NodeAddress,
     node: Option<NodeId>,
 }
 
 impl Target {
     /// Whichever node listens at `address` (`host:port`, or `http://host:port`).
     pub fn at(address: &str) -> Result<Self, Error> {
-        Ok(Self {
-            uri: target_uri(address)?,
+        Ok(Self::anyone_at(address.parse()?))
+    }
+
+    /// Whichever node listens at `address`.
+    pub fn anyone_at(address: NodeAddress) -> Self {
+        Self {
+            address,
             node: None,
-        })
+        }
     }
 
     /// Node `node`, at `address`; another node there is refused.
-    pub fn node_at(node: NodeId, address: &str) -> Result<Self, Error> {
-        Ok(Self {
+    pub fn node_at(node: NodeId, address: NodeAddress) -> Self {
+        Self {
+            address,
             node: Some(node),
-            ..Self::at(address)?
-        })
+        }
     }
 
-    /// The address, as `host:port`.
-    pub fn address(&self) -> &str {
-        self.uri.trim_start_matches("http://")
+    /// The address.
+    pub fn address(&self) -> &NodeAddress {
+        &self.address
     }
 
     /// The node that must answer, if the caller named one.
@@ -69,8 +74,8 @@ impl Target {
 impl std::fmt::Display for Target {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.node {
-            Some(node) => write!(formatter, "{node}@{}", self.address()),
-            None => formatter.write_str(self.address()),
+            Some(node) => write!(formatter, "{node}@{}", self.address),
+            None => write!(formatter, "{}", self.address),
         }
     }
 }
@@ -85,7 +90,7 @@ impl std::str::FromStr for Target {
                 let node = node
                     .parse()
                     .map_err(|error| Error::invalid_field("target", error))?;
-                Self::node_at(node, address)
+                Ok(Self::node_at(node, address.parse()?))
             }
             None => Self::at(text),
         }
@@ -150,7 +155,7 @@ impl Peers {
             ));
         };
         match mesh.member(node).await {
-            Some((address, true)) => Target::node_at(node, &address),
+            Some((address, true)) => Ok(Target::node_at(node, address)),
             Some((address, false)) => Err(Error::new(
                 ErrorCode::TargetUnreachable,
                 format!("node {node} (last at {address}) is dead in the mesh"),
@@ -222,7 +227,7 @@ impl Peers {
         if let Some(peer) = channels.get(target) {
             return peer.clone();
         }
-        let endpoint = Endpoint::from_shared(target.uri.clone())
+        let endpoint = Endpoint::from_shared(target.address.uri())
             .expect("a target's URI was checked when it was made")
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
@@ -236,29 +241,6 @@ impl Peers {
         channels.insert(target.clone(), peer.clone());
         peer
     }
-}
-
-/// Turns a target as users write it (`host:port`, or a full `http://` URI) into a URI.
-pub fn target_uri(target: &str) -> Result<String, Error> {
-    let target = target.trim();
-    if target.is_empty() {
-        return Err(Error::invalid_field("target", "must not be empty"));
-    }
-    let uri = if target.contains("://") {
-        target.to_owned()
-    } else {
-        format!("http://{target}")
-    };
-    let parsed: tonic::transport::Uri = uri.parse().map_err(|error| {
-        Error::invalid_field("target", format!("{target:?} is not an address: {error}"))
-    })?;
-    if parsed.scheme_str() != Some("http") || parsed.port_u16().is_none() {
-        return Err(Error::invalid_field(
-            "target",
-            format!("{target:?} must be host:port, for example 127.0.0.1:8081"),
-        ));
-    }
-    Ok(uri)
 }
 
 #[cfg(test)]
@@ -286,18 +268,6 @@ mod tests {
             "nobody@127.0.0.1:1",
         ] {
             assert!(bad.parse::<Target>().is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn targets_accept_host_port_and_uris() {
-        assert_eq!(
-            target_uri("127.0.0.1:8081").expect("ok"),
-            "http://127.0.0.1:8081"
-        );
-        assert_eq!(target_uri("http://node:9").expect("ok"), "http://node:9");
-        for bad in ["", "127.0.0.1", "ftp://x:1", "a b:1"] {
-            assert!(target_uri(bad).is_err(), "{bad:?}");
         }
     }
 }

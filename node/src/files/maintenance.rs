@@ -23,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{CHUNKS_IN_FLIGHT, Files, KIND_DATA};
+use crate::address::NodeAddress;
 use crate::clock::now_ms;
 use crate::error::{Error, ErrorCode};
 use crate::identity::NodeId;
@@ -113,7 +114,11 @@ impl Files {
     /// Pays `replica` for one more storage period when more than half of its paid period is
     /// over; returns its address and the new end of the paid time, or `None` when nothing was
     /// due or the renewal failed (logged; the next round tries again).
-    async fn renew_if_due(&self, manifest: &Manifest, replica: &Replica) -> Option<(String, u64)> {
+    async fn renew_if_due(
+        &self,
+        manifest: &Manifest,
+        replica: &Replica,
+    ) -> Option<(NodeAddress, u64)> {
         let (Some(payer), Some(paid_until)) = (&self.payer, replica.paid_until_ms) else {
             return None;
         };
@@ -138,7 +143,7 @@ impl Files {
             .await?;
             tracing::info!(
                 file_id = manifest.id,
-                provider = replica.address,
+                provider = %replica.address,
                 paid_until_ms = until,
                 "storage renewed"
             );
@@ -148,7 +153,7 @@ impl Files {
         match renewed {
             Ok(until) => until.map(|until| (replica.address.clone(), until)),
             Err(error) => {
-                tracing::warn!(file_id = manifest.id, provider = replica.address, %error, "could not renew storage");
+                tracing::warn!(file_id = manifest.id, provider = %replica.address, %error, "could not renew storage");
                 None
             }
         }
@@ -195,7 +200,7 @@ impl Files {
         } else {
             tracing::warn!(
                 file_id = manifest.id,
-                provider = replica.address,
+                provider = %replica.address,
                 chunk_index,
                 "audit failed: bad proof"
             );
@@ -231,7 +236,7 @@ impl Files {
             return;
         };
         // Not back onto a provider whose copy of this file is waiting to be deleted.
-        let discarding: Vec<String> = match self.index.discards().await {
+        let discarding: Vec<NodeAddress> = match self.index.discards().await {
             Ok(discards) => discards
                 .into_iter()
                 .filter(|pending| pending.file_id == *file_id)
@@ -242,11 +247,11 @@ impl Files {
                 return;
             }
         };
-        let holders: Vec<&str> = record
+        let holders: Vec<&NodeAddress> = record
             .replicas
             .iter()
-            .map(|replica| replica.address.as_str())
-            .chain(discarding.iter().map(String::as_str))
+            .map(|replica| &replica.address)
+            .chain(&discarding)
             .collect();
         let source_target = match self.replica_target(source) {
             Ok(target) => target,
@@ -284,7 +289,7 @@ impl Files {
                     crate::metrics::repair();
                     tracing::info!(
                         file_id,
-                        from = source.address,
+                        from = %source.address,
                         to = %candidate,
                         "replica repaired"
                     );
@@ -301,7 +306,7 @@ impl Files {
         }
         let replaced = added.len().min(lost.len());
         let dropped_replicas: Vec<&Replica> = lost.iter().take(replaced).collect();
-        let dropped: Vec<String> = dropped_replicas
+        let dropped: Vec<NodeAddress> = dropped_replicas
             .iter()
             .map(|replica| replica.address.clone())
             .collect();

@@ -37,14 +37,14 @@ impl Files {
     pub async fn recover(&self, extra_providers: &[String]) -> Result<RecoveryReport, Error> {
         let mut providers: Vec<Target> = Vec::new();
         for provider in &self.options.providers {
-            providers.push(Target::at(provider)?);
+            providers.push(Target::anyone_at(provider.clone()));
         }
         for provider in extra_providers {
             providers.push(self.peers.resolve(provider).await?);
         }
         if let Some(mesh) = self.peers.mesh() {
             for (node, address, _) in mesh.live_members().await {
-                providers.push(Target::node_at(node, &address)?);
+                providers.push(Target::node_at(node, address));
             }
         }
         let mut asked: Vec<Target> = Vec::new();

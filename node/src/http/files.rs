@@ -84,7 +84,7 @@ fn file_info(context: &NodeContext, record: &FileRecord, data: Option<String>) -
         size: record.manifest.size,
         created_at: rfc3339(record.manifest.created_at_ms),
         target: first_replica
-            .map(|replica| replica.address.clone())
+            .map(|replica| replica.address.to_string())
             .unwrap_or_default(),
         provider_id: first_replica
             .map(|replica| replica.provider_id.clone())
@@ -104,7 +104,7 @@ fn replica_info(replica: &Replica, now: u64, grace_ms: u64) -> ReplicaInfo {
         (Some(false), false) => ReplicaHealth::Failing,
     };
     ReplicaInfo {
-        target: replica.address.clone(),
+        target: replica.address.to_string(),
         provider_id: replica.provider_id.clone(),
         health,
         last_audit: replica.last_audit_ms.map(rfc3339),

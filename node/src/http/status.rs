@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
 use super::openapi::{CommonErrors, error_responses};
+use crate::address::NodeAddress;
 use crate::api::{
     HealthAnswer, NodeAnswer, NodeHealth, PeerAddresses, PeerInfo, PeerList, PeerPlugin,
     PeerSource, PeerState, PluginHealth, PluginList, Prices,
@@ -141,12 +142,12 @@ async fn known_peers(context: &NodeContext) -> Vec<PeerInfo> {
         Some(mesh) => mesh.members().await,
         None => Vec::new(),
     };
-    let outside: Vec<&String> = context
+    let outside: Vec<&NodeAddress> = context
         .files
         .options()
         .providers
         .iter()
-        .filter(|address| !peers.iter().any(|peer| &peer.addresses.grpc == *address))
+        .filter(|address| !peers.iter().any(|peer| **address == *peer.addresses.grpc))
         .collect();
     let asks = outside
         .into_iter()
@@ -155,18 +156,16 @@ async fn known_peers(context: &NodeContext) -> Vec<PeerInfo> {
     peers
 }
 
-async fn ask_peer(context: &NodeContext, address: &str) -> PeerInfo {
+async fn ask_peer(context: &NodeContext, address: &NodeAddress) -> PeerInfo {
     let started = Instant::now();
-    let answer = match Target::at(address) {
-        Ok(target) => match context.peers.info(&target).await {
-            // The node its link proved, whatever it says about itself.
-            Ok(info) => context
-                .peers
-                .node_id(&target)
-                .await
-                .map(|node| (node, info)),
-            Err(error) => Err(error),
-        },
+    let target = Target::anyone_at(address.clone());
+    let answer = match context.peers.info(&target).await {
+        // The node its link proved, whatever it says about itself.
+        Ok(info) => context
+            .peers
+            .node_id(&target)
+            .await
+            .map(|node| (node, info)),
         Err(error) => Err(error),
     };
     let rtt_ms = duration_ms(started.elapsed());
@@ -175,7 +174,7 @@ async fn ask_peer(context: &NodeContext, address: &str) -> PeerInfo {
         state: PeerState::Dead,
         source: PeerSource::Configured,
         addresses: PeerAddresses {
-            grpc: address.to_owned(),
+            grpc: address.to_string(),
             http: None,
             gossip: None,
         },

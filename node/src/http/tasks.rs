@@ -145,7 +145,7 @@ async fn run_on_target(
     };
     crate::metrics::requested_task(
         if known_target {
-            target.address()
+            target.address().as_str()
         } else {
             "other"
         },

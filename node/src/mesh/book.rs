@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{PeerRecord, Signed};
+use crate::address::NodeAddress;
 use crate::identity::NodeId;
 use crate::storage::db::Db;
 
@@ -43,7 +44,11 @@ fn key(node_id: NodeId) -> Vec<u8> {
 impl PeerBook {
     /// Reads the book, drops members not seen for `forget_after_ms`, and returns it with the
     /// gRPC addresses of the members it still holds (the seeds to join through).
-    pub(super) async fn open(db: Db, forget_after_ms: u64, now_ms: u64) -> (Self, Vec<String>) {
+    pub(super) async fn open(
+        db: Db,
+        forget_after_ms: u64,
+        now_ms: u64,
+    ) -> (Self, Vec<NodeAddress>) {
         let mut book = Self {
             db,
             forget_after_ms,
@@ -153,7 +158,7 @@ mod tests {
         PeerRecord {
             node_id: identity.id(),
             version: "0.1.0".to_owned(),
-            grpc_address: grpc_address.to_owned(),
+            grpc_address: grpc_address.parse().expect("an address"),
             http_address: "127.0.0.1:3000".to_owned(),
             labels: Default::default(),
             plugins: Vec::new(),
@@ -198,7 +203,10 @@ mod tests {
 
         // Reopened at 1,150: the stale member (seen at 100) is past the 1,000 ms.
         let (_, seeds) = PeerBook::open(db.clone(), 1_000, 1_150).await;
-        assert_eq!(seeds, vec!["127.0.0.1:1".to_owned()]);
+        assert_eq!(
+            seeds,
+            vec!["127.0.0.1:1".parse::<NodeAddress>().expect("an address")]
+        );
         let left = db
             .scan_prefix(KEY_PREFIX.as_bytes().to_vec())
             .await

@@ -14,6 +14,7 @@ use alloy_signer::SignerSync;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::address::NodeAddress;
 use crate::api::{PeerCapacity, PeerLoad, PeerPlugin, Prices};
 use crate::identity::{NodeId, NodeIdentity};
 
@@ -33,7 +34,7 @@ pub struct PeerRecord {
     /// Software version.
     pub version: String,
     /// Where other nodes reach its gRPC services.
-    pub grpc_address: String,
+    pub grpc_address: NodeAddress,
     /// Where its REST API listens.
     pub http_address: String,
     /// The operator's labels.
@@ -240,7 +241,7 @@ mod tests {
         PeerRecord {
             node_id: identity.id(),
             version: "0.1.0".to_owned(),
-            grpc_address: "127.0.0.1:8081".to_owned(),
+            grpc_address: "127.0.0.1:8081".parse().expect("an address"),
             http_address: "127.0.0.1:3000".to_owned(),
             labels: BTreeMap::from([("region".to_owned(), "eu".to_owned())]),
             plugins: Vec::new(),

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::StorageError;
 use super::chunks::ChunkHash;
 use super::db::Db;
+use crate::address::NodeAddress;
 
 /// Key prefix of file records in the database. DO NOT CHANGE: on-disk format.
 const FILE_PREFIX: &str = "file/";
@@ -19,7 +20,7 @@ pub struct PendingDiscard {
     /// The file.
     pub file_id: String,
     /// The provider's gRPC address.
-    pub address: String,
+    pub address: NodeAddress,
     /// Since when the copy has been waiting for deletion (ms since the Unix epoch).
     pub since_ms: u64,
 }
@@ -28,7 +29,7 @@ pub struct PendingDiscard {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replica {
     /// The provider's gRPC address.
-    pub address: String,
+    pub address: NodeAddress,
     /// The provider's node ID, as it reported it when it acknowledged the upload.
     pub provider_id: String,
     /// When the last audit of this replica ended, in milliseconds since the Unix epoch.
@@ -51,7 +52,7 @@ pub struct Replica {
 
 impl Replica {
     /// Returns a replica that has not been audited yet.
-    pub fn new(address: String, provider_id: String) -> Self {
+    pub fn new(address: NodeAddress, provider_id: String) -> Self {
         Self {
             address,
             provider_id,
@@ -162,10 +163,14 @@ impl FileIndex {
 
 impl FileIndex {
     /// Records durably that the copy of `file_id` at `address` must be deleted.
-    pub async fn add_discard(&self, file_id: &str, address: &str) -> Result<(), StorageError> {
+    pub async fn add_discard(
+        &self,
+        file_id: &str,
+        address: &NodeAddress,
+    ) -> Result<(), StorageError> {
         let pending = PendingDiscard {
             file_id: file_id.to_owned(),
-            address: address.to_owned(),
+            address: address.clone(),
             since_ms: crate::clock::now_ms(),
         };
         self.db
@@ -174,7 +179,11 @@ impl FileIndex {
     }
 
     /// Forgets the copy of `file_id` at `address`: deleted, or wanted again.
-    pub async fn remove_discard(&self, file_id: &str, address: &str) -> Result<(), StorageError> {
+    pub async fn remove_discard(
+        &self,
+        file_id: &str,
+        address: &NodeAddress,
+    ) -> Result<(), StorageError> {
         self.db
             .write_durable(vec![(discard_key(file_id, address).into_bytes(), None)])
             .await
@@ -186,7 +195,7 @@ impl FileIndex {
     }
 }
 
-fn discard_key(file_id: &str, address: &str) -> String {
+fn discard_key(file_id: &str, address: &NodeAddress) -> String {
     format!("{DISCARD_PREFIX}{file_id}/{address}")
 }
 

@@ -271,7 +271,7 @@ async fn a_node_gossiping_a_forged_record_is_never_listed() {
         let record = PeerRecord {
             node_id: record_id.parse().expect("a node ID"),
             version: "9.9.9".to_owned(),
-            grpc_address: address.to_string(),
+            grpc_address: address.into(),
             http_address: "127.0.0.1:1".to_owned(),
             labels: Default::default(),
             plugins: Vec::new(),
