@@ -76,7 +76,8 @@ pub struct Mesh {
     heard: Arc<Mutex<HashMap<ChitchatId, (Heartbeat, u64)>>>,
     round_trips: Arc<transport::RoundTrips>,
     /// Every member's gRPC address as its newest believed record gives it, for callers that
-    /// cannot wait (refreshed every gossip interval).
+    /// cannot wait: noted whenever the members are read (for `GET /peers`, for targets and
+    /// providers, and for the peer book every 10 s), so never far behind.
     addresses: Arc<Mutex<HashMap<NodeId, NodeAddress>>>,
     /// Unheard of this long, a member still counted alive is shown as suspect.
     suspect_after_ms: u64,
@@ -211,7 +212,6 @@ impl Mesh {
                 _ = interval.tick() => {}
             }
             self.note_heartbeats().await;
-            self.note_addresses().await;
             let mut updates = Vec::new();
             let mut new_load = source.load();
             if new_load.load != load.load {
@@ -245,19 +245,6 @@ impl Mesh {
         if let Err(error) = self.handle.initiate_shutdown() {
             tracing::debug!(%error, "gossip was stopped already");
         }
-    }
-
-    async fn note_addresses(&self) {
-        let addresses = self
-            .believed()
-            .await
-            .into_iter()
-            .map(|member| (member.record.node_id, member.record.grpc_address))
-            .collect();
-        *self
-            .addresses
-            .lock()
-            .expect("address map lock is never poisoned") = addresses;
     }
 
     /// Where member `node` last said it listens (its gRPC address), without waiting.
@@ -415,6 +402,13 @@ impl Mesh {
                     .get(id)
                     .map(|(_, at)| *at),
             });
+        }
+        let mut addresses = self
+            .addresses
+            .lock()
+            .expect("address map lock is never poisoned");
+        for member in &members {
+            addresses.insert(member.record.node_id, member.record.grpc_address.clone());
         }
         members
     }
