@@ -77,6 +77,9 @@ pub struct TaskAnswer {
     pub output_base64: Option<String>,
     /// Name of the plugin that ran the task.
     pub plugin: String,
+    /// The node that ran it: its node ID, as its authenticated link proved (this node's own for
+    /// a task without `target`).
+    pub node: String,
 }
 
 /// `POST /file`: a small file to store, sent whole as base64.

@@ -18,6 +18,7 @@
 //! - [`connections`]: both listeners' connections, held within limits.
 //! - [`metrics`]: Prometheus metrics, served at `GET /metrics`.
 //! - [`peers`]: gRPC connections to other nodes.
+//! - [`scheduler`]: the requester's task flow: where a task runs, pay, call, settle.
 //! - [`mesh`]: membership by gossip (chitchat) and the nodes' signed records.
 //! - [`plugin`]: the plugin client, and the plugin process the node runs itself.
 //! - [`files`]: the owner's file flow: chunk, encrypt, spread; fetch, verify, decrypt; audits,
@@ -46,4 +47,5 @@ pub mod node;
 pub mod payments;
 pub mod peers;
 pub mod plugin;
+pub mod scheduler;
 pub mod storage;

@@ -495,7 +495,7 @@ async function runTask(event) {
     const ms = (performance.now() - started).toFixed(0);
     fill(
       result,
-      el("p", { class: "outcome-ok" }, `Succeeded on plugin ${answer.plugin} in ${ms} ms (task ${answer.id}).`),
+      el("p", { class: "outcome-ok" }, `Succeeded on plugin ${answer.plugin} of node ${shortId(answer.node)} in ${ms} ms (task ${answer.id}).`),
       answer.output !== undefined
         ? [el("h3", {}, "Output"), el("pre", { id: "task-output", tabindex: 0 }, answer.output)]
         : el("button", { type: "button", onclick: () =>

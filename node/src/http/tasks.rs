@@ -5,22 +5,16 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use sphere_proto::v1::RunTaskRequest;
 
 use super::extract::{JsonBody, address, base64_field, required, to_base64};
 use super::openapi::error_responses;
 use crate::api::{TaskAnswer, TaskRequest};
 use crate::context::NodeContext;
-use crate::error::{Error, ErrorCode};
-use crate::payments::payer::{Payment, Work};
-use crate::peers::Target;
+use crate::error::Error;
+use crate::scheduler::TaskSpec;
 
 /// The longest deadline a request may ask for (it is capped by `grpc.task_timeout_ms` anyway).
 const MAX_TIMEOUT_MS: u64 = 86_400_000;
-
-/// Extra time past the deadline before the requester stops waiting on its own; the gRPC channel
-/// enforces the deadline itself, this only guards against a call that never returns.
-const STUCK_CALL_MARGIN: Duration = Duration::from_millis(500);
 
 error_responses!(
     /// Errors of `POST /task`.
@@ -66,116 +60,27 @@ pub async fn run_task(
         None => context.task_timeout,
     };
 
-    let plugin = request.plugin.filter(|name| !name.is_empty());
-    let (output, plugin) = match address(request.target, "target")? {
-        None => {
-            context
-                .plugins
-                .run(plugin.as_deref(), task_id.clone(), input, Some(deadline))
-                .await?
-        }
-        Some(target) => {
-            let target = context.peers.resolve(&target).await?;
-            let mut task = RunTaskRequest {
-                task_id: task_id.clone(),
-                input,
-                plugin: plugin.clone().unwrap_or_default(),
-                voucher: None,
-            };
-            // A second try only after this node caught up with the target's count of the
-            // channel (its voucher was refused as too small).
-            let mut tries_left = 2;
-            loop {
-                tries_left -= 1;
-                let payment = match &context.payments {
-                    Some(payments) => {
-                        payments
-                            .payer
-                            .pay(&target, Work::Task(plugin.as_deref()))
-                            .await?
-                    }
-                    None => None,
-                };
-                task.voucher = payment.as_ref().map(Payment::voucher);
-                let outcome = run_on_target(&context, &target, task.clone(), deadline).await;
-                let caught_up = match payment {
-                    Some(payment) => payment.settle(&outcome).await,
-                    None => false,
-                };
-                if caught_up && tries_left > 0 {
-                    continue;
-                }
-                break outcome?;
-            }
-        }
-    };
-    let (output, output_base64) = match std::str::from_utf8(&output) {
+    let outcome = crate::scheduler::run(
+        &context,
+        TaskSpec {
+            id: task_id.clone(),
+            target: address(request.target, "target")?,
+            plugin: request.plugin.filter(|name| !name.is_empty()),
+            input,
+            deadline,
+        },
+    )
+    .await?;
+    let (output, output_base64) = match std::str::from_utf8(&outcome.output) {
         Ok(text) => (Some(text.to_owned()), None),
-        Err(_) => (None, Some(to_base64(&output))),
+        Err(_) => (None, Some(to_base64(&outcome.output))),
     };
     Ok(axum::Json(TaskAnswer {
         id: task_id,
         output,
         output_base64,
-        plugin,
+        plugin: outcome.plugin,
+        node: outcome.node.to_string(),
     })
     .into_response())
-}
-
-/// Runs `task` on `target` and records how it went in the metrics.
-async fn run_on_target(
-    context: &NodeContext,
-    target: &Target,
-    task: RunTaskRequest,
-    deadline: Duration,
-) -> Result<(Bytes, String), Error> {
-    let started = std::time::Instant::now();
-    let requested_plugin = task.plugin.clone();
-    let outcome = call_target(context, target, task, deadline).await;
-    let known_target = context
-        .files
-        .options()
-        .providers
-        .iter()
-        .any(|peer| peer == target.address());
-    let plugin = match &outcome {
-        Ok((_, plugin)) => plugin.as_str(),
-        Err(_) if requested_plugin.is_empty() => "default",
-        Err(_) => requested_plugin.as_str(),
-    };
-    crate::metrics::requested_task(
-        if known_target {
-            target.address().as_str()
-        } else {
-            "other"
-        },
-        plugin,
-        outcome
-            .as_ref()
-            .map_or_else(|error| error.code.as_str(), |_| "ok"),
-        started.elapsed(),
-    );
-    outcome
-}
-
-async fn call_target(
-    context: &NodeContext,
-    target: &Target,
-    task: RunTaskRequest,
-    deadline: Duration,
-) -> Result<(Bytes, String), Error> {
-    let mut client = context.peers.tasks(target);
-    let mut request = tonic::Request::new(task);
-    request.set_timeout(deadline);
-    match tokio::time::timeout(deadline + STUCK_CALL_MARGIN, client.run_task(request)).await {
-        Ok(Ok(response)) => {
-            let response = response.into_inner();
-            Ok((response.output, response.plugin))
-        }
-        Ok(Err(status)) => Err(Error::from_remote_status(&status, target)),
-        Err(_elapsed) => Err(Error::new(
-            ErrorCode::TargetTimeout,
-            format!("target {target} did not answer within {deadline:?}"),
-        )),
-    }
 }

@@ -19,6 +19,8 @@ async fn readme_task_flow_between_two_nodes() {
     assert_eq!(body["id"], "1");
     assert_eq!(body["output"], "world");
     assert_eq!(body["plugin"], "hello");
+    // The node that ran it, as the link to it proved.
+    assert_eq!(body["node"], target.node_id.as_str());
 
     let (status, body) = requester
         .post(
@@ -36,6 +38,7 @@ async fn task_without_target_runs_on_this_node_and_binary_travels_as_base64() {
     let (status, body) = node.post("/task", &json!({"input": "hello"})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["output"], "world");
+    assert_eq!(body["node"], node.node_id.as_str());
     assert!(
         body["id"].as_str().is_some_and(|id| !id.is_empty()),
         "{body}"

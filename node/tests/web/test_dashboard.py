@@ -120,6 +120,7 @@ def test_a_task_run_from_the_form_shows_its_output_and_a_failure_its_code(page, 
     page.get_by_label("Input text", exact=True).fill("on a peer")
     page.get_by_role("button", name="Run", exact=True).click()
     expect(page.locator("#task-output")).to_have_text("on a peer")
+    expect(page.locator("#task-result")).to_contain_text(f"of node {providers[0].node_id[:8]}")
     screenshot(page, "task")
 
     page.get_by_label("Plugin", exact=True).select_option("hello")
