@@ -194,29 +194,25 @@ async fn a_members_load_shows_the_tasks_it_runs_and_queues() {
         .collect();
 
     // One runs and two wait, as the worker's signed load tells the seed.
-    let load_of_slow =
-        || async { peer(&seed, &worker.node_id).await["load"]["plugins"]["slow"].clone() };
-    let busy = json!({"in_flight": 1, "queued": 2});
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while load_of_slow().await != busy {
-        assert!(
-            Instant::now() < deadline,
-            "load never shown: {}",
-            load_of_slow().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_load(&seed, &worker, json!({"in_flight": 1, "queued": 2})).await;
     for request in running {
         let response = request.await.expect("joined").expect("answered");
         assert_eq!(response.status(), 200);
     }
-    let idle = json!({"in_flight": 0, "queued": 0});
+    until_load(&seed, &worker, json!({"in_flight": 0, "queued": 0})).await;
+}
+
+/// Polls until `watcher` sees `worker`'s load of plugin `slow` as `expected`.
+async fn until_load(watcher: &TestNode, worker: &TestNode, expected: Value) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while load_of_slow().await != idle {
+    loop {
+        let load = peer(watcher, &worker.node_id).await["load"]["plugins"]["slow"].clone();
+        if load == expected {
+            return;
+        }
         assert!(
             Instant::now() < deadline,
-            "load never idle: {}",
-            load_of_slow().await
+            "load {load} never became {expected}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
