@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+pub use crate::config::Prices;
 pub use crate::error::ErrorCode;
 pub use crate::files::recovery::RecoveryReport;
-pub use crate::payments::Prices;
 pub use crate::payments::payer::ChannelPhase;
 pub use crate::plugin::limits::{Enforcement, LimitsApplied};
 pub use crate::plugin::registry::{PluginStatus, SlotHealth};

@@ -50,7 +50,7 @@ pub struct Config {
     /// requesters to choose by. Keys: lowercase letters, digits, `-` and `_`.
     pub labels: BTreeMap<String, String>,
     /// Payments through the Sphere payment contract; off by default.
-    pub payments: crate::payments::PaymentsConfig,
+    pub payments: PaymentsConfig,
 }
 
 /// The node-to-node gRPC server and the client this node uses to reach other nodes.
@@ -206,6 +206,73 @@ impl Default for MeshConfig {
     }
 }
 
+/// The payments settings (`payments.*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentsConfig {
+    /// Whether this node pays and gets paid. Off: no chain is needed.
+    pub enabled: bool,
+    /// JSON-RPC endpoint of the chain, for example `http://127.0.0.1:8545`.
+    pub rpc_url: Option<String>,
+    /// The chain's ID; the node refuses an endpoint serving another chain.
+    pub chain_id: Option<u64>,
+    /// Address of the payment contract (`sphere payments deploy` prints it).
+    pub contract: Option<String>,
+    /// What this node charges.
+    pub prices: Prices,
+    /// Length of one paid storage period, in seconds: an upload pays for the first period, a
+    /// renewal for each next one.
+    pub storage_period_seconds: u64,
+    /// Unredeemed wei on a channel that make the provider redeem at once.
+    pub redeem_threshold_wei: u64,
+    /// Longest time a received voucher waits before it is redeemed, in milliseconds.
+    pub redeem_interval_ms: u64,
+    /// How long a channel's state read from the chain is used for checking vouchers, in
+    /// milliseconds.
+    pub channel_cache_ms: u64,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            rpc_url: None,
+            chain_id: None,
+            contract: None,
+            prices: Prices::default(),
+            storage_period_seconds: 86_400,
+            redeem_threshold_wei: 10_000_000_000_000_000,
+            redeem_interval_ms: 3_600_000,
+            channel_cache_ms: 5_000,
+        }
+    }
+}
+
+/// What a provider charges, in wei.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Prices {
+    /// Price of one task on a plugin without a price of its own.
+    pub task_wei: u64,
+    /// Price of one task per plugin name.
+    pub task_wei_by_plugin: BTreeMap<String, u64>,
+    /// Price of storing one GiB for one day.
+    pub storage_gib_day_wei: u64,
+    /// Price of reading one GiB back.
+    pub read_gib_wei: u64,
+}
+
+impl Default for Prices {
+    fn default() -> Self {
+        Self {
+            task_wei: 1_000_000_000_000,
+            task_wei_by_plugin: BTreeMap::new(),
+            storage_gib_day_wei: 10_000_000_000_000,
+            read_gib_wei: 1_000_000_000_000,
+        }
+    }
+}
+
 /// Files this node stores on others and objects it stores for others.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -237,7 +304,7 @@ impl Default for Config {
             peers: Vec::new(),
             labels: BTreeMap::new(),
             mesh: MeshConfig::default(),
-            payments: crate::payments::PaymentsConfig::default(),
+            payments: PaymentsConfig::default(),
         }
     }
 }

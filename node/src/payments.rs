@@ -12,77 +12,20 @@ mod ledger;
 pub mod payee;
 pub mod payer;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
-use serde::{Deserialize, Serialize};
 use sphere_contracts::SpherePayments;
 
+pub use crate::config::{PaymentsConfig, Prices};
 use crate::identity::NodeIdentity;
 use crate::peers::Peers;
 use crate::storage::db::Db;
 use chain::Chain;
 use payee::Payee;
 use payer::Payer;
-
-/// The payments settings (`payments.*`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PaymentsConfig {
-    /// Whether this node pays and gets paid. Off: no chain is needed.
-    pub enabled: bool,
-    /// JSON-RPC endpoint of the chain, for example `http://127.0.0.1:8545`.
-    pub rpc_url: Option<String>,
-    /// The chain's ID; the node refuses an endpoint serving another chain.
-    pub chain_id: Option<u64>,
-    /// Address of the payment contract (`sphere payments deploy` prints it).
-    pub contract: Option<String>,
-    /// What this node charges.
-    pub prices: Prices,
-    /// Length of one paid storage period, in seconds: an upload pays for the first period, a
-    /// renewal for each next one.
-    pub storage_period_seconds: u64,
-    /// Unredeemed wei on a channel that make the provider redeem at once.
-    pub redeem_threshold_wei: u64,
-    /// Longest time a received voucher waits before it is redeemed, in milliseconds.
-    pub redeem_interval_ms: u64,
-    /// How long a channel's state read from the chain is used for checking vouchers, in
-    /// milliseconds.
-    pub channel_cache_ms: u64,
-}
-
-impl Default for PaymentsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            rpc_url: None,
-            chain_id: None,
-            contract: None,
-            prices: Prices::default(),
-            storage_period_seconds: 86_400,
-            redeem_threshold_wei: 10_000_000_000_000_000,
-            redeem_interval_ms: 3_600_000,
-            channel_cache_ms: 5_000,
-        }
-    }
-}
-
-/// What a provider charges, in wei.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(default, deny_unknown_fields)]
-pub struct Prices {
-    /// Price of one task on a plugin without a price of its own.
-    pub task_wei: u64,
-    /// Price of one task per plugin name.
-    pub task_wei_by_plugin: BTreeMap<String, u64>,
-    /// Price of storing one GiB for one day.
-    pub storage_gib_day_wei: u64,
-    /// Price of reading one GiB back.
-    pub read_gib_wei: u64,
-}
 
 impl Prices {
     /// The prices a peer's terms give, when every one fits in 64 bits (as this node's own
@@ -98,17 +41,6 @@ impl Prices {
             storage_gib_day_wei: terms.storage_gib_day_wei.parse().ok()?,
             read_gib_wei: terms.read_gib_wei.parse().ok()?,
         })
-    }
-}
-
-impl Default for Prices {
-    fn default() -> Self {
-        Self {
-            task_wei: 1_000_000_000_000,
-            task_wei_by_plugin: BTreeMap::new(),
-            storage_gib_day_wei: 10_000_000_000_000,
-            read_gib_wei: 1_000_000_000_000,
-        }
     }
 }
 
