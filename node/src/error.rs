@@ -296,57 +296,25 @@ impl Error {
         )
     }
 
-    /// Interprets a gRPC status received from `target`. A status carrying a
-    /// `sphere-error-code` comes from a Sphere node and keeps its code and message; any other
-    /// status means the call did not get through to a node's handler.
-    pub fn from_remote_status(status: &tonic::Status, target: impl std::fmt::Display) -> Self {
-        let remote_code = status
+    /// The error a Sphere node answered with, when `status` carries a `sphere-error-code`: its
+    /// code, message and details, as the node sent them. `None` for any other status (the call
+    /// did not get through to a node's handler; [`crate::peers::remote_error`] reads those).
+    pub fn from_node_status(status: &tonic::Status) -> Option<Self> {
+        let code = status
             .metadata()
             .get(ERROR_CODE_METADATA)
             .and_then(|value| value.to_str().ok())
-            .and_then(ErrorCode::parse);
-        if let Some(code) = remote_code {
-            let details = status
-                .metadata()
-                .get_bin(ERROR_DETAILS_METADATA)
-                .and_then(|value| value.to_bytes().ok())
-                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-            return Self {
-                code,
-                message: status.message().to_owned(),
-                details,
-            };
-        }
-        if let Some(link_error) = link_error(status) {
-            let code = match link_error {
-                crate::link::LinkError::Impostor { .. } => ErrorCode::TargetMismatch,
-                _ => ErrorCode::TargetUnreachable,
-            };
-            return Self::new(code, format!("target {target}: {link_error}"));
-        }
-        match status.code() {
-            code if is_timeout(status) || code == tonic::Code::DeadlineExceeded => Self::new(
-                ErrorCode::TargetTimeout,
-                format!("target {target} did not answer in time"),
-            ),
-            // Refused or broken connections: tonic reports them as UNAVAILABLE, or as CANCELLED
-            // or UNKNOWN carrying the transport error that caused them.
-            tonic::Code::Unavailable | tonic::Code::Cancelled => Self::new(
-                ErrorCode::TargetUnreachable,
-                format!("target {target} is unreachable: {}", with_causes(status)),
-            ),
-            tonic::Code::Unknown if std::error::Error::source(status).is_some() => Self::new(
-                ErrorCode::TargetUnreachable,
-                format!(
-                    "the connection to target {target} broke: {}",
-                    with_causes(status)
-                ),
-            ),
-            other => Self::new(
-                ErrorCode::TargetError,
-                format!("target {target} answered {other:?}: {}", status.message()),
-            ),
-        }
+            .and_then(ErrorCode::parse)?;
+        let details = status
+            .metadata()
+            .get_bin(ERROR_DETAILS_METADATA)
+            .and_then(|value| value.to_bytes().ok())
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        Some(Self {
+            code,
+            message: status.message().to_owned(),
+            details,
+        })
     }
 }
 
@@ -355,33 +323,6 @@ impl Error {
 pub fn is_timeout(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Cancelled
         && status.message() == tonic::TimeoutExpired(()).to_string()
-}
-
-/// Returns a status's message followed by the chain of errors that caused it.
-/// The link failure behind a status, when the call never got a link to the node.
-fn link_error(status: &tonic::Status) -> Option<&crate::link::LinkError> {
-    let mut cause = std::error::Error::source(status);
-    while let Some(error) = cause {
-        if let Some(link_error) = error.downcast_ref::<crate::link::LinkError>() {
-            return Some(link_error);
-        }
-        cause = error.source();
-    }
-    None
-}
-
-fn with_causes(status: &tonic::Status) -> String {
-    let mut text = status.message().to_owned();
-    let mut cause = std::error::Error::source(status);
-    while let Some(error) = cause {
-        let message = error.to_string();
-        if !text.contains(&message) {
-            text.push_str(": ");
-            text.push_str(&message);
-        }
-        cause = error.source();
-    }
-    text
 }
 
 impl From<Error> for tonic::Status {
@@ -453,7 +394,10 @@ mod tests {
         let original = Error::new(ErrorCode::PluginTimeout, "plugin took too long");
         let status = tonic::Status::from(original.clone());
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
-        assert_eq!(Error::from_remote_status(&status, "t"), original);
+        assert_eq!(
+            Error::from_node_status(&status).expect("a node's error"),
+            original
+        );
     }
 
     #[test]
@@ -461,30 +405,9 @@ mod tests {
         let original = Error::new(ErrorCode::PluginNotFound, "no plugin named x")
             .with_details(serde_json::json!({"plugins": ["hello", "wörd"]}));
         let status = tonic::Status::from(original.clone());
-        assert_eq!(Error::from_remote_status(&status, "t"), original);
-    }
-
-    #[test]
-    fn plain_transport_statuses_blame_the_target() {
-        let unreachable = tonic::Status::unavailable("connection refused");
         assert_eq!(
-            Error::from_remote_status(&unreachable, "t").code,
-            ErrorCode::TargetUnreachable
-        );
-        let late = tonic::Status::deadline_exceeded("timeout");
-        assert_eq!(
-            Error::from_remote_status(&late, "t").code,
-            ErrorCode::TargetTimeout
-        );
-        let expired = tonic::Status::cancelled(tonic::TimeoutExpired(()).to_string());
-        assert_eq!(
-            Error::from_remote_status(&expired, "t").code,
-            ErrorCode::TargetTimeout
-        );
-        let broken = tonic::Status::cancelled("connection closed");
-        assert_eq!(
-            Error::from_remote_status(&broken, "t").code,
-            ErrorCode::TargetUnreachable
+            Error::from_node_status(&status).expect("a node's error"),
+            original
         );
     }
 }

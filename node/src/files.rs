@@ -360,7 +360,9 @@ impl Files {
                     ))));
                 }
                 Err(status) => {
-                    return Err(ReadStop::Failed(Error::from_remote_status(&status, source)));
+                    return Err(ReadStop::Failed(crate::peers::remote_error(
+                        &status, source,
+                    )));
                 }
             };
             let index = *next;
@@ -466,7 +468,7 @@ impl Files {
             .storage(provider)
             .get_capacity(request)
             .await
-            .map_err(|status| Error::from_remote_status(&status, provider))?
+            .map_err(|status| crate::peers::remote_error(&status, provider))?
             .into_inner();
         Ok(capacity.capacity_bytes.saturating_sub(capacity.used_bytes))
     }
@@ -531,7 +533,7 @@ impl Files {
             Some(Ok(payment)) => Some(payment),
             None => None,
         };
-        let response = response.map_err(|status| Error::from_remote_status(&status, target));
+        let response = response.map_err(|status| crate::peers::remote_error(&status, target));
         settle(payment, &response).await;
         let response = response?.into_inner();
         let mut replica = Replica::new(target.address().to_owned(), response.provider_id);
@@ -568,7 +570,7 @@ impl Files {
             .storage(source)
             .get_object(request)
             .await
-            .map_err(|status| Error::from_remote_status(&status, source))?
+            .map_err(|status| crate::peers::remote_error(&status, source))?
             .into_inner();
         Ok((stream, payment))
     }
@@ -597,7 +599,7 @@ impl Files {
                 .storage(target)
                 .renew_object(request)
                 .await
-                .map_err(|status| Error::from_remote_status(&status, target)),
+                .map_err(|status| crate::peers::remote_error(&status, target)),
             Err(error) => Err(error),
         };
         settle(payment, &response).await;
@@ -650,7 +652,7 @@ impl Files {
             match self.peers.storage(target).delete_object(request).await {
                 Ok(_) => {}
                 Err(status) => {
-                    let error = Error::from_remote_status(&status, target);
+                    let error = crate::peers::remote_error(&status, target);
                     if error.code != ErrorCode::FileNotFound {
                         return Err(error);
                     }

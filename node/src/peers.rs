@@ -20,7 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 pub use crate::address::NodeAddress;
 use crate::error::{Error, ErrorCode};
 use crate::identity::NodeId;
-use crate::link::LinkKeys;
+use crate::link::{LinkError, LinkKeys};
 use crate::mesh::Mesh;
 
 /// How often an idle connection to a peer is checked, and how long an answer may take.
@@ -207,7 +207,7 @@ impl Peers {
             .node(target)
             .get_info(request)
             .await
-            .map_err(|status| Error::from_remote_status(&status, target))?
+            .map_err(|status| remote_error(&status, target))?
             .into_inner();
         Ok(info)
     }
@@ -243,6 +243,75 @@ impl Peers {
     }
 }
 
+/// Interprets a gRPC status received from `target`. A status carrying a `sphere-error-code`
+/// comes from a Sphere node and keeps its code and message; any other status means the call did
+/// not get through to a node's handler: no link (an impostor is `target_mismatch`), no answer in
+/// time, or a broken connection.
+pub fn remote_error(status: &tonic::Status, target: impl std::fmt::Display) -> Error {
+    if let Some(error) = Error::from_node_status(status) {
+        return error;
+    }
+    if let Some(link_error) = link_error(status) {
+        let code = match link_error {
+            LinkError::Impostor { .. } => ErrorCode::TargetMismatch,
+            _ => ErrorCode::TargetUnreachable,
+        };
+        return Error::new(code, format!("target {target}: {link_error}"));
+    }
+    match status.code() {
+        code if crate::error::is_timeout(status) || code == tonic::Code::DeadlineExceeded => {
+            Error::new(
+                ErrorCode::TargetTimeout,
+                format!("target {target} did not answer in time"),
+            )
+        }
+        // Refused or broken connections: tonic reports them as UNAVAILABLE, or as CANCELLED or
+        // UNKNOWN carrying the transport error that caused them.
+        tonic::Code::Unavailable | tonic::Code::Cancelled => Error::new(
+            ErrorCode::TargetUnreachable,
+            format!("target {target} is unreachable: {}", with_causes(status)),
+        ),
+        tonic::Code::Unknown if std::error::Error::source(status).is_some() => Error::new(
+            ErrorCode::TargetUnreachable,
+            format!(
+                "the connection to target {target} broke: {}",
+                with_causes(status)
+            ),
+        ),
+        other => Error::new(
+            ErrorCode::TargetError,
+            format!("target {target} answered {other:?}: {}", status.message()),
+        ),
+    }
+}
+
+/// The link failure behind a status, when the call never got a link to the node.
+fn link_error(status: &tonic::Status) -> Option<&LinkError> {
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if let Some(link_error) = error.downcast_ref::<LinkError>() {
+            return Some(link_error);
+        }
+        cause = error.source();
+    }
+    None
+}
+
+/// Returns a status's message followed by the chain of errors that caused it.
+fn with_causes(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        let message = error.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        cause = error.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +338,23 @@ mod tests {
         ] {
             assert!(bad.parse::<Target>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn plain_transport_statuses_blame_the_target() {
+        let unreachable = tonic::Status::unavailable("connection refused");
+        assert_eq!(
+            remote_error(&unreachable, "t").code,
+            ErrorCode::TargetUnreachable
+        );
+        let late = tonic::Status::deadline_exceeded("timeout");
+        assert_eq!(remote_error(&late, "t").code, ErrorCode::TargetTimeout);
+        let expired = tonic::Status::cancelled(tonic::TimeoutExpired(()).to_string());
+        assert_eq!(remote_error(&expired, "t").code, ErrorCode::TargetTimeout);
+        let broken = tonic::Status::cancelled("connection closed");
+        assert_eq!(
+            remote_error(&broken, "t").code,
+            ErrorCode::TargetUnreachable
+        );
     }
 }

@@ -155,7 +155,7 @@ async fn call_target(
             let response = response.into_inner();
             Ok((response.output, response.plugin))
         }
-        Ok(Err(status)) => Err(Error::from_remote_status(&status, target)),
+        Ok(Err(status)) => Err(crate::peers::remote_error(&status, target)),
         Err(_elapsed) => Err(Error::new(
             ErrorCode::TargetTimeout,
             format!("target {target} did not answer within {deadline:?}"),

@@ -178,7 +178,7 @@ impl Files {
             .storage(&target)
             .audit_object(request)
             .await
-            .map_err(|status| Error::from_remote_status(&status, &target))?
+            .map_err(|status| crate::peers::remote_error(&status, &target))?
             .into_inner();
         let proof: Option<Vec<[u8; 32]>> = answer
             .proof
@@ -357,7 +357,7 @@ impl Files {
                             "the source sent too few chunks",
                         ));
                     }
-                    Err(status) => return Err(Error::from_remote_status(&status, &source_name)),
+                    Err(status) => return Err(crate::peers::remote_error(&status, &source_name)),
                 };
                 let checked = chunk.clone();
                 let actual = tokio::task::spawn_blocking(move || ChunkHash::of(&checked))

@@ -106,7 +106,7 @@ impl Files {
                 ListObjectsRequest { auth: None },
             ))
             .await
-            .map_err(|status| Error::from_remote_status(&status, provider))?
+            .map_err(|status| crate::peers::remote_error(&status, provider))?
             .into_inner();
         let manifests_stored: Vec<(&str, u64)> = listing
             .objects
@@ -150,7 +150,7 @@ impl Files {
         let sealed = stream
             .message()
             .await
-            .map_err(|status| Error::from_remote_status(&status, provider))?
+            .map_err(|status| crate::peers::remote_error(&status, provider))?
             .ok_or_else(|| {
                 Error::new(
                     crate::error::ErrorCode::IntegrityError,

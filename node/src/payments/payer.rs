@@ -288,7 +288,7 @@ impl Payer {
             .node(target)
             .get_info(GetInfoRequest {})
             .await
-            .map_err(|status| Error::from_remote_status(&status, target))?
+            .map_err(|status| crate::peers::remote_error(&status, target))?
             .into_inner();
         let info = Arc::new(info);
         self.inner
