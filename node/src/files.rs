@@ -243,15 +243,12 @@ impl Files {
 
     /// The provider of `replica`, which must prove it is the node that acknowledged the copy:
     /// where the mesh last saw that node, else where it took the copy.
-    pub(crate) fn replica_target(&self, replica: &Replica) -> Result<Target, Error> {
+    pub(crate) fn replica_target(&self, replica: &Replica) -> Target {
         let Ok(node) = replica.provider_id.parse() else {
-            return Ok(Target::anyone_at(replica.address.clone()));
+            return Target::anyone_at(replica.address.clone());
         };
         let moved = self.peers.mesh().and_then(|mesh| mesh.address_of(node));
-        Ok(Target::node_at(
-            node,
-            moved.unwrap_or_else(|| replica.address.clone()),
-        ))
+        Target::node_at(node, moved.unwrap_or_else(|| replica.address.clone()))
     }
 
     /// Deletes file `id` from every replica, then its record. A replica that cannot be reached
@@ -260,7 +257,7 @@ impl Files {
         let _guard = self.record_lock.lock().await;
         let record = self.record(id).await?;
         for replica in &record.replicas {
-            self.delete_objects(&self.replica_target(replica)?, id)
+            self.delete_objects(&self.replica_target(replica), id)
                 .await?;
         }
         self.index.remove(id).await?;
@@ -285,12 +282,12 @@ impl Files {
                 .iter()
                 .find(|replica| &replica.address == preferred.address());
             sources.push(match (preferred.node(), replica) {
-                (None, Some(replica)) => self.replica_target(replica)?,
+                (None, Some(replica)) => self.replica_target(replica),
                 _ => preferred,
             });
         }
         for replica in &replicas {
-            let target = self.replica_target(replica)?;
+            let target = self.replica_target(replica);
             if !sources
                 .iter()
                 .any(|source| source.address() == target.address())

@@ -22,8 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::address::NodeAddress;
 use crate::api::{
-    PeerAddresses, PeerCapacity, PeerInfo, PeerLoad, PeerPlugin, PeerSource, PeerState, PluginLoad,
-    Prices,
+    PeerAddresses, PeerCapacity, PeerInfo, PeerLoad, PeerSource, PeerState, PluginLoad, Prices,
 };
 use crate::config::MeshConfig;
 use crate::identity::{NodeId, NodeIdentity};
@@ -165,8 +164,7 @@ impl Mesh {
             .saturating_sub(options.config.gossip_interval_ms)
             .max(2 * options.config.gossip_interval_ms);
         let source = RecordSource::new(identity, options, plugins, objects);
-        let record = source.record();
-        let load = source.load();
+        let (record, load) = source.current();
         let round_trips = Arc::new(transport::RoundTrips::default());
         let handle = chitchat::spawn_chitchat(
             config,
@@ -213,13 +211,12 @@ impl Mesh {
             }
             self.note_heartbeats().await;
             let mut updates = Vec::new();
-            let mut new_load = source.load();
+            let (mut new_record, mut new_load) = source.current();
             if new_load.load != load.load {
                 new_load.seq = new_load.seq.max(load.seq + 1);
                 updates.push((LOAD_KEY, new_load.sign(&source.identity)));
                 load = new_load;
             }
-            let mut new_record = source.record();
             let unchanged = PeerRecord {
                 seq: record.seq,
                 expires_at_ms: record.expires_at_ms,
@@ -430,11 +427,7 @@ impl Mesh {
         let last_seen_ms = member
             .last_heard_ms
             .map(|at| crate::clock::now_ms().saturating_sub(at));
-        let state = match (member.alive, last_seen_ms) {
-            (false, _) => PeerState::Dead,
-            (true, Some(silent)) if silent > self.suspect_after_ms => PeerState::Suspect,
-            (true, _) => PeerState::Alive,
-        };
+        let state = peer_state(member.alive, last_seen_ms, self.suspect_after_ms);
         let record = member.record;
         PeerInfo {
             id: Some(record.node_id.to_string()),
@@ -456,6 +449,16 @@ impl Mesh {
             rtt_ms: self.round_trips.rtt_ms(member.gossip_address),
             error: None,
         }
+    }
+}
+
+/// Where a member stands: dead when the failure detector says so, suspect when still counted
+/// alive but unheard of for longer than `suspect_after_ms`.
+fn peer_state(alive: bool, last_seen_ms: Option<u64>, suspect_after_ms: u64) -> PeerState {
+    match (alive, last_seen_ms) {
+        (false, _) => PeerState::Dead,
+        (true, Some(silent)) if silent > suspect_after_ms => PeerState::Suspect,
+        (true, _) => PeerState::Alive,
     }
 }
 
@@ -499,29 +502,36 @@ impl RecordSource {
         }
     }
 
-    fn record(&self) -> PeerRecord {
+    /// This node's record and load as they are now.
+    fn current(&self) -> (PeerRecord, LoadRecord) {
         let now = crate::clock::now_ms();
+        let statuses = self.plugins.statuses();
+        let load = LoadRecord {
+            node_id: self.identity.id(),
+            seq: now,
+            load: PeerLoad {
+                plugins: statuses
+                    .iter()
+                    .map(|plugin| {
+                        let load = PluginLoad {
+                            in_flight: plugin.in_flight,
+                            queued: plugin.queued,
+                        };
+                        (plugin.name.clone(), load)
+                    })
+                    .collect(),
+            },
+        };
         let (capacity_bytes, used_bytes) = self.objects.capacity();
-        PeerRecord {
+        let record = PeerRecord {
             node_id: self.identity.id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             grpc_address: self.options.advertise.into(),
             http_address: self.options.http_address.to_string(),
             labels: self.options.labels.clone(),
-            plugins: self
-                .plugins
-                .statuses()
+            plugins: statuses
                 .into_iter()
-                .map(|plugin| PeerPlugin {
-                    serving: plugin.health == crate::plugin::registry::SlotHealth::Serving,
-                    name: plugin.name,
-                    version: plugin.version.unwrap_or_default(),
-                    description: plugin.description.unwrap_or_default(),
-                    input_content_type: plugin.input_content_type.unwrap_or_default(),
-                    output_content_type: plugin.output_content_type.unwrap_or_default(),
-                    deterministic: plugin.deterministic,
-                    idempotent: plugin.idempotent,
-                })
+                .map(|status| record::peer_plugin(status.into()))
                 .collect(),
             prices: self.options.prices.clone(),
             capacity: PeerCapacity {
@@ -532,28 +542,8 @@ impl RecordSource {
             },
             seq: now,
             expires_at_ms: now + RECORD_TTL.as_millis() as u64,
-        }
-    }
-
-    fn load(&self) -> LoadRecord {
-        LoadRecord {
-            node_id: self.identity.id(),
-            seq: crate::clock::now_ms(),
-            load: PeerLoad {
-                plugins: self
-                    .plugins
-                    .statuses()
-                    .into_iter()
-                    .map(|plugin| {
-                        let load = PluginLoad {
-                            in_flight: plugin.in_flight,
-                            queued: plugin.queued,
-                        };
-                        (plugin.name, load)
-                    })
-                    .collect(),
-            },
-        }
+        };
+        (record, load)
     }
 }
 
@@ -563,4 +553,17 @@ fn machine_memory_bytes() -> Option<u64> {
     let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_member_unheard_of_too_long_is_suspect_and_a_dead_one_dead() {
+        assert_eq!(peer_state(true, Some(100), 4_000), PeerState::Alive);
+        assert_eq!(peer_state(true, None, 4_000), PeerState::Alive);
+        assert_eq!(peer_state(true, Some(4_001), 4_000), PeerState::Suspect);
+        assert_eq!(peer_state(false, Some(100), 4_000), PeerState::Dead);
+    }
 }

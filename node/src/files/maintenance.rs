@@ -123,7 +123,7 @@ impl Files {
             return None;
         };
         let renewed = async {
-            let target = self.replica_target(replica)?;
+            let target = self.replica_target(replica);
             let info = payer.target_info(&target).await?;
             let Some(terms) = &info.payment_terms else {
                 return Ok(None);
@@ -171,7 +171,7 @@ impl Files {
             chunk_index: chunk_index as u64,
             segment_index: segment_index as u64,
         };
-        let target = self.replica_target(replica)?;
+        let target = self.replica_target(replica);
         let request = self.signed_for(&target, request).await?;
         let answer = self
             .peers
@@ -253,13 +253,7 @@ impl Files {
             .map(|replica| &replica.address)
             .chain(&discarding)
             .collect();
-        let source_target = match self.replica_target(source) {
-            Ok(target) => target,
-            Err(error) => {
-                tracing::error!(file_id, %error, "the healthy replica's record is unusable");
-                return;
-            }
-        };
+        let source_target = self.replica_target(source);
         // Never two copies on one node, whatever address it is known by.
         let holder_ids: Vec<NodeId> = record
             .replicas
@@ -324,12 +318,8 @@ impl Files {
         }
         for replica in dropped_replicas {
             // The lost provider may be gone or damaged; removing its copy is a courtesy.
-            match self.replica_target(replica) {
-                Ok(target) => self.discard_copy(&target, file_id).await,
-                Err(error) => {
-                    tracing::warn!(file_id, %error, "a lost replica's record is unusable")
-                }
-            }
+            self.discard_copy(&self.replica_target(replica), file_id)
+                .await;
         }
     }
 

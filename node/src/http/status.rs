@@ -9,12 +9,13 @@ use axum::response::{IntoResponse, Response};
 use super::openapi::{CommonErrors, error_responses};
 use crate::address::NodeAddress;
 use crate::api::{
-    HealthAnswer, NodeAnswer, NodeHealth, PeerAddresses, PeerInfo, PeerList, PeerPlugin,
-    PeerSource, PeerState, PluginHealth, PluginList, Prices,
+    HealthAnswer, NodeAnswer, NodeHealth, PeerAddresses, PeerInfo, PeerList, PeerSource, PeerState,
+    PluginHealth, PluginList, Prices,
 };
 use crate::context::NodeContext;
 use crate::error::{Error, ErrorCode};
 use crate::identity::NodeId;
+use crate::mesh::record::peer_plugin;
 use crate::peers::Target;
 use crate::plugin::registry::SlotHealth;
 
@@ -129,31 +130,48 @@ pub async fn peer(
         .parse()
         .map_err(|error| Error::invalid_field("id", error))?;
     let wanted = node.to_string();
-    known_peers(&context)
-        .await
-        .into_iter()
-        .find(|peer| peer.id.as_deref() == Some(wanted.as_str()))
+    let is_wanted = |peer: &PeerInfo| peer.id.as_deref() == Some(wanted.as_str());
+    let members = members(&context).await;
+    // Configured peers outside the mesh are asked only when no member is the node.
+    let found = match members.iter().position(is_wanted) {
+        Some(index) => members.into_iter().nth(index),
+        None => ask_outside(&context, &members)
+            .await
+            .into_iter()
+            .find(is_wanted),
+    };
+    found
         .map(axum::Json)
         .ok_or_else(|| Error::new(ErrorCode::PeerNotFound, format!("no peer is node {node}")))
 }
 
-async fn known_peers(context: &NodeContext) -> Vec<PeerInfo> {
-    let mut peers = match &context.mesh {
+async fn members(context: &NodeContext) -> Vec<PeerInfo> {
+    match &context.mesh {
         Some(mesh) => mesh.members().await,
         None => Vec::new(),
-    };
+    }
+}
+
+async fn known_peers(context: &NodeContext) -> Vec<PeerInfo> {
+    let mut peers = members(context).await;
+    let outside = ask_outside(context, &peers).await;
+    peers.extend(outside);
+    peers
+}
+
+/// Asks the configured peers that are not among `members` who they are.
+async fn ask_outside(context: &NodeContext, members: &[PeerInfo]) -> Vec<PeerInfo> {
     let outside: Vec<&NodeAddress> = context
         .files
         .options()
         .providers
         .iter()
-        .filter(|address| !peers.iter().any(|peer| **address == *peer.addresses.grpc))
+        .filter(|address| !members.iter().any(|peer| **address == *peer.addresses.grpc))
         .collect();
     let asks = outside
         .into_iter()
         .map(|address| ask_peer(context, address));
-    peers.extend(futures_util::future::join_all(asks).await);
-    peers
+    futures_util::future::join_all(asks).await
 }
 
 async fn ask_peer(context: &NodeContext, address: &NodeAddress) -> PeerInfo {
@@ -194,20 +212,7 @@ async fn ask_peer(context: &NodeContext, address: &NodeAddress) -> PeerInfo {
             peer.state = PeerState::Alive;
             peer.id = Some(node.to_string());
             peer.version = Some(info.version);
-            peer.plugins = info
-                .plugins
-                .into_iter()
-                .map(|plugin| PeerPlugin {
-                    name: plugin.name,
-                    version: plugin.version,
-                    description: plugin.description,
-                    input_content_type: plugin.input_content_type,
-                    output_content_type: plugin.output_content_type,
-                    deterministic: plugin.deterministic,
-                    idempotent: plugin.idempotent,
-                    serving: plugin.serving,
-                })
-                .collect();
+            peer.plugins = info.plugins.into_iter().map(peer_plugin).collect();
             peer.payments = Some(info.payment_terms.is_some());
             peer.prices = info.payment_terms.as_ref().and_then(Prices::from_terms);
             peer.last_seen_ms = Some(0);

@@ -13,6 +13,7 @@ use alloy_primitives::Signature;
 use alloy_signer::SignerSync;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use sphere_proto::v1::PluginSummary;
 
 use crate::address::NodeAddress;
 use crate::api::{PeerCapacity, PeerLoad, PeerPlugin, Prices};
@@ -49,6 +50,21 @@ pub struct PeerRecord {
     pub seq: u64,
     /// After this (milliseconds since the epoch) the record is not believed.
     pub expires_at_ms: u64,
+}
+
+/// A plugin as peers see it, from what its node says of it (`NodeService.GetInfo`, or this
+/// node's own plugins for its record).
+pub fn peer_plugin(summary: PluginSummary) -> PeerPlugin {
+    PeerPlugin {
+        name: summary.name,
+        version: summary.version,
+        description: summary.description,
+        input_content_type: summary.input_content_type,
+        output_content_type: summary.output_content_type,
+        deterministic: summary.deterministic,
+        idempotent: summary.idempotent,
+        serving: summary.serving,
+    }
 }
 
 /// How busy a node is, published apart from its record so the record is not re-signed and

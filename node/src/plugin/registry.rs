@@ -85,6 +85,22 @@ pub struct PluginStatus {
     pub failed: u64,
 }
 
+impl From<PluginStatus> for PluginSummary {
+    fn from(status: PluginStatus) -> Self {
+        Self {
+            serving: status.health == SlotHealth::Serving,
+            name: status.name,
+            version: status.version.unwrap_or_default(),
+            description: status.description.unwrap_or_default(),
+            input_content_type: status.input_content_type.unwrap_or_default(),
+            output_content_type: status.output_content_type.unwrap_or_default(),
+            is_default: status.default,
+            deterministic: status.deterministic,
+            idempotent: status.idempotent,
+        }
+    }
+}
+
 /// The plugins of a node. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Plugins {
@@ -167,17 +183,7 @@ impl Plugins {
     pub fn summaries(&self) -> Vec<PluginSummary> {
         self.statuses()
             .into_iter()
-            .map(|status| PluginSummary {
-                name: status.name,
-                version: status.version.unwrap_or_default(),
-                description: status.description.unwrap_or_default(),
-                input_content_type: status.input_content_type.unwrap_or_default(),
-                output_content_type: status.output_content_type.unwrap_or_default(),
-                serving: status.health == SlotHealth::Serving,
-                is_default: status.default,
-                deterministic: status.deterministic,
-                idempotent: status.idempotent,
-            })
+            .map(PluginSummary::from)
             .collect()
     }
 

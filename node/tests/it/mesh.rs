@@ -105,7 +105,9 @@ async fn ten_members_that_know_one_find_all_see_a_killed_one_dead_and_alive_agai
         json!({"in_flight": 0, "queued": 0})
     );
     assert!(
-        seed_entry["last_seen_ms"].as_u64() < Some(5_000),
+        seed_entry["last_seen_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms < 5_000),
         "{seed_entry}"
     );
     // Round trips are timed from gossip rounds with the seed, which come every few seconds.
@@ -216,6 +218,24 @@ async fn until_load(watcher: &TestNode, worker: &TestNode, expected: Value) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn a_configured_peer_outside_the_mesh_is_asked_who_it_is() {
+    let other = TestNode::start();
+    let node = TestNode::start_with(NodeOptions {
+        config: Some(json!({"mesh": {"enabled": false}, "peers": [other.target()]})),
+        ..NodeOptions::default()
+    });
+    let listed = peer(&node, &other.node_id).await;
+    assert_eq!(
+        (&listed["source"], &listed["state"]),
+        (&json!("configured"), &json!("alive")),
+        "{listed}"
+    );
+    assert_eq!(listed["addresses"]["grpc"], other.target().as_str());
+    assert_eq!(listed["plugins"][0]["name"], "hello", "{listed}");
+    assert!(listed["rtt_ms"].is_f64(), "{listed}");
 }
 
 #[tokio::test]
@@ -422,13 +442,8 @@ async fn targets_by_node_id_reach_that_node_and_an_impostor_at_its_address_is_re
     let mut expected = vec![genuine.node_id.as_str(), other.node_id.as_str()];
     expected.sort_unstable();
     assert_eq!(holders, expected);
-    let (status, read) = seed
-        .call(
-            reqwest::Method::GET,
-            &format!("/file/{}", stored["id"].as_str().expect("id")),
-            "",
-        )
-        .await;
+    let read_path = format!("/file/{}", stored["id"].as_str().expect("id"));
+    let (status, read) = seed.call(reqwest::Method::GET, &read_path, "").await;
     assert_eq!(
         (status, &read["data"]),
         (200, &json!(base64(b"kept by one node"))),
@@ -444,13 +459,7 @@ async fn targets_by_node_id_reach_that_node_and_an_impostor_at_its_address_is_re
         grpc_listen: Some(address),
         ..NodeOptions::default()
     });
-    let (status, read) = seed
-        .call(
-            reqwest::Method::GET,
-            &format!("/file/{}", stored["id"].as_str().expect("id")),
-            "",
-        )
-        .await;
+    let (status, read) = seed.call(reqwest::Method::GET, &read_path, "").await;
     assert_eq!(
         (status, &read["error"]["code"]),
         (502, &json!("target_mismatch")),
