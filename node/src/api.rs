@@ -42,10 +42,10 @@ pub struct ErrorDetail {
 /// `POST /task`: a task to run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct TaskRequest {
-    /// gRPC address (`host:port`) of the node to run the task on; this node when absent.
+    /// Where to run the task: a node, or what the node must offer. Absent: this node when it
+    /// serves the plugin, else the node the scheduler chooses among the mesh's members.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1)]
-    pub target: Option<String>,
+    pub target: Option<TaskTarget>,
     /// Name of the plugin to run the task; the target's default plugin when absent or empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
@@ -62,6 +62,54 @@ pub struct TaskRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 86_400_000)]
     pub timeout_ms: Option<u64>,
+}
+
+/// Where a task runs: a node the requester names, or what the node must offer.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TaskTarget {
+    /// A node's gRPC address (`host:port`), its node ID (`0x…`, found through the mesh), or both
+    /// (`0xID@host:port`: only that node may answer there).
+    Node(String),
+    /// What the node must offer; the scheduler chooses among the nodes that do, and tries the
+    /// next when one fails before running the task.
+    Selector(TargetSelector),
+}
+
+impl<'de> Deserialize<'de> for TaskTarget {
+    // By hand rather than `untagged`, whose error ("did not match any variant") says nothing.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(text) => Ok(Self::Node(text)),
+            selector @ serde_json::Value::Object(_) => TargetSelector::deserialize(selector)
+                .map(Self::Selector)
+                .map_err(D::Error::custom),
+            _ => Err(D::Error::custom(
+                "expected a node (\"host:port\" or \"0x…\") or a selector object",
+            )),
+        }
+    }
+}
+
+/// What the node that runs a task must offer. Every field is optional; `{}` lets the scheduler
+/// choose among every node that serves the plugin.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSelector {
+    /// Labels the node must carry, each with this value (`{"region": "eu"}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The most to pay for the task, in wei (a decimal string); nodes that charge more are
+    /// refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_price_wei: Option<String>,
+    /// Node IDs (`0x…`) never to use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// Versions of the plugin that will do, as a semver requirement (`"^1.2"`, `"=1.0.3"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_version: Option<String>,
 }
 
 /// `POST /task`: a finished task.
@@ -415,6 +463,15 @@ pub struct PeerPlugin {
     pub idempotent: bool,
     /// Whether it takes tasks now.
     pub serving: bool,
+    /// Whether it runs the tasks that name no plugin.
+    #[serde(default)]
+    pub default: bool,
+    /// Most tasks it runs at once (0: not said).
+    #[serde(default)]
+    pub max_concurrency: u32,
+    /// Most tasks it keeps waiting beyond those (0: not said, or none).
+    #[serde(default)]
+    pub queue_size: u32,
 }
 
 /// What a peer offers.

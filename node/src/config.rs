@@ -262,6 +262,16 @@ pub struct Prices {
     pub read_gib_wei: u64,
 }
 
+impl Prices {
+    /// Price of one task on `plugin`.
+    pub fn task_wei_on(&self, plugin: &str) -> u64 {
+        *self
+            .task_wei_by_plugin
+            .get(plugin)
+            .unwrap_or(&self.task_wei)
+    }
+}
+
 impl Default for Prices {
     fn default() -> Self {
         Self {

@@ -46,4 +46,6 @@ pub struct NodeContext {
     pub labels: BTreeMap<String, String>,
     /// Membership in the mesh, when `mesh.enabled`.
     pub mesh: Option<crate::mesh::Mesh>,
+    /// How the nodes this node sent tasks to are doing, for the scheduler.
+    pub standings: crate::scheduler::Standings,
 }

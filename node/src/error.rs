@@ -66,6 +66,9 @@ pub enum ErrorCode {
     ChannelStateConflict,
     /// Fewer providers are available than the file needs.
     NotEnoughProviders,
+    /// No node fits the task (none serves the plugin, matches the selector, or has room) within
+    /// its deadline; the details list every candidate and why it was refused.
+    NoCapableNode,
     /// The target node could not be reached.
     TargetUnreachable,
     /// The node at the target's address is not the node the target names.
@@ -92,8 +95,9 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in no particular order.
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 34] = [
         Self::Unauthorized,
+        Self::NoCapableNode,
         Self::FileLost,
         Self::InsufficientFunds,
         Self::PaymentsOff,
@@ -153,6 +157,7 @@ impl ErrorCode {
             Self::PaymentsOff => "payments_off",
             Self::ChannelStateConflict => "channel_state_conflict",
             Self::NotEnoughProviders => "not_enough_providers",
+            Self::NoCapableNode => "no_capable_node",
             Self::TargetUnreachable => "target_unreachable",
             Self::TargetMismatch => "target_mismatch",
             Self::TargetTimeout => "target_timeout",
@@ -194,7 +199,7 @@ impl ErrorCode {
             Self::ChannelNotFound => StatusCode::NOT_FOUND,
             Self::PaymentsOff => StatusCode::CONFLICT,
             Self::ChannelStateConflict => StatusCode::CONFLICT,
-            Self::NotEnoughProviders => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotEnoughProviders | Self::NoCapableNode => StatusCode::SERVICE_UNAVAILABLE,
             Self::TargetUnreachable
             | Self::TargetMismatch
             | Self::TargetError
@@ -231,7 +236,7 @@ impl ErrorCode {
             Self::ChannelNotFound => tonic::Code::NotFound,
             Self::PaymentsOff => tonic::Code::FailedPrecondition,
             Self::ChannelStateConflict => tonic::Code::FailedPrecondition,
-            Self::NotEnoughProviders => tonic::Code::Unavailable,
+            Self::NotEnoughProviders | Self::NoCapableNode => tonic::Code::Unavailable,
             Self::TargetUnreachable | Self::PluginUnavailable | Self::ShuttingDown => {
                 tonic::Code::Unavailable
             }

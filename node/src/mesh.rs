@@ -423,11 +423,36 @@ impl Mesh {
         true
     }
 
-    fn peer_info(&self, member: Member) -> PeerInfo {
+    /// The other members with what the scheduler weighs: record, load, state and round trip.
+    pub async fn candidates(&self) -> Vec<Candidate> {
+        self.believed()
+            .await
+            .into_iter()
+            .map(|member| {
+                let (state, _) = self.state_of(&member);
+                Candidate {
+                    rtt_ms: self.round_trips.rtt_ms(member.gossip_address),
+                    record: member.record,
+                    load: member.load,
+                    state,
+                }
+            })
+            .collect()
+    }
+
+    /// A member's state, and how long ago it was last heard of.
+    fn state_of(&self, member: &Member) -> (PeerState, Option<u64>) {
         let last_seen_ms = member
             .last_heard_ms
             .map(|at| crate::clock::now_ms().saturating_sub(at));
-        let state = peer_state(member.alive, last_seen_ms, self.suspect_after_ms);
+        (
+            peer_state(member.alive, last_seen_ms, self.suspect_after_ms),
+            last_seen_ms,
+        )
+    }
+
+    fn peer_info(&self, member: Member) -> PeerInfo {
+        let (state, last_seen_ms) = self.state_of(&member);
         let record = member.record;
         PeerInfo {
             id: Some(record.node_id.to_string()),
@@ -460,6 +485,19 @@ fn peer_state(alive: bool, last_seen_ms: Option<u64>, suspect_after_ms: u64) -> 
         (true, Some(silent)) if silent > suspect_after_ms => PeerState::Suspect,
         (true, _) => PeerState::Alive,
     }
+}
+
+/// A member as the scheduler weighs it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// What it signed about itself.
+    pub record: PeerRecord,
+    /// Its signed load, when it published one.
+    pub load: Option<PeerLoad>,
+    /// Alive, suspect or dead.
+    pub state: PeerState,
+    /// Smoothed gossip round trip, once measured.
+    pub rtt_ms: Option<f64>,
 }
 
 /// A member as this node believes it.

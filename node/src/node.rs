@@ -272,6 +272,7 @@ impl Node {
             http_address,
             labels: config.labels.clone(),
             mesh,
+            standings: crate::scheduler::Standings::default(),
         };
 
         let grpc_links = crate::link::incoming(

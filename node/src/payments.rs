@@ -210,13 +210,7 @@ impl Payments {
 
     /// Returns the price of a task on `plugin`.
     pub fn task_price(&self, plugin: &str) -> U256 {
-        U256::from(
-            *self
-                .prices
-                .task_wei_by_plugin
-                .get(plugin)
-                .unwrap_or(&self.prices.task_wei),
-        )
+        U256::from(self.prices.task_wei_on(plugin))
     }
 
     /// Returns the price of keeping `bytes` for one storage period, and the period's length in

@@ -285,6 +285,12 @@ pub fn remote_error(status: &tonic::Status, target: impl std::fmt::Display) -> E
     }
 }
 
+/// Whether the call behind a failed `status` got a link to the node, so that it may have reached
+/// the node's handler.
+pub fn linked(status: &tonic::Status) -> bool {
+    link_error(status).is_none()
+}
+
 /// The link failure behind a status, when the call never got a link to the node.
 fn link_error(status: &tonic::Status) -> Option<&LinkError> {
     let mut cause = std::error::Error::source(status);

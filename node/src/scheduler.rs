@@ -1,14 +1,21 @@
 //! The task flow on the requester's side: where a task runs, paying for it, calling the node,
-//! settling the payment by the outcome. The REST handler only reads the request and writes the
-//! answer.
+//! settling the payment by the outcome, and trying another node when one fails. The REST handler
+//! only reads the request and writes the answer.
 //!
-//! Today the requester names the target (or none: this node's own plugins); choosing a node,
-//! failover and verification by several nodes grow here (issue 13).
+//! A task runs where the requester names (an address or a node ID), else on this node when it
+//! serves the plugin, else where [`choose`] ranks best among the mesh's members.
 
-use std::time::Duration;
+mod choose;
+mod standings;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sphere_proto::v1::RunTaskRequest;
+
+pub use choose::Selector;
+pub use standings::Standings;
 
 use crate::context::NodeContext;
 use crate::error::{Error, ErrorCode};
@@ -19,14 +26,30 @@ use crate::peers::Target;
 /// Extra time past the deadline before the requester stops waiting on its own; the gRPC channel
 /// enforces the deadline itself, this only guards against a call that never returns.
 const STUCK_CALL_MARGIN: Duration = Duration::from_millis(500);
+/// The first wait for a node to fit when none does; it doubles up to [`LONGEST_WAIT`].
+const FIRST_WAIT: Duration = Duration::from_millis(50);
+const LONGEST_WAIT: Duration = Duration::from_secs(1);
+/// Less time than this left is not worth another node.
+const LEAST_USEFUL_TIME: Duration = Duration::from_millis(20);
+
+/// Where the requester wants a task to run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placement {
+    /// This node when it serves the plugin; otherwise the node the scheduler chooses.
+    Anywhere,
+    /// The node the requester named: an address, a node ID, or `0xID@host:port`.
+    Named(String),
+    /// The node the scheduler chooses among those the selector allows.
+    Chosen(Selector),
+}
 
 /// A task as the requester asked for it.
 #[derive(Debug, Clone)]
 pub struct TaskSpec {
     /// The requester's identifier of the task.
     pub id: String,
-    /// Where to run it: a target as users write it; `None` runs it on this node.
-    pub target: Option<String>,
+    /// Where to run it.
+    pub placement: Placement,
     /// The plugin to run it on; `None` is the node's default plugin.
     pub plugin: Option<String>,
     /// The input, as given.
@@ -46,62 +69,224 @@ pub struct TaskOutcome {
     pub node: NodeId,
 }
 
-/// Runs `spec` where it asks, paying the target when payments are on.
+/// Runs `spec` where it asks, paying the node that runs it when payments are on.
 pub async fn run(context: &NodeContext, spec: TaskSpec) -> Result<TaskOutcome, Error> {
-    let Some(target) = spec.target.as_deref() else {
-        let (output, plugin) = context
-            .plugins
-            .run(
-                spec.plugin.as_deref(),
-                spec.id,
-                spec.input,
-                Some(spec.deadline),
-            )
-            .await?;
-        return Ok(TaskOutcome {
-            output,
-            plugin,
-            node: context.identity.id(),
-        });
+    match &spec.placement {
+        Placement::Named(text) => {
+            let target = context.peers.resolve(text).await?;
+            let (output, plugin) = attempt(context, &target, &spec, spec.deadline)
+                .await
+                .map_err(|failure| failure.error)?;
+            Ok(TaskOutcome {
+                output,
+                plugin,
+                // The link answered, so the node it proved is known without another call.
+                node: context.peers.node_id(&target).await?,
+            })
+        }
+        Placement::Anywhere => {
+            let serves_it = context.plugins.resolve(spec.plugin.as_deref()).is_ok();
+            let has_members = match &context.mesh {
+                Some(mesh) => !mesh.candidates().await.is_empty(),
+                None => false,
+            };
+            // With nobody else to ask, this node's own answer (the plugins it has) says most.
+            if serves_it || !has_members {
+                run_here(context, spec).await
+            } else {
+                choose_and_run(context, &spec, &Selector::default()).await
+            }
+        }
+        Placement::Chosen(selector) => choose_and_run(context, &spec, selector).await,
+    }
+}
+
+async fn run_here(context: &NodeContext, spec: TaskSpec) -> Result<TaskOutcome, Error> {
+    let (output, plugin) = context
+        .plugins
+        .run(
+            spec.plugin.as_deref(),
+            spec.id,
+            spec.input,
+            Some(spec.deadline),
+        )
+        .await?;
+    Ok(TaskOutcome {
+        output,
+        plugin,
+        node: context.identity.id(),
+    })
+}
+
+/// Runs the task on the best node that fits; on a failure, on the next, as long as the task
+/// cannot have run twice (or its plugin says that does no harm). While no node fits but one
+/// may later (it comes back, frees a slot), waits with growing pauses until the deadline.
+async fn choose_and_run(
+    context: &NodeContext,
+    spec: &TaskSpec,
+    selector: &Selector,
+) -> Result<TaskOutcome, Error> {
+    let what = match &spec.plugin {
+        Some(plugin) => format!("task {} on plugin {plugin:?}", spec.id),
+        None => format!("task {} on a default plugin", spec.id),
     };
-    let target = context.peers.resolve(target).await?;
+    let Some(mesh) = &context.mesh else {
+        return Err(choose::Ranking::default().no_capable_node(&what));
+    };
+    let give_up_at = Instant::now() + spec.deadline;
+    let needs = choose::Needs {
+        plugin: spec.plugin.as_deref(),
+        can_pay: context.payments.is_some(),
+        deterministic: false,
+    };
+    let mut failed: HashMap<NodeId, Error> = HashMap::new();
+    let mut wait = FIRST_WAIT;
+    loop {
+        let candidates = mesh.candidates().await;
+        let standings = context.standings.snapshot();
+        let ranking = choose::rank(
+            &candidates,
+            selector,
+            needs,
+            |node| standings.get(&node).copied().unwrap_or_default(),
+            &failed,
+            rand::random::<f64>,
+        );
+        let time_left = give_up_at.saturating_duration_since(Instant::now());
+        let Some(choice) = ranking.chosen.first().cloned() else {
+            if !ranking.may_pass_later() || time_left < LEAST_USEFUL_TIME {
+                return Err(ranking.no_capable_node(&what));
+            }
+            tokio::time::sleep(wait.min(time_left)).await;
+            wait = (wait * 2).min(LONGEST_WAIT);
+            failed.retain(|_, error| !choose::is_passing(error.code));
+            continue;
+        };
+        let target = Target::node_at(choice.node, choice.address.clone());
+        let running = context.standings.start(choice.node);
+        let outcome = attempt(context, &target, spec, time_left).await;
+        drop(running);
+        let failure = match outcome {
+            Ok((output, plugin)) => {
+                context.standings.record(choice.node, true);
+                return Ok(TaskOutcome {
+                    output,
+                    plugin,
+                    node: choice.node,
+                });
+            }
+            Err(failure) => failure,
+        };
+        if failure.is_the_tasks_own() {
+            return Err(failure.error);
+        }
+        context.standings.record(choice.node, false);
+        let time_left = give_up_at.saturating_duration_since(Instant::now());
+        if (failure.may_have_run && !choice.plugin.idempotent) || time_left < LEAST_USEFUL_TIME {
+            return Err(failure.error);
+        }
+        tracing::info!(
+            task = %spec.id,
+            node = %choice.node,
+            error = %failure.error,
+            "the task failed on a node; trying another"
+        );
+        failed.insert(choice.node, failure.error);
+    }
+}
+
+/// A task that did not run on a node.
+#[derive(Debug)]
+struct Failure {
+    error: Error,
+    /// Whether the node's plugin may have started the task (the node said so, or went silent
+    /// after the call reached it).
+    may_have_run: bool,
+}
+
+impl Failure {
+    fn before_running(error: Error) -> Self {
+        Self {
+            error,
+            may_have_run: false,
+        }
+    }
+
+    /// Whether the task itself (or this node's account) is at fault, so no other node would
+    /// do better.
+    fn is_the_tasks_own(&self) -> bool {
+        matches!(
+            self.error.code,
+            ErrorCode::TaskRejected
+                | ErrorCode::PayloadTooLarge
+                | ErrorCode::InvalidJson
+                | ErrorCode::MissingField
+                | ErrorCode::InvalidField
+                | ErrorCode::InsufficientFunds
+        )
+    }
+}
+
+/// Whether a node answering `code` said it did not start the task.
+fn refused_before_running(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Overloaded
+            | ErrorCode::PluginUnavailable
+            | ErrorCode::PluginNotFound
+            | ErrorCode::ShuttingDown
+            | ErrorCode::PaymentRequired
+            | ErrorCode::PaymentsOff
+            | ErrorCode::ChannelNotFound
+            | ErrorCode::ChannelStateConflict
+            | ErrorCode::Unauthorized
+            | ErrorCode::PermissionDenied
+    )
+}
+
+/// Runs the task on `target` within `deadline`, paying it when payments are on.
+async fn attempt(
+    context: &NodeContext,
+    target: &Target,
+    spec: &TaskSpec,
+    deadline: Duration,
+) -> Result<(Bytes, String), Failure> {
     let mut task = RunTaskRequest {
-        task_id: spec.id,
-        input: spec.input,
+        task_id: spec.id.clone(),
+        input: spec.input.clone(),
         plugin: spec.plugin.clone().unwrap_or_default(),
         voucher: None,
     };
     // A second try only after this node caught up with the target's count of the channel (its
     // voucher was refused as too small).
     let mut tries_left = 2;
-    let (output, plugin) = loop {
+    loop {
         tries_left -= 1;
         let payment = match &context.payments {
-            Some(payments) => {
-                payments
-                    .payer
-                    .pay(&target, Work::Task(spec.plugin.as_deref()))
-                    .await?
-            }
+            Some(payments) => payments
+                .payer
+                .pay(target, Work::Task(spec.plugin.as_deref()))
+                .await
+                .map_err(Failure::before_running)?,
             None => None,
         };
         task.voucher = payment.as_ref().map(Payment::voucher);
-        let outcome = run_on_target(context, &target, task.clone(), spec.deadline).await;
+        let outcome = run_on_target(context, target, task.clone(), deadline).await;
         let caught_up = match payment {
-            Some(payment) => payment.settle(&outcome).await,
+            Some(payment) => {
+                let settled = outcome
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|failure| failure.error.clone());
+                payment.settle(&settled).await
+            }
             None => false,
         };
         if caught_up && tries_left > 0 {
             continue;
         }
-        break outcome?;
-    };
-    Ok(TaskOutcome {
-        output,
-        plugin,
-        // The link answered, so the node it proved is known without another call.
-        node: context.peers.node_id(&target).await?,
-    })
+        return outcome;
+    }
 }
 
 /// Runs `task` on `target` and records how it went in the metrics.
@@ -110,8 +295,8 @@ async fn run_on_target(
     target: &Target,
     task: RunTaskRequest,
     deadline: Duration,
-) -> Result<(Bytes, String), Error> {
-    let started = std::time::Instant::now();
+) -> Result<(Bytes, String), Failure> {
+    let started = Instant::now();
     let requested_plugin = task.plugin.clone();
     let outcome = call_target(context, target, task, deadline).await;
     // Targets outside the configured peers share one label, so strangers cannot grow the metrics.
@@ -135,7 +320,7 @@ async fn run_on_target(
         plugin,
         outcome
             .as_ref()
-            .map_or_else(|error| error.code.as_str(), |_| "ok"),
+            .map_or_else(|failure| failure.error.code.as_str(), |_| "ok"),
         started.elapsed(),
     );
     outcome
@@ -146,7 +331,7 @@ async fn call_target(
     target: &Target,
     task: RunTaskRequest,
     deadline: Duration,
-) -> Result<(Bytes, String), Error> {
+) -> Result<(Bytes, String), Failure> {
     let mut client = context.peers.tasks(target);
     let mut request = tonic::Request::new(task);
     request.set_timeout(deadline);
@@ -155,10 +340,19 @@ async fn call_target(
             let response = response.into_inner();
             Ok((response.output, response.plugin))
         }
-        Ok(Err(status)) => Err(crate::peers::remote_error(&status, target)),
-        Err(_elapsed) => Err(Error::new(
-            ErrorCode::TargetTimeout,
-            format!("target {target} did not answer within {deadline:?}"),
-        )),
+        Ok(Err(status)) => Err(Failure {
+            may_have_run: match Error::from_node_status(&status) {
+                Some(answer) => !refused_before_running(answer.code),
+                None => crate::peers::linked(&status),
+            },
+            error: crate::peers::remote_error(&status, target),
+        }),
+        Err(_elapsed) => Err(Failure {
+            error: Error::new(
+                ErrorCode::TargetTimeout,
+                format!("target {target} did not answer within {deadline:?}"),
+            ),
+            may_have_run: true,
+        }),
     }
 }

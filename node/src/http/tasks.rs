@@ -8,10 +8,11 @@ use bytes::Bytes;
 
 use super::extract::{JsonBody, address, base64_field, required, to_base64};
 use super::openapi::error_responses;
-use crate::api::{TaskAnswer, TaskRequest};
+use crate::api::{TargetSelector, TaskAnswer, TaskRequest, TaskTarget};
 use crate::context::NodeContext;
 use crate::error::Error;
-use crate::scheduler::TaskSpec;
+use crate::identity::NodeId;
+use crate::scheduler::{Placement, Selector, TaskSpec};
 
 /// The longest deadline a request may ask for (it is capped by `grpc.task_timeout_ms` anyway).
 const MAX_TIMEOUT_MS: u64 = 86_400_000;
@@ -20,11 +21,12 @@ error_responses!(
     /// Errors of `POST /task`.
     TaskErrors: InvalidJson, MissingField, InvalidField, PayloadTooLarge, PluginNotFound,
     Overloaded, TaskRejected, PaymentRequired, InsufficientFunds, ChannelStateConflict,
-    TargetUnreachable, TargetMismatch, TargetTimeout, TargetError, PluginUnavailable, PluginTimeout, PluginFailed,
-    ShuttingDown,
+    NoCapableNode, TargetUnreachable, TargetMismatch, TargetTimeout, TargetError, PluginUnavailable,
+    PluginTimeout, PluginFailed, ShuttingDown,
 );
 
-/// Runs a task on a target node (or this one) and returns its output.
+/// Runs a task on the node the target names, or the one the scheduler chooses, and returns its
+/// output.
 #[utoipa::path(
     post,
     path = "/task",
@@ -64,7 +66,7 @@ pub async fn run_task(
         &context,
         TaskSpec {
             id: task_id.clone(),
-            target: address(request.target, "target")?,
+            placement: placement(request.target)?,
             plugin: request.plugin.filter(|name| !name.is_empty()),
             input,
             deadline,
@@ -83,4 +85,59 @@ pub async fn run_task(
         node: outcome.node.to_string(),
     })
     .into_response())
+}
+
+/// Where the request asks the task to run, checked field by field.
+fn placement(target: Option<TaskTarget>) -> Result<Placement, Error> {
+    match target {
+        None => Ok(Placement::Anywhere),
+        Some(TaskTarget::Node(text)) => Ok(Placement::Named(
+            address(Some(text), "target")?.expect("given"),
+        )),
+        Some(TaskTarget::Selector(selector)) => Ok(Placement::Chosen(selector_of(selector)?)),
+    }
+}
+
+fn selector_of(selector: TargetSelector) -> Result<Selector, Error> {
+    let max_price_wei = selector
+        .max_price_wei
+        .map(|text| {
+            text.trim()
+                .parse::<alloy_primitives::U256>()
+                .ok()
+                .filter(|_| text.trim().bytes().all(|byte| byte.is_ascii_digit()))
+                .ok_or_else(|| {
+                    Error::invalid_field(
+                        "target.max_price_wei",
+                        format!("{text:?} is not a whole number of wei"),
+                    )
+                })
+        })
+        .transpose()?;
+    let exclude = selector
+        .exclude
+        .iter()
+        .map(|text| {
+            text.parse::<NodeId>().map_err(|error| {
+                Error::invalid_field("target.exclude", format!("has {text:?}: {error}"))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let plugin_version = selector
+        .plugin_version
+        .map(|text| {
+            text.parse::<semver::VersionReq>().map_err(|error| {
+                Error::invalid_field(
+                    "target.plugin_version",
+                    format!("{text:?} is not a semver requirement such as \"^1.2\": {error}"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(Selector {
+        labels: selector.labels,
+        max_price_wei,
+        exclude,
+        plugin_version,
+    })
 }

@@ -64,6 +64,9 @@ pub fn peer_plugin(summary: PluginSummary) -> PeerPlugin {
         deterministic: summary.deterministic,
         idempotent: summary.idempotent,
         serving: summary.serving,
+        default: summary.is_default,
+        max_concurrency: summary.max_concurrency,
+        queue_size: summary.queue_size,
     }
 }
 

@@ -97,6 +97,8 @@ impl From<PluginStatus> for PluginSummary {
             is_default: status.default,
             deterministic: status.deterministic,
             idempotent: status.idempotent,
+            max_concurrency: status.max_concurrency,
+            queue_size: status.queue_size,
         }
     }
 }

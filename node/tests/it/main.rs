@@ -11,6 +11,7 @@ mod metrics;
 mod payments;
 mod plugins;
 mod proxy;
+mod scheduler;
 mod security;
 mod storage;
 mod tasks;

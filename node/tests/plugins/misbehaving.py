@@ -12,7 +12,8 @@ Its input says what to do:
 Environment: PLUGIN_NAME (the name it describes itself with, default "misbehaving"),
 HEALTH_FILE (a file whose content, SERVING or NOT_SERVING, sets its health status, polled every
 50 ms), MAX_CONCURRENCY (its own concurrency limit in Describe, default 0), MAX_WORKERS (threads serving
-every call, health checks included, default 16).
+every call, health checks included, default 16), PURE (when "1", it declares itself deterministic
+and idempotent).
 """
 
 import os
@@ -57,6 +58,8 @@ def describe(request, context):
         version="0.0.1",
         description="misbehaves on request, for tests",
         max_concurrency=int(os.environ.get("MAX_CONCURRENCY", "0")),
+        deterministic=os.environ.get("PURE") == "1",
+        idempotent=os.environ.get("PURE") == "1",
     )
 
 

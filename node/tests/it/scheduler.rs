@@ -1,0 +1,391 @@
+//! The scheduler: a requester's node chooses where a task runs among the mesh's members, by
+//! selector, load and history; waits, then says why no node fits; and fails over when a node
+//! dies.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{NodeOptions, TestNode, misbehaving_plugin, plugins_config};
+
+/// Starts the requester: the mesh's first member, with only the demo plugin, so that tasks on
+/// plugin `work` go to the workers.
+fn requester() -> TestNode {
+    TestNode::start_with(NodeOptions {
+        config: Some(json!({"mesh": {"bootstrap": []}})),
+        ..NodeOptions::default()
+    })
+}
+
+/// Starts a worker joined through `seed`, with `labels` and plugin `work` (the misbehaving test
+/// plugin, deterministic and idempotent unless `pure` is false) merged with `plugin`.
+fn worker(seed: &TestNode, labels: Value, plugin: Value) -> TestNode {
+    let mut entry = misbehaving_plugin("work", json!({"env": {"PURE": "1"}}));
+    crate::harness::merge(&mut entry, plugin);
+    let mut config = plugins_config(vec![entry]);
+    config["mesh"] = json!({"bootstrap": [seed.target()]});
+    config["labels"] = labels;
+    TestNode::start_with(NodeOptions {
+        config: Some(config),
+        ..NodeOptions::default()
+    })
+}
+
+/// Polls until `node` lists every one of `workers` alive with plugin `work` serving.
+async fn until_ready(node: &TestNode, workers: &[&TestNode]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = node.call(reqwest::Method::GET, "/peers", "").await;
+        let ready = workers.iter().all(|worker| {
+            body["peers"].as_array().into_iter().flatten().any(|peer| {
+                peer["id"] == worker.node_id.as_str()
+                    && peer["state"] == "alive"
+                    && peer["plugins"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|plugin| plugin["name"] == "work" && plugin["serving"] == true)
+            })
+        });
+        if ready {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers never all alive and serving: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `input` on plugin `work` through `requester` with `target`; returns status and body.
+async fn task(requester: &TestNode, target: Value, input: &str) -> (u16, Value) {
+    let mut request = json!({"plugin": "work", "input": input, "timeout_ms": 15_000});
+    if !target.is_null() {
+        request["target"] = target;
+    }
+    requester.post("/task", &request).await
+}
+
+/// Runs `count` tasks through `requester` at once and returns each answer.
+async fn tasks_at_once(
+    requester: &TestNode,
+    target: Value,
+    input: &str,
+    count: usize,
+) -> Vec<(u16, Value)> {
+    let requests: Vec<_> = (0..count)
+        .map(|_| {
+            let client = requester.http().clone();
+            let url = requester.url("/task");
+            let body = json!({"plugin": "work", "input": input, "target": target.clone(), "timeout_ms": 30_000});
+            tokio::spawn(async move {
+                let response = client.post(url).json(&body).send().await.expect("answered");
+                let status = response.status().as_u16();
+                (status, response.json::<Value>().await.expect("JSON"))
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.expect("joined"));
+    }
+    answers
+}
+
+#[tokio::test]
+async fn selectors_choose_only_matching_nodes_and_no_fit_says_why_for_each_node() {
+    let requester = requester();
+    let eu_one = worker(&requester, json!({"region": "eu"}), json!({}));
+    let eu_two = worker(&requester, json!({"region": "eu"}), json!({}));
+    let us = worker(&requester, json!({"region": "us"}), json!({}));
+    let eu_busy = worker(
+        &requester,
+        json!({"region": "eu"}),
+        json!({"max_concurrency": 1, "queue_size": 0}),
+    );
+    until_ready(&requester, &[&eu_one, &eu_two, &us, &eu_busy]).await;
+
+    // Without a target, the requester (which has no plugin `work`) lets the scheduler choose.
+    let (status, body) = task(&requester, Value::Null, "anyone").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["output"], "anyone");
+    assert_ne!(body["node"], requester.node_id.as_str());
+
+    // Only nodes labelled region=eu run tasks with that selector; the excluded one never does.
+    let mut ran_on = HashMap::new();
+    for _ in 0..24 {
+        let selector = json!({"labels": {"region": "eu"}, "exclude": [eu_two.node_id]});
+        let (status, body) = task(&requester, selector, "eu").await;
+        assert_eq!(status, 200, "{body}");
+        *ran_on
+            .entry(body["node"].as_str().expect("a string").to_owned())
+            .or_insert(0) += 1;
+    }
+    assert!(
+        ran_on
+            .keys()
+            .all(|node| [&eu_one.node_id, &eu_busy.node_id].contains(&node)),
+        "{ran_on:?}"
+    );
+    assert_eq!(ran_on.len(), 2, "equal nodes share the work: {ran_on:?}");
+
+    // The busy node's only slot is taken (a task sent to it directly), as its load tells the
+    // requester. Only it matches this selector: the requester waits until the deadline, then
+    // says why each node was refused.
+    let long_task = {
+        let client = eu_busy.http().clone();
+        let url = eu_busy.url("/task");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"input": "sleep:6000"}))
+                .send()
+                .await
+        })
+    };
+    until_busy(&requester, &eu_busy).await;
+    let selector = json!({
+        "labels": {"region": "eu"},
+        "exclude": [eu_one.node_id, eu_two.node_id],
+    });
+    let asked = Instant::now();
+    let (status, body) = requester
+        .post(
+            "/task",
+            &json!({"plugin": "work", "input": "x", "target": selector, "timeout_ms": 1500}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1000),
+        "the requester waited for a slot before giving up"
+    );
+    assert_eq!(body["error"]["code"], "no_capable_node");
+    let reasons: HashMap<String, String> = body["error"]["candidates"]
+        .as_array()
+        .expect("candidates listed")
+        .iter()
+        .map(|candidate| {
+            (
+                candidate["node"].as_str().expect("a string").to_owned(),
+                candidate["reason"].as_str().expect("a string").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons[&eu_one.node_id], "excluded");
+    assert_eq!(reasons[&eu_two.node_id], "excluded");
+    assert_eq!(reasons[&us.node_id], "labels");
+    assert_eq!(reasons[&eu_busy.node_id], "overloaded");
+    let message = body["error"]["message"].as_str().expect("a string");
+    assert!(
+        message.contains("label region=us, not region=eu"),
+        "{message}"
+    );
+    long_task.await.expect("joined").expect("answered");
+
+    // A plugin nobody has is refused at once, naming what each node has.
+    let (status, body) = requester
+        .post(
+            "/task",
+            &json!({"plugin": "nowhere", "input": "x", "target": {}}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["candidates"]
+            .as_array()
+            .expect("an array")
+            .iter()
+            .all(|candidate| candidate["reason"] == "no_plugin"),
+        "{body}"
+    );
+
+    // Selectors are checked field by field.
+    for (selector, field) in [
+        (json!({"max_price_wei": "ten"}), "target.max_price_wei"),
+        (json!({"exclude": ["not-a-node"]}), "target.exclude"),
+        (json!({"plugin_version": "~>1"}), "target.plugin_version"),
+    ] {
+        let (status, body) = task(&requester, selector, "x").await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_field");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .expect("a string")
+                .contains(field),
+            "{body}"
+        );
+    }
+    let (status, body) = task(&requester, json!({"region": "eu"}), "x").await;
+    assert_eq!(status, 400, "an unknown selector field is refused: {body}");
+    let (status, body) = task(&requester, json!(7), "x").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("a string")
+            .contains("selector object"),
+        "{body}"
+    );
+}
+
+/// Polls until `requester` sees `worker`'s plugin `work` with a task running.
+async fn until_busy(requester: &TestNode, worker: &TestNode) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = requester
+            .call(
+                reqwest::Method::GET,
+                &format!("/peers/{}", worker.node_id),
+                "",
+            )
+            .await;
+        if body["load"]["plugins"]["work"]["in_flight"] == 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never looked busy: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn at_saturation_work_is_spread_so_no_node_gets_twice_the_mean() {
+    let requester = requester();
+    let workers: Vec<TestNode> = (0..3)
+        .map(|_| {
+            worker(
+                &requester,
+                json!({}),
+                json!({"max_concurrency": 2, "queue_size": 30}),
+            )
+        })
+        .collect();
+    until_ready(&requester, &workers.iter().collect::<Vec<_>>()).await;
+
+    let answers = tasks_at_once(&requester, json!({}), "sleep:100", 60).await;
+    let mut ran_on: HashMap<String, usize> = HashMap::new();
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        *ran_on
+            .entry(body["node"].as_str().expect("a string").to_owned())
+            .or_default() += 1;
+    }
+    let mean = answers.len() as f64 / workers.len() as f64;
+    assert_eq!(
+        ran_on.len(),
+        workers.len(),
+        "every worker ran tasks: {ran_on:?}"
+    );
+    assert!(
+        ran_on.values().all(|&count| count as f64 <= 2.0 * mean),
+        "no node got more than twice the mean of {mean}: {ran_on:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_killed_mid_run_loses_no_task_of_an_idempotent_plugin_and_others_fail_loudly() {
+    let requester = requester();
+    let mut workers: Vec<TestNode> = (0..3)
+        .map(|_| {
+            worker(
+                &requester,
+                json!({}),
+                json!({"max_concurrency": 8, "queue_size": 8}),
+            )
+        })
+        .collect();
+    until_ready(&requester, &workers.iter().collect::<Vec<_>>()).await;
+
+    let running = {
+        let requester_url = requester.url("/task");
+        let client = requester.http().clone();
+        tokio::spawn(async move {
+            let requests: Vec<_> = (0..18)
+                .map(|_| {
+                    let (client, url) = (client.clone(), requester_url.clone());
+                    tokio::spawn(async move {
+                        let body = json!({"plugin": "work", "input": "sleep:1500", "target": {}, "timeout_ms": 30_000});
+                        let response = client.post(url).json(&body).send().await.expect("answered");
+                        let status = response.status().as_u16();
+                        (status, response.json::<Value>().await.expect("JSON"))
+                    })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for request in requests {
+                answers.push(request.await.expect("joined"));
+            }
+            answers
+        })
+    };
+    // Every worker has tasks running when one dies.
+    for worker in &workers {
+        until_busy_at_all(&requester, worker).await;
+    }
+    let killed = workers[0].node_id.clone();
+    workers[0].kill9();
+
+    let answers = running.await.expect("joined");
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_ne!(body["node"], killed.as_str(), "{body}");
+    }
+    assert!(
+        requester.log().contains("trying another"),
+        "some tasks failed over from the killed node"
+    );
+}
+
+/// Polls until `requester` sees some task running on `worker`'s plugin `work`.
+async fn until_busy_at_all(requester: &TestNode, worker: &TestNode) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = requester
+            .call(
+                reqwest::Method::GET,
+                &format!("/peers/{}", worker.node_id),
+                "",
+            )
+            .await;
+        if body["load"]["plugins"]["work"]["in_flight"].as_u64() > Some(0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never looked busy: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_task_of_a_plugin_that_may_not_run_twice_is_not_retried_after_it_started() {
+    let requester = requester();
+    let impure = json!({"env": {"PURE": "0"}});
+    let mut first = worker(&requester, json!({}), impure.clone());
+    until_ready(&requester, &[&first]).await;
+
+    let running = {
+        let (client, url) = (requester.http().clone(), requester.url("/task"));
+        tokio::spawn(async move {
+            let body = json!({"plugin": "work", "input": "sleep:3000", "target": {}, "timeout_ms": 20_000});
+            let response = client.post(url).json(&body).send().await.expect("answered");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON"))
+        })
+    };
+    until_busy_at_all(&requester, &first).await;
+    // A second worker is there to fail over to, but the task may have run: it is not repeated.
+    let second = worker(&requester, json!({}), impure);
+    until_ready(&requester, &[&second]).await;
+    first.kill9();
+    let (status, body) = running.await.expect("joined");
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "target_unreachable", "{body}");
+}
