@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 pub use crate::config::Prices;
+use crate::error::Error;
 pub use crate::error::ErrorCode;
 pub use crate::files::recovery::RecoveryReport;
 pub use crate::payments::payer::ChannelPhase;
@@ -27,7 +28,7 @@ pub struct ErrorAnswer {
 /// What went wrong: a stable code for scripts, a message for people, and facts for scripts next
 /// to them (for example `plugins` with `plugin_not_found`, `retry_after_seconds` with
 /// `overloaded`).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// What went wrong, for scripts.
     pub code: ErrorCode,
@@ -62,6 +63,87 @@ pub struct TaskRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 86_400_000)]
     pub timeout_ms: Option<u64>,
+}
+
+/// Where a background task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Accepted, waiting for one of `tasks.max_running` places.
+    Queued,
+    /// Being run (on this node or another).
+    Running,
+    /// Ran: the output is there.
+    Succeeded,
+    /// Did not run, or failed: the error says why.
+    Failed,
+}
+
+impl TaskState {
+    /// Whether the task is over.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+/// `POST /tasks`: a background task accepted.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskAccepted {
+    /// The task's identifier, for `GET /tasks/{id}`.
+    pub id: String,
+    /// `queued`.
+    pub state: TaskState,
+}
+
+/// `GET /tasks/{id}`: a background task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskStatus {
+    /// The task's identifier.
+    pub id: String,
+    /// Where it stands.
+    pub state: TaskState,
+    /// The plugin asked for (absent: the default), or the one that ran it once it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// The node that ran it (its node ID), once it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// When it was accepted (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When it started (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    /// When it finished (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// The output as text, when it succeeded and the output is UTF-8 (not in lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// The output as base64, when it succeeded and the output is not UTF-8 (not in lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_base64: Option<String>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// `GET /tasks`: background tasks, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskList {
+    /// The tasks, without their outputs.
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// `GET /tasks` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct TaskListQuery {
+    /// Only tasks in this state.
+    pub state: Option<TaskState>,
+    /// At most this many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
 }
 
 /// Where a task runs: a node the requester names, or what the node must offer.
@@ -724,4 +806,39 @@ pub struct TopUpRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(required = true, value_type = Amount)]
     pub amount: Option<Amount>,
+}
+
+/// Decodes a base64 field (standard alphabet, padding optional).
+pub fn base64_field(value: &str, field: &str) -> Result<Vec<u8>, Error> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(value.trim_end_matches('='))
+        .map_err(|error| Error::invalid_field(field, format!("is not valid base64: {error}")))
+}
+
+/// Encodes bytes as standard padded base64.
+pub fn to_base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Bytes as an answer carries them: `(text, None)` when they are UTF-8, else `(None, base64)`.
+pub fn text_or_base64(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (Some(text.to_owned()), None),
+        Err(_) => (None, Some(to_base64(bytes))),
+    }
+}
+
+/// Characters a path segment keeps as they are; every other byte is percent-encoded.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `text` as one path segment of a URL (a file name or task ID may hold spaces, slashes,
+/// anything).
+pub fn path_segment(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, PATH_SEGMENT).to_string()
 }

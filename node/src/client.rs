@@ -1,5 +1,5 @@
-//! The `sphere file`, `sphere channel` and `sphere payments` commands: a client of a node's REST
-//! API, speaking the types of [`crate::api`], with progress bars on transfers.
+//! The `sphere file`, `task`, `channel`, `payments` and `peers` commands: a client of a node's
+//! REST API, speaking the types of [`crate::api`], with progress bars on transfers.
 //!
 //! Progress goes to stderr and results to stdout, so `id=$(sphere file put photo.jpg)` works.
 
@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 use crate::api::{
     Amount, ChannelChange, ChannelInfo, DeletedFile, ErrorAnswer, FileInfo, FileList,
     OpenChannelRequest, PaymentsAnswer, PeerList, RecoveredChannels, RecoveryReport, RedeemAnswer,
-    TopUpRequest,
+    TaskAccepted, TaskList, TaskRequest, TaskState, TaskStatus, TopUpRequest, path_segment,
 };
 
 /// Where a new file goes, as the command line says.
@@ -89,7 +89,7 @@ impl NodeClient {
         if let Some(replicas) = options.replicas {
             query.push(("replicas", replicas.to_string()));
         }
-        let url = format!("{}/files/{}", self.base, encode_path_segment(&name));
+        let url = format!("{}/files/{}", self.base, path_segment(&name));
         let response = self
             .http
             .put(url)
@@ -107,7 +107,7 @@ impl NodeClient {
     pub async fn get(&self, id: &str, path: &Path) -> anyhow::Result<u64> {
         let response = self
             .http
-            .get(format!("{}/files/{}", self.base, encode_path_segment(id)))
+            .get(format!("{}/files/{}", self.base, path_segment(id)))
             .send()
             .await
             .with_context(|| format!("cannot reach the node at {}", self.base))?;
@@ -152,7 +152,7 @@ impl NodeClient {
 
     /// Deletes file `id` everywhere.
     pub async fn remove(&self, id: &str) -> anyhow::Result<DeletedFile> {
-        let path = format!("/files/{}", encode_path_segment(id));
+        let path = format!("/files/{}", path_segment(id));
         self.call(Method::DELETE, &path, None::<&()>).await
     }
 
@@ -164,6 +164,54 @@ impl NodeClient {
     /// Returns the peers the node knows.
     pub async fn peers(&self) -> anyhow::Result<PeerList> {
         self.call(Method::GET, "/peers", None::<&()>).await
+    }
+
+    /// Hands the node a task to run in the background.
+    pub async fn submit_task(&self, request: &TaskRequest) -> anyhow::Result<TaskAccepted> {
+        self.call(Method::POST, "/tasks", Some(request)).await
+    }
+
+    /// Returns background task `id`.
+    pub async fn task(&self, id: &str) -> anyhow::Result<TaskStatus> {
+        let path = format!("/tasks/{}", path_segment(id));
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// Polls background task `id` until it is over; returns it then.
+    pub async fn wait_for_task(&self, id: &str) -> anyhow::Result<TaskStatus> {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let task = self.task(id).await?;
+            if task.state.is_finished() {
+                return Ok(task);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Returns up to `limit` background tasks, newest first, in `state` if given.
+    pub async fn tasks(
+        &self,
+        state: Option<TaskState>,
+        limit: Option<u32>,
+    ) -> anyhow::Result<TaskList> {
+        let mut query = Vec::new();
+        if let Some(state) = state {
+            query.push(format!(
+                "state={}",
+                serde_json::to_value(state)?.as_str().unwrap_or_default()
+            ));
+        }
+        if let Some(limit) = limit {
+            query.push(format!("limit={limit}"));
+        }
+        let path = if query.is_empty() {
+            "/tasks".to_owned()
+        } else {
+            format!("/tasks?{}", query.join("&"))
+        };
+        self.call(Method::GET, &path, None::<&()>).await
     }
 
     /// Returns the node's payments.
@@ -197,19 +245,19 @@ impl NodeClient {
         let request = TopUpRequest {
             amount: Some(Amount::Text(amount.to_owned())),
         };
-        let path = format!("/channels/{}/topup", encode_path_segment(id));
+        let path = format!("/channels/{}/topup", path_segment(id));
         self.call(Method::POST, &path, Some(&request)).await
     }
 
     /// Asks to close channel `id`, or closes it after the challenge period.
     pub async fn close_channel(&self, id: &str) -> anyhow::Result<ChannelChange> {
-        let path = format!("/channels/{}/close", encode_path_segment(id));
+        let path = format!("/channels/{}/close", path_segment(id));
         self.call(Method::POST, &path, None::<&()>).await
     }
 
     /// Returns channel `id`.
     pub async fn channel(&self, id: &str) -> anyhow::Result<ChannelInfo> {
-        let path = format!("/channels/{}", encode_path_segment(id));
+        let path = format!("/channels/{}", path_segment(id));
         self.call(Method::GET, &path, None::<&()>).await
     }
 
@@ -277,17 +325,44 @@ fn partial_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Percent-encodes a path segment (a file name may hold spaces, slashes, anything).
-fn encode_path_segment(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (byte as char).to_string()
+/// Formats `GET /tasks` as a table for people.
+pub fn tasks_table(list: &TaskList) -> String {
+    let mut lines = vec![format!(
+        "{:<32}  {:<9}  {:<24}  {:>9}  {:<16}  {:<42}  {}",
+        "ID", "STATE", "CREATED", "TOOK", "PLUGIN", "NODE", "ERROR"
+    )];
+    for task in &list.tasks {
+        let took = match (task.started_at_ms, task.finished_at_ms) {
+            (Some(started), Some(finished)) => {
+                format!("{} ms", finished.saturating_sub(started))
             }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
+            _ => "-".to_owned(),
+        };
+        let state = serde_json::to_value(task.state)
+            .ok()
+            .and_then(|value| value.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        lines.push(format!(
+            "{:<32}  {:<9}  {:<24}  {:>9}  {:<16}  {:<42}  {}",
+            printable(&task.id),
+            state,
+            time_of(task.created_at_ms),
+            took,
+            printable(task.plugin.as_deref().unwrap_or("-")),
+            task.node.as_deref().unwrap_or("-"),
+            task.error
+                .as_ref()
+                .map(|error| format!("{}: {}", error.code, printable(&error.message)))
+                .unwrap_or_default(),
+        ));
+    }
+    lines.join("\n")
+}
+
+/// Milliseconds since the epoch as an RFC 3339 time, to the second.
+fn time_of(milliseconds: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(milliseconds))
+        .to_string()
 }
 
 /// Formats `GET /files` as a table for people.
@@ -399,8 +474,8 @@ mod tests {
 
     #[test]
     fn names_are_encoded_for_paths() {
-        assert_eq!(encode_path_segment("a b/c.txt"), "a%20b%2Fc.txt");
-        assert_eq!(encode_path_segment("plain-name_1.bin"), "plain-name_1.bin");
+        assert_eq!(path_segment("a b/c.txt"), "a%20b%2Fc.txt");
+        assert_eq!(path_segment("plain-name_1.bin"), "plain-name_1.bin");
     }
 
     #[test]

@@ -51,6 +51,31 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     /// Payments through the Sphere payment contract; off by default.
     pub payments: PaymentsConfig,
+    /// Background tasks (`POST /tasks`).
+    pub tasks: TasksConfig,
+}
+
+/// Background tasks (`tasks.*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TasksConfig {
+    /// Most background tasks running at once; more wait, `queued`.
+    pub max_running: u32,
+    /// Most background tasks kept; past it the oldest finished ones are forgotten, and a new
+    /// task is refused while every kept one is unfinished.
+    pub max_kept: u32,
+    /// How long a finished task's record (and output) is kept.
+    pub keep_results_ms: u64,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            max_running: 64,
+            max_kept: 10_000,
+            keep_results_ms: 86_400_000,
+        }
+    }
 }
 
 /// The node-to-node gRPC server and the client this node uses to reach other nodes.
@@ -315,6 +340,7 @@ impl Default for Config {
             labels: BTreeMap::new(),
             mesh: MeshConfig::default(),
             payments: PaymentsConfig::default(),
+            tasks: TasksConfig::default(),
         }
     }
 }
@@ -467,6 +493,9 @@ impl Config {
         positive("shutdown_grace_ms", self.shutdown_grace_ms)?;
         positive("grpc.connect_timeout_ms", self.grpc.connect_timeout_ms)?;
         positive("grpc.task_timeout_ms", self.grpc.task_timeout_ms)?;
+        positive("tasks.max_running", u64::from(self.tasks.max_running))?;
+        positive("tasks.max_kept", u64::from(self.tasks.max_kept))?;
+        positive("tasks.keep_results_ms", self.tasks.keep_results_ms)?;
         positive("http.max_json_body_bytes", self.http.max_json_body_bytes)?;
         for (field, limits) in [
             ("grpc.connections", &self.grpc.connections),
@@ -705,11 +734,16 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ConfigError>
 
 /// Parses a `--label key=value` flag into the field it sets and its value.
 pub fn label_override(flag: &str) -> Result<(String, String), String> {
-    match flag.split_once('=') {
+    key_value(flag).map(|(key, value)| (format!("labels.{key}"), value))
+}
+
+/// Parses `key=value` from the command line (the key trimmed, the value as given).
+pub fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => {
-            Ok((format!("labels.{}", key.trim()), value.to_owned()))
+            Ok((key.trim().to_owned(), value.to_owned()))
         }
-        _ => Err(format!("--label {flag:?} is not key=value")),
+        _ => Err(format!("--label {text:?} is not key=value")),
     }
 }
 

@@ -47,5 +47,7 @@ pub struct NodeContext {
     /// Membership in the mesh, when `mesh.enabled`.
     pub mesh: Option<crate::mesh::Mesh>,
     /// How the nodes this node sent tasks to are doing, for the scheduler.
-    pub standings: crate::scheduler::Standings,
+    pub standings: crate::scheduler::standings::Standings,
+    /// Background tasks' records.
+    pub tasks: crate::scheduler::records::TaskRecords,
 }

@@ -36,6 +36,8 @@ pub enum ErrorCode {
     PluginNotFound,
     /// No peer with that node ID is known (`GET /peers/{id}`).
     PeerNotFound,
+    /// No background task with that ID is kept (`GET /tasks/{id}`).
+    TaskNotFound,
     /// The plugin's slots and queue are full; retry after the `Retry-After` seconds.
     Overloaded,
     /// The file is known but none of its replicas can give it back any more (every one lost).
@@ -89,14 +91,18 @@ pub enum ErrorCode {
     StorageFailure,
     /// The node is shutting down and takes no new work.
     ShuttingDown,
+    /// This node stopped while the background task ran; it may or may not have run there.
+    Interrupted,
     /// A bug: something that should not happen did.
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, in no particular order.
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 36] = [
         Self::Unauthorized,
+        Self::TaskNotFound,
+        Self::Interrupted,
         Self::NoCapableNode,
         Self::FileLost,
         Self::InsufficientFunds,
@@ -144,6 +150,7 @@ impl ErrorCode {
             Self::InsufficientFunds => "insufficient_funds",
             Self::PluginNotFound => "plugin_not_found",
             Self::PeerNotFound => "peer_not_found",
+            Self::TaskNotFound => "task_not_found",
             Self::Overloaded => "overloaded",
             Self::TaskRejected => "task_rejected",
             Self::RouteNotFound => "route_not_found",
@@ -168,6 +175,7 @@ impl ErrorCode {
             Self::IntegrityError => "integrity_error",
             Self::StorageFailure => "storage_failure",
             Self::ShuttingDown => "shutting_down",
+            Self::Interrupted => "interrupted",
             Self::Internal => "internal",
         }
     }
@@ -185,7 +193,8 @@ impl ErrorCode {
             Self::FileNotFound
             | Self::RouteNotFound
             | Self::PluginNotFound
-            | Self::PeerNotFound => StatusCode::NOT_FOUND,
+            | Self::PeerNotFound
+            | Self::TaskNotFound => StatusCode::NOT_FOUND,
             Self::FileLost => StatusCode::GONE,
             Self::InsufficientFunds => StatusCode::CONFLICT,
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
@@ -207,7 +216,7 @@ impl ErrorCode {
             | Self::PluginFailed
             | Self::IntegrityError => StatusCode::BAD_GATEWAY,
             Self::TargetTimeout | Self::PluginTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
             Self::StorageFailure | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -222,7 +231,8 @@ impl ErrorCode {
             Self::FileNotFound
             | Self::RouteNotFound
             | Self::PluginNotFound
-            | Self::PeerNotFound => tonic::Code::NotFound,
+            | Self::PeerNotFound
+            | Self::TaskNotFound => tonic::Code::NotFound,
             Self::FileLost => tonic::Code::DataLoss,
             Self::InsufficientFunds => tonic::Code::FailedPrecondition,
             Self::Overloaded => tonic::Code::ResourceExhausted,
@@ -242,7 +252,7 @@ impl ErrorCode {
             }
             Self::TargetMismatch => tonic::Code::Unauthenticated,
             Self::TargetTimeout | Self::PluginTimeout => tonic::Code::DeadlineExceeded,
-            Self::TargetError | Self::PluginFailed => tonic::Code::Aborted,
+            Self::TargetError | Self::PluginFailed | Self::Interrupted => tonic::Code::Aborted,
             Self::IntegrityError => tonic::Code::DataLoss,
             Self::StorageFailure | Self::Internal => tonic::Code::Internal,
         }

@@ -2,7 +2,9 @@
 //!
 //! | route | what it does |
 //! |---|---|
-//! | `POST /task` | runs a task on a target node (or this one) and returns its output |
+//! | `POST /task` | runs a task on a target node, this one, or the one the scheduler chooses, and returns its output |
+//! | `POST /tasks` | accepts a task to run in the background (202) |
+//! | `GET /tasks/{id}`, `GET /tasks` | a background task's state, node, timings, output or error; the recent ones |
 //! | `POST /file` | stores a small file sent as base64 in JSON |
 //! | `GET /file` (JSON body) and `GET /file/{id}` | reads a small file back as base64 in JSON |
 //! | `PUT /files/{name}?target=` | stores a file of any size streamed as the raw body |
@@ -73,6 +75,7 @@ pub async fn serve(
 fn api() -> (Router<NodeContext>, utoipa::openapi::OpenApi) {
     let json_routes = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(tasks::run_task))
+        .routes(routes!(tasks::submit, tasks::list))
         .routes(routes!(files::store_json, files::read_json))
         .routes(routes!(files::read_json_by_path))
         .routes(routes!(payments::open))
@@ -88,6 +91,7 @@ fn api() -> (Router<NodeContext>, utoipa::openapi::OpenApi) {
     let (stream_router, stream_description) = stream_routes.split_for_parts();
     description.merge(stream_description);
     let (other_router, other_description) = OpenApiRouter::new()
+        .routes(routes!(tasks::status))
         .routes(routes!(files::list))
         .routes(routes!(files::recover))
         .routes(routes!(files::storage))

@@ -38,6 +38,9 @@ enum Command {
     /// Stores, reads, lists and deletes files through a running node.
     #[command(subcommand)]
     File(FileCommand),
+    /// Runs tasks in the background through a running node, and shows them.
+    #[command(subcommand)]
+    Task(TaskCommand),
     /// Lists the nodes a running node knows: state, node ID, address, plugins, load, labels.
     Peers {
         /// Print the answer of `GET /peers` as JSON instead of a table.
@@ -126,6 +129,81 @@ enum ChannelCommand {
         #[command(flatten)]
         node: NodeAddress,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TaskCommand {
+    /// Hands the node a task to run in the background and prints its ID (with --wait: waits,
+    /// then prints its output, and fails when the task failed).
+    Run(Box<RunTaskArgs>),
+    /// Shows a background task: state, node, timings, output or error (JSON).
+    Status {
+        /// The task's ID.
+        id: String,
+        #[command(flatten)]
+        node: NodeAddress,
+    },
+    /// Lists background tasks, newest first.
+    Ls {
+        /// Only tasks in this state: queued, running, succeeded or failed.
+        #[arg(long, value_parser = task_state)]
+        state: Option<sphere_node::api::TaskState>,
+        /// At most this many (default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Print the node's JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        node: NodeAddress,
+    },
+}
+
+/// What `sphere task run` asks for.
+#[derive(Debug, clap::Args)]
+struct RunTaskArgs {
+    /// The input, as text.
+    #[arg(required_unless_present = "input_file", conflicts_with = "input_file")]
+    input: Option<String>,
+    /// Read the input from this file instead (any bytes).
+    #[arg(long)]
+    input_file: Option<PathBuf>,
+    /// The plugin (default: the node's default plugin).
+    #[arg(long)]
+    plugin: Option<String>,
+    /// The node to run it on: host:port, a node ID, or 0xID@host:port. Without it (and
+    /// without a selector), this node runs it when it has the plugin, else the scheduler
+    /// chooses.
+    #[arg(long, conflicts_with_all = ["labels", "max_price_wei", "exclude", "plugin_version"])]
+    target: Option<String>,
+    /// A label the chosen node must carry, as key=value; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = config::key_value)]
+    labels: Vec<(String, String)>,
+    /// The most to pay for the task, in wei.
+    #[arg(long)]
+    max_price_wei: Option<String>,
+    /// A node (ID) never to use; repeatable.
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// Versions of the plugin that will do (semver requirement, e.g. ^1.2).
+    #[arg(long)]
+    plugin_version: Option<String>,
+    /// The task's ID (default: a random one).
+    #[arg(long)]
+    id: Option<String>,
+    /// Deadline in milliseconds, from when the task starts.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Wait for the task to finish and print its output.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    node: NodeAddress,
+}
+
+fn task_state(text: &str) -> Result<sphere_node::api::TaskState, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| "expected queued, running, succeeded or failed".to_owned())
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,6 +355,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::File(command) => runtime()?.block_on(run_file_command(command)),
+        Command::Task(command) => runtime()?.block_on(run_task_command(command)),
         Command::Channel(command) => runtime()?.block_on(run_channel_command(command)),
         Command::Peers { json, node } => runtime()?.block_on(async {
             let peers = node.client().peers().await?;
@@ -432,6 +511,91 @@ async fn run_channel_command(command: ChannelCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn run_task_command(command: TaskCommand) -> anyhow::Result<()> {
+    use sphere_node::api::{TargetSelector, TaskRequest, TaskTarget};
+    match command {
+        TaskCommand::Run(arguments) => {
+            let RunTaskArgs {
+                input,
+                input_file,
+                plugin,
+                target,
+                labels,
+                max_price_wei,
+                exclude,
+                plugin_version,
+                id,
+                timeout_ms,
+                wait,
+                node,
+            } = *arguments;
+            let (input, input_base64) = match input_file {
+                Some(path) => {
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    sphere_node::api::text_or_base64(&bytes)
+                }
+                None => (input, None),
+            };
+            let selector = TargetSelector {
+                labels: labels.into_iter().collect(),
+                max_price_wei,
+                exclude,
+                plugin_version,
+            };
+            let target = match target {
+                Some(node) => Some(TaskTarget::Node(node)),
+                None if selector == TargetSelector::default() => None,
+                None => Some(TaskTarget::Selector(selector)),
+            };
+            let client = node.client();
+            let accepted = client
+                .submit_task(&TaskRequest {
+                    target,
+                    plugin,
+                    id,
+                    input,
+                    input_base64,
+                    timeout_ms,
+                })
+                .await?;
+            if !wait {
+                println!("{}", accepted.id);
+                return Ok(());
+            }
+            let task = client.wait_for_task(&accepted.id).await?;
+            match (task.output, task.output_base64, task.error) {
+                (Some(text), _, _) => println!("{text}"),
+                (None, Some(encoded), _) => {
+                    use std::io::Write;
+                    let bytes = sphere_node::api::base64_field(&encoded, "output_base64")?;
+                    std::io::stdout().write_all(&bytes)?;
+                }
+                (None, None, Some(error)) => {
+                    anyhow::bail!("task {} failed: {}: {}", task.id, error.code, error.message)
+                }
+                (None, None, None) => println!(),
+            }
+            Ok(())
+        }
+        TaskCommand::Status { id, node } => print_json(&node.client().task(&id).await?),
+        TaskCommand::Ls {
+            state,
+            limit,
+            json,
+            node,
+        } => {
+            let list = node.client().tasks(state, limit).await?;
+            if json {
+                print_json(&list)
+            } else {
+                println!("{}", sphere_node::client::tasks_table(&list));
+                Ok(())
+            }
+        }
+    }
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {

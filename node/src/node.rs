@@ -32,6 +32,7 @@ use crate::payments::{Payments, PaymentsError};
 use crate::peers::Peers;
 use crate::plugin::Plugins;
 use crate::plugin::supervisor::{self, SupervisorOptions};
+use crate::scheduler::records::TaskRecords;
 use crate::storage::StorageError;
 use crate::storage::chunks::ChunkStore;
 use crate::storage::db::Db;
@@ -272,7 +273,10 @@ impl Node {
             http_address,
             labels: config.labels.clone(),
             mesh,
-            standings: crate::scheduler::Standings::default(),
+            standings: crate::scheduler::standings::Standings::default(),
+            tasks: TaskRecords::open(db.clone(), config.tasks.clone())
+                .await
+                .map_err(storage_error)?,
         };
 
         let grpc_links = crate::link::incoming(
@@ -296,6 +300,10 @@ impl Node {
                 tracing::error!(%error, "gRPC server failed");
             }
         });
+        let background_context = context.clone();
+        let left_queued = crate::scheduler::background::left_over(&context)
+            .await
+            .map_err(storage_error)?;
         let http_shutdown = shutdown_token.clone().cancelled_owned();
         servers.spawn(async move {
             if let Err(error) = crate::http::serve(http_listener, context, http_shutdown).await {
@@ -314,6 +322,21 @@ impl Node {
         if let Some(payments) = &payments {
             servers.spawn(payments.payee.clone().run(shutdown_token.clone()));
         }
+        servers.spawn(crate::scheduler::background::forget_old_tasks(
+            background_context.clone(),
+            shutdown_token.clone(),
+        ));
+        // Tasks a previous run left are taken up once gossip has had a few rounds to find the
+        // members they may need.
+        let settle = if config.mesh.enabled {
+            Duration::from_millis(config.mesh.gossip_interval_ms.saturating_mul(3))
+        } else {
+            Duration::ZERO
+        };
+        servers.spawn(async move {
+            tokio::time::sleep(settle).await;
+            crate::scheduler::background::resume(&background_context, left_queued).await;
+        });
         servers.close();
 
         Ok(Self {

@@ -5,8 +5,10 @@
 //! A task runs where the requester names (an address or a node ID), else on this node when it
 //! serves the plugin, else where [`choose`] ranks best among the mesh's members.
 
+pub mod background;
 mod choose;
-mod standings;
+pub mod records;
+pub mod standings;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,8 +17,8 @@ use bytes::Bytes;
 use sphere_proto::v1::RunTaskRequest;
 
 pub use choose::Selector;
-pub use standings::Standings;
 
+use crate::api::{TargetSelector, TaskRequest, TaskTarget};
 use crate::context::NodeContext;
 use crate::error::{Error, ErrorCode};
 use crate::identity::NodeId;
@@ -31,6 +33,10 @@ const FIRST_WAIT: Duration = Duration::from_millis(50);
 const LONGEST_WAIT: Duration = Duration::from_secs(1);
 /// Less time than this left is not worth another node.
 const LEAST_USEFUL_TIME: Duration = Duration::from_millis(20);
+/// The longest deadline a request may ask for (it is capped by `grpc.task_timeout_ms` anyway).
+const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// The longest task ID a requester may choose.
+const MAX_ID_CHARS: usize = 128;
 
 /// Where the requester wants a task to run.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +62,124 @@ pub struct TaskSpec {
     pub input: Bytes,
     /// How long it may take, all included.
     pub deadline: Duration,
+}
+
+impl TaskSpec {
+    /// The task a REST request asks for, checked field by field; `longest` caps its deadline.
+    pub fn from_request(request: TaskRequest, longest: Duration) -> Result<Self, Error> {
+        let input = match (request.input, request.input_base64) {
+            (Some(text), None) => Bytes::from(text),
+            (None, Some(encoded)) => {
+                Bytes::from(crate::api::base64_field(&encoded, "input_base64")?)
+            }
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid_field(
+                    "input_base64",
+                    "cannot be given together with `input`",
+                ));
+            }
+            (None, None) => return Err(Error::missing_field("input")),
+        };
+        let id = match request.id {
+            Some(id) if id.is_empty() || id.chars().count() > MAX_ID_CHARS => {
+                return Err(Error::invalid_field(
+                    "id",
+                    format!("must have 1 to {MAX_ID_CHARS} characters"),
+                ));
+            }
+            Some(id) if id.chars().any(char::is_control) => {
+                return Err(Error::invalid_field(
+                    "id",
+                    "must not hold control characters",
+                ));
+            }
+            Some(id) => id,
+            None => crate::storage::new_id(),
+        };
+        let deadline = match request.timeout_ms {
+            Some(0) => return Err(Error::invalid_field("timeout_ms", "must be greater than 0")),
+            Some(milliseconds) if milliseconds > MAX_TIMEOUT_MS => {
+                return Err(Error::invalid_field(
+                    "timeout_ms",
+                    format!("must be at most {MAX_TIMEOUT_MS} (a day)"),
+                ));
+            }
+            Some(milliseconds) => Duration::from_millis(milliseconds).min(longest),
+            None => longest,
+        };
+        Ok(Self {
+            id,
+            placement: Placement::from_target(request.target)?,
+            plugin: request.plugin.filter(|name| !name.is_empty()),
+            input,
+            deadline,
+        })
+    }
+}
+
+impl Placement {
+    fn from_target(target: Option<TaskTarget>) -> Result<Self, Error> {
+        match target {
+            None => Ok(Self::Anywhere),
+            Some(TaskTarget::Node(text)) if text.trim().is_empty() => Err(Error::invalid_field(
+                "target",
+                "is empty; give a node's gRPC address (host:port), its node ID, or leave it out",
+            )),
+            Some(TaskTarget::Node(text)) => Ok(Self::Named(text)),
+            Some(TaskTarget::Selector(selector)) => {
+                Ok(Self::Chosen(Selector::from_request(selector)?))
+            }
+        }
+    }
+}
+
+impl Selector {
+    fn from_request(selector: TargetSelector) -> Result<Self, Error> {
+        let max_price_wei = selector
+            .max_price_wei
+            .map(|text| {
+                let digits = text.trim();
+                digits
+                    .parse::<alloy_primitives::U256>()
+                    .ok()
+                    .filter(|_| {
+                        !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit())
+                    })
+                    .ok_or_else(|| {
+                        Error::invalid_field(
+                            "target.max_price_wei",
+                            format!("{text:?} is not a whole number of wei"),
+                        )
+                    })
+            })
+            .transpose()?;
+        let exclude = selector
+            .exclude
+            .iter()
+            .map(|text| {
+                text.parse::<NodeId>().map_err(|error| {
+                    Error::invalid_field("target.exclude", format!("has {text:?}: {error}"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let plugin_version = selector
+            .plugin_version
+            .map(|text| {
+                text.parse::<semver::VersionReq>().map_err(|error| {
+                    Error::invalid_field(
+                        "target.plugin_version",
+                        format!("{text:?} is not a semver requirement such as \"^1.2\": {error}"),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            labels: selector.labels,
+            max_price_wei,
+            exclude,
+            plugin_version,
+        })
+    }
 }
 
 /// A task that ran.

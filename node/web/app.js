@@ -446,19 +446,31 @@ function pricesText(peer) {
 
 let taskFormReady = false;
 
+// The target option that lets the requester's scheduler choose among the mesh's members.
+const ANY_NODE = "*";
+
 async function renderTaskForm() {
-  if (taskFormReady) return;
-  taskFormReady = true;
-  await Promise.all([loadPeers(), renderPlugins()]);
+  await Promise.all([loadPeers(), renderPlugins(), renderRecentTasks()]);
+  // Refilled as members come and go, keeping what is chosen.
   const target = $("task-target");
-  fill(
-    target,
-    el("option", { value: "" }, "This node"),
-    state.peers.filter((peer) => peer.state !== "dead")
-      .map((peer) => el("option", { value: targetOf(peer) },
+  const choices = state.peers.filter((peer) => peer.state !== "dead");
+  const values = ["", ANY_NODE, ...choices.map(targetOf)];
+  const shown = [...target.options].map((option) => option.value);
+  if (values.join("\n") !== shown.join("\n")) {
+    const chosen = target.value;
+    fill(
+      target,
+      el("option", { value: "" }, "This node"),
+      el("option", { value: ANY_NODE }, "Any node (the scheduler chooses)"),
+      choices.map((peer) => el("option", { value: targetOf(peer) },
         `${peer.addresses.grpc} (${shortId(peer.id)})`)),
-  );
-  fillPluginChoices();
+    );
+    target.value = values.includes(chosen) ? chosen : "";
+  }
+  if (!taskFormReady) {
+    taskFormReady = true;
+    fillPluginChoices();
+  }
 }
 
 // The peer as a target: by node ID at its address, so an impostor there is refused.
@@ -468,38 +480,62 @@ function targetOf(peer) {
 
 function fillPluginChoices() {
   const address = $("task-target").value;
-  const names = address
-    ? (state.peers.find((peer) => targetOf(peer) === address)?.plugins || []).map((plugin) => plugin.name)
-    : state.plugins.map((plugin) => plugin.name);
+  const names = address === ANY_NODE
+    ? [...new Set(state.peers.flatMap((peer) => peer.plugins.map((plugin) => plugin.name)))].sort()
+    : address
+      ? (state.peers.find((peer) => targetOf(peer) === address)?.plugins || []).map((plugin) => plugin.name)
+      : state.plugins.map((plugin) => plugin.name);
   fill($("task-plugin"), el("option", { value: "" }, "The target's default"),
     names.map((name) => el("option", { value: name }, name)));
 }
 
+/** The target the form asks for: a node, a selector ("Any node" and labels), or none. */
+function taskTarget() {
+  const other = $("task-target-other").value.trim();
+  if (other) return other;
+  const chosen = $("task-target").value;
+  if (chosen !== ANY_NODE) return chosen || undefined;
+  const labels = {};
+  for (const pair of $("task-labels").value.split(",").map((text) => text.trim()).filter(Boolean)) {
+    const [key, ...value] = pair.split("=");
+    labels[key.trim()] = value.join("=").trim();
+  }
+  return { labels };
+}
+
+/** Hands the task to the node in the background, then follows it until it is over. */
 async function runTask(event) {
   event.preventDefault();
   const result = $("task-result");
   const button = event.submitter || event.target.querySelector("button");
   const request = {};
-  const target = $("task-target-other").value.trim() || $("task-target").value;
+  const target = taskTarget();
   if (target) request.target = target;
   const plugin = $("task-plugin").value;
   if (plugin) request.plugin = plugin;
   const file = $("task-file").files[0];
   if (file) request.input_base64 = await base64Of(file);
   else request.input = $("task-input").value;
-  fill(result, el("p", {}, "Running…"));
+  fill(result, el("p", {}, "Queued…"));
   button.disabled = true;
-  const started = performance.now();
   try {
-    const answer = await api("POST", "/task", request);
-    const ms = (performance.now() - started).toFixed(0);
+    const accepted = await api("POST", "/tasks", request);
+    const task = await followTask(accepted.id, (current) =>
+      fill(result, el("p", {}, current.state === "running" ? "Running…" : "Queued…")));
+    renderRecentTasks();
+    if (task.state === "failed") {
+      fill(result, el("p", { class: "outcome-failed", role: "alert" },
+        `Failed: ${task.error.message} [${task.error.code}] (task ${task.id}).`));
+      return;
+    }
+    const ms = task.finished_at_ms - task.started_at_ms;
     fill(
       result,
-      el("p", { class: "outcome-ok" }, `Succeeded on plugin ${answer.plugin} of node ${shortId(answer.node)} in ${ms} ms (task ${answer.id}).`),
-      answer.output !== undefined
-        ? [el("h3", {}, "Output"), el("pre", { id: "task-output", tabindex: 0 }, answer.output)]
+      el("p", { class: "outcome-ok" }, `Succeeded on plugin ${task.plugin} of node ${shortId(task.node)} in ${ms} ms (task ${task.id}).`),
+      task.output !== undefined
+        ? [el("h3", {}, "Output"), el("pre", { id: "task-output", tabindex: 0 }, task.output)]
         : el("button", { type: "button", onclick: () =>
-            saveBlob(new Blob([bytesOfBase64(answer.output_base64)]), `task-${answer.id}.out`) },
+            saveBlob(new Blob([bytesOfBase64(task.output_base64)]), `task-${task.id}.out`) },
           "Download the output (binary)"),
     );
   } catch (error) {
@@ -508,6 +544,38 @@ async function runTask(event) {
   } finally {
     button.disabled = false;
   }
+}
+
+/** Polls a background task until it is over, telling `onChange` of each state on the way. */
+async function followTask(id, onChange) {
+  let pause = 50;
+  for (;;) {
+    const task = await api("GET", `/tasks/${encodeURIComponent(id)}`);
+    if (task.state === "succeeded" || task.state === "failed") return task;
+    onChange(task);
+    await new Promise((resolve) => setTimeout(resolve, pause));
+    pause = Math.min(pause * 2, 1000);
+  }
+}
+
+async function renderRecentTasks() {
+  const answer = await attempt("Tasks", () => api("GET", "/tasks?limit=20"));
+  if (!answer) return;
+  fill(
+    document.querySelector("#tasks-table tbody"),
+    answer.tasks.length === 0
+      ? el("tr", {}, el("td", { colspan: 7 }, "No background tasks yet."))
+      : answer.tasks.map((task) =>
+          el("tr", { "data-task": task.id },
+            el("th", { scope: "row", class: "mono" }, task.id),
+            el("td", {}, badge(task.state)),
+            el("td", {}, new Date(task.created_at_ms).toLocaleString()),
+            el("td", {}, task.finished_at_ms && task.started_at_ms
+              ? `${task.finished_at_ms - task.started_at_ms} ms` : "–"),
+            el("td", {}, task.plugin || "default"),
+            el("td", { class: "mono" }, task.node ? shortId(task.node) : "–"),
+            el("td", {}, task.error ? `${task.error.code}: ${task.error.message}` : ""))),
+  );
 }
 
 function base64Of(file) {

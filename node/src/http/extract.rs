@@ -92,19 +92,7 @@ pub fn address(value: Option<String>, field: &str) -> Result<Option<String>, Err
     }
 }
 
-/// Decodes a base64 field (standard alphabet, padding optional).
-pub fn base64_field(value: &str, field: &str) -> Result<Vec<u8>, Error> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(value.trim_end_matches('='))
-        .map_err(|error| Error::invalid_field(field, format!("is not valid base64: {error}")))
-}
-
-/// Encodes bytes as standard padded base64.
-pub fn to_base64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
+pub use crate::api::{base64_field, to_base64};
 
 /// A path parameter; a segment that does not decode (`GET /files/%ff`) is a JSON
 /// `invalid_field` error rather than axum's plain-text 400.

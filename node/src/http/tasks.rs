@@ -1,21 +1,21 @@
-//! `POST /task`.
-
-use std::time::Duration;
+//! `POST /task` (run and wait) and the background tasks: `POST /tasks`, `GET /tasks/{id}`,
+//! `GET /tasks`.
 
 use axum::extract::State;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 
-use super::extract::{JsonBody, address, base64_field, required, to_base64};
+use super::extract::{JsonBody, Path, Query};
 use super::openapi::error_responses;
-use crate::api::{TargetSelector, TaskAnswer, TaskRequest, TaskTarget};
+use crate::api::{TaskAccepted, TaskAnswer, TaskList, TaskListQuery, TaskRequest, TaskStatus};
 use crate::context::NodeContext;
-use crate::error::Error;
-use crate::identity::NodeId;
-use crate::scheduler::{Placement, Selector, TaskSpec};
+use crate::error::{Error, ErrorCode};
+use crate::scheduler::TaskSpec;
+use crate::scheduler::background;
 
-/// The longest deadline a request may ask for (it is capped by `grpc.task_timeout_ms` anyway).
-const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// Tasks `GET /tasks` lists when the query names no limit, and the most it lists.
+const DEFAULT_LIST_LIMIT: u32 = 100;
+const MAX_LIST_LIMIT: u32 = 1000;
 
 error_responses!(
     /// Errors of `POST /task`.
@@ -23,6 +23,22 @@ error_responses!(
     Overloaded, TaskRejected, PaymentRequired, InsufficientFunds, ChannelStateConflict,
     NoCapableNode, TargetUnreachable, TargetMismatch, TargetTimeout, TargetError, PluginUnavailable,
     PluginTimeout, PluginFailed, ShuttingDown,
+);
+
+error_responses!(
+    /// Errors of `POST /tasks`.
+    SubmitErrors: InvalidJson, MissingField, InvalidField, PayloadTooLarge, AlreadyExists,
+    Overloaded, StorageFailure,
+);
+
+error_responses!(
+    /// Errors of `GET /tasks/{id}`.
+    StatusErrors: InvalidField, TaskNotFound, StorageFailure,
+);
+
+error_responses!(
+    /// Errors of `GET /tasks`.
+    ListErrors: InvalidField, StorageFailure,
 );
 
 /// Runs a task on the node the target names, or the one the scheduler chooses, and returns its
@@ -38,47 +54,12 @@ pub async fn run_task(
     State(context): State<NodeContext>,
     JsonBody(request): JsonBody<TaskRequest>,
 ) -> Result<Response, Error> {
-    let input = match (request.input, request.input_base64) {
-        (Some(text), None) => Bytes::from(text),
-        (None, Some(encoded)) => Bytes::from(base64_field(&encoded, "input_base64")?),
-        (Some(_), Some(_)) => {
-            return Err(Error::invalid_field(
-                "input_base64",
-                "cannot be given together with `input`",
-            ));
-        }
-        (None, None) => return Err(required(None::<()>, "input").expect_err("absent")),
-    };
-    let task_id = request.id.unwrap_or_else(crate::storage::new_id);
-    let deadline = match request.timeout_ms {
-        Some(0) => return Err(Error::invalid_field("timeout_ms", "must be greater than 0")),
-        Some(milliseconds) if milliseconds > MAX_TIMEOUT_MS => {
-            return Err(Error::invalid_field(
-                "timeout_ms",
-                format!("must be at most {MAX_TIMEOUT_MS} (a day)"),
-            ));
-        }
-        Some(milliseconds) => Duration::from_millis(milliseconds).min(context.task_timeout),
-        None => context.task_timeout,
-    };
-
-    let outcome = crate::scheduler::run(
-        &context,
-        TaskSpec {
-            id: task_id.clone(),
-            placement: placement(request.target)?,
-            plugin: request.plugin.filter(|name| !name.is_empty()),
-            input,
-            deadline,
-        },
-    )
-    .await?;
-    let (output, output_base64) = match std::str::from_utf8(&outcome.output) {
-        Ok(text) => (Some(text.to_owned()), None),
-        Err(_) => (None, Some(to_base64(&outcome.output))),
-    };
+    let spec = TaskSpec::from_request(request, context.task_timeout)?;
+    let id = spec.id.clone();
+    let outcome = crate::scheduler::run(&context, spec).await?;
+    let (output, output_base64) = crate::api::text_or_base64(&outcome.output);
     Ok(axum::Json(TaskAnswer {
-        id: task_id,
+        id,
         output,
         output_base64,
         plugin: outcome.plugin,
@@ -87,57 +68,80 @@ pub async fn run_task(
     .into_response())
 }
 
-/// Where the request asks the task to run, checked field by field.
-fn placement(target: Option<TaskTarget>) -> Result<Placement, Error> {
-    match target {
-        None => Ok(Placement::Anywhere),
-        Some(TaskTarget::Node(text)) => Ok(Placement::Named(
-            address(Some(text), "target")?.expect("given"),
-        )),
-        Some(TaskTarget::Selector(selector)) => Ok(Placement::Chosen(selector_of(selector)?)),
-    }
+/// Accepts a task to run in the background (the same body as `POST /task`); its state is at
+/// `GET /tasks/{id}`.
+#[utoipa::path(
+    post,
+    path = "/tasks",
+    tag = "tasks",
+    request_body = TaskRequest,
+    responses(
+        (status = 202, description = "The task is accepted and queued", body = TaskAccepted,
+         headers(("Location" = String, description = "Where its state is: /tasks/{id}"))),
+        SubmitErrors,
+    ),
+)]
+pub async fn submit(
+    State(context): State<NodeContext>,
+    JsonBody(request): JsonBody<TaskRequest>,
+) -> Result<Response, Error> {
+    let status = background::submit(&context, request).await?;
+    let location = format!("/tasks/{}", crate::api::path_segment(&status.id));
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        axum::Json(TaskAccepted {
+            id: status.id,
+            state: status.state,
+        }),
+    )
+        .into_response())
 }
 
-fn selector_of(selector: TargetSelector) -> Result<Selector, Error> {
-    let max_price_wei = selector
-        .max_price_wei
-        .map(|text| {
-            text.trim()
-                .parse::<alloy_primitives::U256>()
-                .ok()
-                .filter(|_| text.trim().bytes().all(|byte| byte.is_ascii_digit()))
-                .ok_or_else(|| {
-                    Error::invalid_field(
-                        "target.max_price_wei",
-                        format!("{text:?} is not a whole number of wei"),
-                    )
-                })
-        })
-        .transpose()?;
-    let exclude = selector
-        .exclude
-        .iter()
-        .map(|text| {
-            text.parse::<NodeId>().map_err(|error| {
-                Error::invalid_field("target.exclude", format!("has {text:?}: {error}"))
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    let plugin_version = selector
-        .plugin_version
-        .map(|text| {
-            text.parse::<semver::VersionReq>().map_err(|error| {
-                Error::invalid_field(
-                    "target.plugin_version",
-                    format!("{text:?} is not a semver requirement such as \"^1.2\": {error}"),
-                )
-            })
-        })
-        .transpose()?;
-    Ok(Selector {
-        labels: selector.labels,
-        max_price_wei,
-        exclude,
-        plugin_version,
-    })
+/// A background task: its state, the node that ran it, timings, and its output or error.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task's ID")),
+    responses((status = 200, description = "The task", body = TaskStatus), StatusErrors),
+)]
+pub async fn status(
+    State(context): State<NodeContext>,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    let record = context.tasks.get(&id).await?.ok_or_else(|| {
+        Error::new(
+            ErrorCode::TaskNotFound,
+            format!("no background task with ID {id:?} is kept here"),
+        )
+    })?;
+    Ok(axum::Json(record.status).into_response())
+}
+
+/// Background tasks, newest first, without their outputs.
+#[utoipa::path(
+    get,
+    path = "/tasks",
+    tag = "tasks",
+    params(TaskListQuery),
+    responses((status = 200, description = "The tasks", body = TaskList), ListErrors),
+)]
+pub async fn list(
+    State(context): State<NodeContext>,
+    Query(query): Query<TaskListQuery>,
+) -> Result<Response, Error> {
+    let limit = match query.limit {
+        Some(0) => return Err(Error::invalid_field("limit", "must be greater than 0")),
+        Some(limit) if limit > MAX_LIST_LIMIT => {
+            return Err(Error::invalid_field(
+                "limit",
+                format!("must be at most {MAX_LIST_LIMIT}"),
+            ));
+        }
+        Some(limit) => limit,
+        None => DEFAULT_LIST_LIMIT,
+    };
+    let tasks = context.tasks.list(query.state, limit as usize).await?;
+    Ok(axum::Json(TaskList { tasks }).into_response())
 }

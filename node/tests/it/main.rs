@@ -1,6 +1,7 @@
 //! Integration tests: real `sphere` node processes, each with its real demo plugin process, on
 //! 127.0.0.1 with port 0.
 
+mod background;
 mod durability;
 mod errors;
 mod files;

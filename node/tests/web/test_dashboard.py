@@ -123,11 +123,31 @@ def test_a_task_run_from_the_form_shows_its_output_and_a_failure_its_code(page, 
     expect(page.locator("#task-result")).to_contain_text(f"of node {providers[0].node_id[:8]}")
     screenshot(page, "task")
 
+    # Anywhere the scheduler chooses: one of the members that serve the plugin.
+    page.get_by_label("Target node", exact=True).select_option("*")
     page.get_by_label("Plugin", exact=True).select_option("hello")
+    page.get_by_label("Input text", exact=True).fill("anywhere")
+    page.get_by_role("button", name="Run", exact=True).click()
+    expect(page.locator("#task-output")).to_have_text("anywhere")
+    result = page.locator("#task-result").inner_text()
+    assert any(f"of node {provider.node_id[:8]}" in result for provider in providers), result
+
+    # A selector nobody matches fails with the scheduler's reasons.
+    page.get_by_label("Labels the chosen node must carry", exact=False).fill("region=nowhere")
+    page.get_by_role("button", name="Run", exact=True).click()
+    expect(page.locator("#task-result")).to_contain_text("no_capable_node")
+    expect(page.locator("#task-result")).to_contain_text("no label region")
+
     page.get_by_label("or another node's gRPC address", exact=True).fill("127.0.0.1:1")
     page.get_by_role("button", name="Run", exact=True).click()
     expect(page.locator("#task-result")).to_contain_text("target_unreachable")
-    expect(page.locator("#task-result")).to_contain_text("HTTP 502")
+
+    # Every task run from the form is listed, newest first, with how it ended.
+    rows = page.locator("#tasks-table tbody tr")
+    expect(rows).to_have_count(5)
+    expect(rows.nth(0)).to_contain_text("failed")
+    expect(rows.nth(0)).to_contain_text("target_unreachable")
+    expect(rows.nth(4)).to_contain_text("succeeded")
 
 
 def test_a_killed_plugin_shows_unhealthy_then_healthy_again(page):
