@@ -63,6 +63,23 @@ pub struct TaskRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 86_400_000)]
     pub timeout_ms: Option<u64>,
+    /// Run the task on several nodes and accept the output `k` of them sign alike (for plugins
+    /// that declare themselves deterministic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyRequest>,
+}
+
+/// How many nodes must agree on a verified task's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// Nodes that must sign the same output (at least 2).
+    #[schema(minimum = 2, maximum = 16)]
+    pub k: u32,
+    /// The most nodes asked, when some disagree (at least `k`, at most 16; `k` + 1 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 2, maximum = 16)]
+    pub n: Option<u32>,
 }
 
 /// Where a background task stands.
@@ -122,6 +139,9 @@ pub struct TaskStatus {
     /// The output as base64, when it succeeded and the output is not UTF-8 (not in lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_base64: Option<String>,
+    /// With `verify`: the nodes that signed the output, `node` first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verified_by: Vec<String>,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorDetail>,
@@ -210,6 +230,12 @@ pub struct TaskAnswer {
     /// The node that ran it: its node ID, as its authenticated link proved (this node's own for
     /// a task without `target`).
     pub node: String,
+    /// With `verify`: the nodes that signed this output, `node` first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verified_by: Vec<String>,
+    /// With `verify`: the nodes that signed another output (they are scored down).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disagreed: Vec<String>,
 }
 
 /// `POST /file`: a small file to store, sent whole as base64.
@@ -513,6 +539,19 @@ pub struct PeerInfo {
     pub rtt_ms: Option<f64>,
     /// Why it did not answer (configured peers).
     pub error: Option<ErrorDetail>,
+    /// How this node's own tasks there went, once it sent some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standing: Option<PeerStanding>,
+}
+
+/// How the tasks this node sent a peer went (the scheduler weighs it).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PeerStanding {
+    /// Tasks this node has running or waiting there now.
+    pub in_flight: u32,
+    /// Recent outcomes, from 0 (all failed, or signed an output other nodes disagreed with) to 1
+    /// (all succeeded).
+    pub success: f64,
 }
 
 /// Where a peer listens.

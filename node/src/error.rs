@@ -85,6 +85,9 @@ pub enum ErrorCode {
     PluginTimeout,
     /// The plugin refused the task or failed while running it.
     PluginFailed,
+    /// A verified task's nodes did not agree on its output; the details hold their signed
+    /// results as evidence.
+    VerificationFailed,
     /// Stored data failed verification: it was changed or damaged, and is not returned.
     IntegrityError,
     /// This node could not read or write its own storage.
@@ -99,8 +102,9 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in no particular order.
-    pub const ALL: [ErrorCode; 36] = [
+    pub const ALL: [ErrorCode; 37] = [
         Self::Unauthorized,
+        Self::VerificationFailed,
         Self::TaskNotFound,
         Self::Interrupted,
         Self::NoCapableNode,
@@ -172,6 +176,7 @@ impl ErrorCode {
             Self::PluginUnavailable => "plugin_unavailable",
             Self::PluginTimeout => "plugin_timeout",
             Self::PluginFailed => "plugin_failed",
+            Self::VerificationFailed => "verification_failed",
             Self::IntegrityError => "integrity_error",
             Self::StorageFailure => "storage_failure",
             Self::ShuttingDown => "shutting_down",
@@ -214,6 +219,7 @@ impl ErrorCode {
             | Self::TargetError
             | Self::PluginUnavailable
             | Self::PluginFailed
+            | Self::VerificationFailed
             | Self::IntegrityError => StatusCode::BAD_GATEWAY,
             Self::TargetTimeout | Self::PluginTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::ShuttingDown | Self::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
@@ -252,7 +258,10 @@ impl ErrorCode {
             }
             Self::TargetMismatch => tonic::Code::Unauthenticated,
             Self::TargetTimeout | Self::PluginTimeout => tonic::Code::DeadlineExceeded,
-            Self::TargetError | Self::PluginFailed | Self::Interrupted => tonic::Code::Aborted,
+            Self::TargetError
+            | Self::PluginFailed
+            | Self::Interrupted
+            | Self::VerificationFailed => tonic::Code::Aborted,
             Self::IntegrityError => tonic::Code::DataLoss,
             Self::StorageFailure | Self::Internal => tonic::Code::Internal,
         }

@@ -194,6 +194,13 @@ struct RunTaskArgs {
     /// Deadline in milliseconds, from when the task starts.
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// Run it on several nodes and accept the output this many sign alike (a plugin that
+    /// declares itself deterministic).
+    #[arg(long, value_name = "K")]
+    verify: Option<u32>,
+    /// With --verify: the most nodes to ask when some disagree (default K + 1).
+    #[arg(long, value_name = "N", requires = "verify")]
+    verify_n: Option<u32>,
     /// Wait for the task to finish and print its output.
     #[arg(long)]
     wait: bool,
@@ -514,7 +521,7 @@ async fn run_channel_command(command: ChannelCommand) -> anyhow::Result<()> {
 }
 
 async fn run_task_command(command: TaskCommand) -> anyhow::Result<()> {
-    use sphere_node::api::{TargetSelector, TaskRequest, TaskTarget};
+    use sphere_node::api::{TargetSelector, TaskRequest, TaskTarget, VerifyRequest};
     match command {
         TaskCommand::Run(arguments) => {
             let RunTaskArgs {
@@ -528,6 +535,8 @@ async fn run_task_command(command: TaskCommand) -> anyhow::Result<()> {
                 plugin_version,
                 id,
                 timeout_ms,
+                verify,
+                verify_n,
                 wait,
                 node,
             } = *arguments;
@@ -559,6 +568,7 @@ async fn run_task_command(command: TaskCommand) -> anyhow::Result<()> {
                     input,
                     input_base64,
                     timeout_ms,
+                    verify: verify.map(|k| VerifyRequest { k, n: verify_n }),
                 })
                 .await?;
             if !wait {

@@ -473,6 +473,7 @@ impl Mesh {
             last_seen_ms,
             rtt_ms: self.round_trips.rtt_ms(member.gossip_address),
             error: None,
+            standing: None,
         }
     }
 }

@@ -9,16 +9,17 @@ pub mod background;
 mod choose;
 pub mod records;
 pub mod standings;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sphere_proto::v1::RunTaskRequest;
+use sphere_proto::v1::{RunTaskRequest, RunTaskResponse};
 
 pub use choose::Selector;
 
-use crate::api::{TargetSelector, TaskRequest, TaskTarget};
+use crate::api::{TargetSelector, TaskRequest, TaskTarget, VerifyRequest};
 use crate::context::NodeContext;
 use crate::error::{Error, ErrorCode};
 use crate::identity::NodeId;
@@ -35,6 +36,8 @@ const LONGEST_WAIT: Duration = Duration::from_secs(1);
 const LEAST_USEFUL_TIME: Duration = Duration::from_millis(20);
 /// The longest deadline a request may ask for (it is capped by `grpc.task_timeout_ms` anyway).
 const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// The most nodes a verified task may ask.
+const MAX_VERIFIERS: usize = 16;
 /// The longest task ID a requester may choose.
 const MAX_ID_CHARS: usize = 128;
 
@@ -62,6 +65,17 @@ pub struct TaskSpec {
     pub input: Bytes,
     /// How long it may take, all included.
     pub deadline: Duration,
+    /// Run it on several nodes and accept an output enough of them sign.
+    pub verify: Option<Verification>,
+}
+
+/// How many nodes must agree on a verified task's output, and how many may be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verification {
+    /// Nodes that must sign the same output.
+    pub k: usize,
+    /// The most nodes asked.
+    pub n: usize,
 }
 
 impl TaskSpec {
@@ -107,13 +121,39 @@ impl TaskSpec {
             Some(milliseconds) => Duration::from_millis(milliseconds).min(longest),
             None => longest,
         };
+        let placement = Placement::from_target(request.target)?;
+        let verify = request
+            .verify
+            .map(|verify| Verification::from_request(verify, &placement))
+            .transpose()?;
         Ok(Self {
             id,
-            placement: Placement::from_target(request.target)?,
+            placement,
             plugin: request.plugin.filter(|name| !name.is_empty()),
             input,
             deadline,
+            verify,
         })
+    }
+}
+
+impl Verification {
+    fn from_request(verify: VerifyRequest, placement: &Placement) -> Result<Self, Error> {
+        if let Placement::Named(_) = placement {
+            return Err(Error::invalid_field(
+                "verify",
+                "needs the scheduler to choose the nodes: give a selector as `target`, or none",
+            ));
+        }
+        let k = verify.k as usize;
+        let n = verify.n.map_or(k + 1, |n| n as usize);
+        if !(2..=MAX_VERIFIERS).contains(&k) || !(k..=MAX_VERIFIERS).contains(&n) {
+            return Err(Error::invalid_field(
+                "verify",
+                format!("needs 2 <= k <= n <= {MAX_VERIFIERS}, got k {k} and n {n}"),
+            ));
+        }
+        Ok(Self { k, n })
     }
 }
 
@@ -191,22 +231,43 @@ pub struct TaskOutcome {
     pub plugin: String,
     /// The node that ran it: this one, or the node the link to the target proved.
     pub node: NodeId,
+    /// With verification: the nodes that signed this output, `node` first.
+    pub verified_by: Vec<NodeId>,
+    /// With verification: the nodes that signed another output.
+    pub disagreed: Vec<NodeId>,
+}
+
+impl TaskOutcome {
+    /// A task that ran on `node`, unverified.
+    fn on(node: NodeId, output: Bytes, plugin: String) -> Self {
+        Self {
+            output,
+            plugin,
+            node,
+            verified_by: Vec::new(),
+            disagreed: Vec::new(),
+        }
+    }
 }
 
 /// Runs `spec` where it asks, paying the node that runs it when payments are on.
 pub async fn run(context: &NodeContext, spec: TaskSpec) -> Result<TaskOutcome, Error> {
+    if let Some(verification) = spec.verify {
+        let selector = match &spec.placement {
+            Placement::Chosen(selector) => selector.clone(),
+            _ => Selector::default(),
+        };
+        return run_verified(context, &spec, &selector, verification).await;
+    }
     match &spec.placement {
         Placement::Named(text) => {
             let target = context.peers.resolve(text).await?;
-            let (output, plugin) = attempt(context, &target, &spec, spec.deadline)
+            let response = attempt(context, &target, &spec, spec.deadline, Bytes::new())
                 .await
                 .map_err(|failure| failure.error)?;
-            Ok(TaskOutcome {
-                output,
-                plugin,
-                // The link answered, so the node it proved is known without another call.
-                node: context.peers.node_id(&target).await?,
-            })
+            // The link answered, so the node it proved is known without another call.
+            let node = context.peers.node_id(&target).await?;
+            Ok(TaskOutcome::on(node, response.output, response.plugin))
         }
         Placement::Anywhere => {
             let serves_it = context.plugins.resolve(spec.plugin.as_deref()).is_ok();
@@ -235,11 +296,7 @@ async fn run_here(context: &NodeContext, spec: TaskSpec) -> Result<TaskOutcome, 
             Some(spec.deadline),
         )
         .await?;
-    Ok(TaskOutcome {
-        output,
-        plugin,
-        node: context.identity.id(),
-    })
+    Ok(TaskOutcome::on(context.identity.id(), output, plugin))
 }
 
 /// Runs the task on the best node that fits; on a failure, on the next, as long as the task
@@ -288,16 +345,16 @@ async fn choose_and_run(
         };
         let target = Target::node_at(choice.node, choice.address.clone());
         let running = context.standings.start(choice.node);
-        let outcome = attempt(context, &target, spec, time_left).await;
+        let outcome = attempt(context, &target, spec, time_left, Bytes::new()).await;
         drop(running);
         let failure = match outcome {
-            Ok((output, plugin)) => {
+            Ok(response) => {
                 context.standings.record(choice.node, true);
-                return Ok(TaskOutcome {
-                    output,
-                    plugin,
-                    node: choice.node,
-                });
+                return Ok(TaskOutcome::on(
+                    choice.node,
+                    response.output,
+                    response.plugin,
+                ));
             }
             Err(failure) => failure,
         };
@@ -317,6 +374,219 @@ async fn choose_and_run(
         );
         failed.insert(choice.node, failure.error);
     }
+}
+
+/// Runs the task on `k` nodes chosen at random among those that fit (never simply the first
+/// to answer, which a group of fast liars could be), each signing its answer; while no `k`
+/// agree, on more nodes, up to `n` answers. Agreeing nodes count as successes in their
+/// standings, dissenting ones as failures.
+async fn run_verified(
+    context: &NodeContext,
+    spec: &TaskSpec,
+    selector: &Selector,
+    verification: Verification,
+) -> Result<TaskOutcome, Error> {
+    let what = format!(
+        "verified task {} on {}",
+        spec.id,
+        spec.plugin.as_deref().unwrap_or("a default plugin")
+    );
+    let Some(mesh) = &context.mesh else {
+        return Err(choose::Ranking::default().no_capable_node(&what));
+    };
+    let nonce = Bytes::from(rand::random::<[u8; 32]>().to_vec());
+    let give_up_at = Instant::now() + spec.deadline;
+    let needs = choose::Needs {
+        plugin: spec.plugin.as_deref(),
+        can_pay: context.payments.is_some(),
+        deterministic: true,
+    };
+    let mut results: Vec<verify::SignedResult> = Vec::new();
+    let mut failed: HashMap<NodeId, Error> = HashMap::new();
+    let mut wait = FIRST_WAIT;
+    loop {
+        let missing = match verify::tally(&results, verification.k) {
+            verify::Verdict::Agreed {
+                agreeing,
+                dissenting,
+            } => {
+                for node in &agreeing {
+                    context.standings.record(*node, true);
+                }
+                for node in &dissenting {
+                    tracing::warn!(task = %spec.id, %node, "a node signed another output than the nodes that agree");
+                    context.standings.record(*node, false);
+                }
+                let first = results
+                    .iter()
+                    .find(|result| result.node == agreeing[0])
+                    .expect("agreeing nodes answered");
+                return Ok(TaskOutcome {
+                    output: first.output.clone(),
+                    plugin: first.plugin.clone(),
+                    node: first.node,
+                    verified_by: agreeing,
+                    disagreed: dissenting,
+                });
+            }
+            verify::Verdict::Undecided(missing) => missing,
+        };
+        if missing > verification.n - results.len() {
+            return Err(disagreement(&what, verification, &results, &failed));
+        }
+        let candidates = mesh.candidates().await;
+        refuse_if_not_deterministic(&candidates, spec.plugin.as_deref())?;
+        let mut selector = selector.clone();
+        selector
+            .exclude
+            .extend(results.iter().map(|result| result.node));
+        let standings = context.standings.snapshot();
+        let ranking = choose::rank(
+            &candidates,
+            &selector,
+            needs,
+            |node| standings.get(&node).copied().unwrap_or_default(),
+            &failed,
+            rand::random::<f64>,
+        );
+        let time_left = give_up_at.saturating_duration_since(Instant::now());
+        let mut chosen = ranking.chosen.clone();
+        if chosen.is_empty() {
+            if !ranking.may_pass_later() || time_left < LEAST_USEFUL_TIME {
+                return Err(if results.is_empty() {
+                    ranking.no_capable_node(&what)
+                } else {
+                    disagreement(&what, verification, &results, &failed)
+                });
+            }
+            tokio::time::sleep(wait.min(time_left)).await;
+            wait = (wait * 2).min(LONGEST_WAIT);
+            failed.retain(|_, error| !choose::is_passing(error.code));
+            continue;
+        }
+        {
+            use rand::seq::SliceRandom;
+            chosen.shuffle(&mut rand::rng());
+        }
+        chosen.truncate(missing);
+        let answers = futures_util::future::join_all(chosen.iter().map(|choice| {
+            let target = Target::node_at(choice.node, choice.address.clone());
+            let running = context.standings.start(choice.node);
+            let nonce = nonce.clone();
+            async move {
+                let outcome = attempt(context, &target, spec, time_left, nonce).await;
+                drop(running);
+                outcome
+            }
+        }))
+        .await;
+        for (choice, answer) in chosen.iter().zip(answers) {
+            let response = match answer {
+                Ok(response) => response,
+                Err(failure) if failure.is_the_tasks_own() => return Err(failure.error),
+                Err(failure) => {
+                    context.standings.record(choice.node, false);
+                    failed.insert(choice.node, failure.error);
+                    continue;
+                }
+            };
+            let digest = verify::TaskDigest {
+                plugin: &response.plugin,
+                version: &response.plugin_version,
+                input: &spec.input,
+                nonce: &nonce,
+            };
+            if !digest.signed_by(choice.node, &response.output, &response.result_signature) {
+                context.standings.record(choice.node, false);
+                failed.insert(
+                    choice.node,
+                    Error::new(
+                        ErrorCode::TargetError,
+                        format!("node {} did not sign its answer with its key", choice.node),
+                    ),
+                );
+                continue;
+            }
+            results.push(verify::SignedResult {
+                node: choice.node,
+                plugin: response.plugin,
+                version: response.plugin_version,
+                output: response.output,
+                signature: response.result_signature.to_vec(),
+            });
+        }
+    }
+}
+
+/// A 400 when the nodes that have the plugin all leave out that it is deterministic: comparing
+/// their outputs would prove nothing.
+fn refuse_if_not_deterministic(
+    candidates: &[crate::mesh::Candidate],
+    plugin: Option<&str>,
+) -> Result<(), Error> {
+    let offered: Vec<&crate::api::PeerPlugin> = candidates
+        .iter()
+        .filter_map(|candidate| {
+            let plugins = &candidate.record.plugins;
+            match plugin {
+                Some(name) => plugins.iter().find(|offered| offered.name == name),
+                None => plugins.iter().find(|offered| offered.default),
+            }
+        })
+        .collect();
+    if !offered.is_empty() && offered.iter().all(|offered| !offered.deterministic) {
+        return Err(Error::invalid_field(
+            "verify",
+            format!(
+                "cannot be used with plugin {:?}: it does not declare itself deterministic, so \
+                 outputs of several nodes may differ without anyone lying",
+                offered[0].name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The answer when no `k` nodes agree: every signed result, as evidence.
+fn disagreement(
+    what: &str,
+    verification: Verification,
+    results: &[verify::SignedResult],
+    failed: &HashMap<NodeId, Error>,
+) -> Error {
+    let evidence: Vec<serde_json::Value> = results
+        .iter()
+        .map(|result| {
+            serde_json::json!({
+                "node": result.node.to_string(),
+                "plugin": result.plugin,
+                "plugin_version": result.version,
+                "output_sha256": hex::encode(verify::output_hash(&result.output)),
+                "signature": format!("0x{}", hex::encode(&result.signature)),
+            })
+        })
+        .collect();
+    let failures: Vec<serde_json::Value> = failed
+        .iter()
+        .map(|(node, error)| {
+            serde_json::json!({"node": node.to_string(), "code": error.code, "message": error.message})
+        })
+        .collect();
+    let distinct: std::collections::HashSet<[u8; 32]> = results
+        .iter()
+        .map(|result| verify::output_hash(&result.output))
+        .collect();
+    Error::new(
+        ErrorCode::VerificationFailed,
+        format!(
+            "{what}: no {} nodes signed the same output ({} answers, {} different outputs, at most {} nodes asked)",
+            verification.k,
+            results.len(),
+            distinct.len(),
+            verification.n
+        ),
+    )
+    .with_details(serde_json::json!({"results": evidence, "failed": failures}))
 }
 
 /// A task that did not run on a node.
@@ -368,18 +638,21 @@ fn refused_before_running(code: ErrorCode) -> bool {
     )
 }
 
-/// Runs the task on `target` within `deadline`, paying it when payments are on.
+/// Runs the task on `target` within `deadline`, paying it when payments are on; with a
+/// `verify_nonce`, the target signs its answer.
 async fn attempt(
     context: &NodeContext,
     target: &Target,
     spec: &TaskSpec,
     deadline: Duration,
-) -> Result<(Bytes, String), Failure> {
+    verify_nonce: Bytes,
+) -> Result<RunTaskResponse, Failure> {
     let mut task = RunTaskRequest {
         task_id: spec.id.clone(),
         input: spec.input.clone(),
         plugin: spec.plugin.clone().unwrap_or_default(),
         voucher: None,
+        verify_nonce,
     };
     // A second try only after this node caught up with the target's count of the channel (its
     // voucher was refused as too small).
@@ -419,7 +692,7 @@ async fn run_on_target(
     target: &Target,
     task: RunTaskRequest,
     deadline: Duration,
-) -> Result<(Bytes, String), Failure> {
+) -> Result<RunTaskResponse, Failure> {
     let started = Instant::now();
     let requested_plugin = task.plugin.clone();
     let outcome = call_target(context, target, task, deadline).await;
@@ -431,7 +704,7 @@ async fn run_on_target(
         .iter()
         .any(|peer| peer == target.address());
     let plugin = match &outcome {
-        Ok((_, plugin)) => plugin.as_str(),
+        Ok(response) => response.plugin.as_str(),
         Err(_) if requested_plugin.is_empty() => "default",
         Err(_) => requested_plugin.as_str(),
     };
@@ -455,15 +728,12 @@ async fn call_target(
     target: &Target,
     task: RunTaskRequest,
     deadline: Duration,
-) -> Result<(Bytes, String), Failure> {
+) -> Result<RunTaskResponse, Failure> {
     let mut client = context.peers.tasks(target);
     let mut request = tonic::Request::new(task);
     request.set_timeout(deadline);
     match tokio::time::timeout(deadline + STUCK_CALL_MARGIN, client.run_task(request)).await {
-        Ok(Ok(response)) => {
-            let response = response.into_inner();
-            Ok((response.output, response.plugin))
-        }
+        Ok(Ok(response)) => Ok(response.into_inner()),
         Ok(Err(status)) => Err(Failure {
             may_have_run: match Error::from_node_status(&status) {
                 Some(answer) => !refused_before_running(answer.code),

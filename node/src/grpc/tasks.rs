@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::payments::payee::Reservation;
+use crate::scheduler::verify::{NONCE_BYTES, TaskDigest};
 
 /// Time kept back from the caller's deadline for the answer to travel back.
 const ANSWER_MARGIN: Duration = Duration::from_millis(100);
@@ -41,7 +42,20 @@ impl TaskService for TaskGrpc {
             input,
             plugin,
             voucher,
+            verify_nonce,
         } = request.into_inner();
+        if !verify_nonce.is_empty() && !NONCE_BYTES.contains(&verify_nonce.len()) {
+            return Err(Error::invalid_field(
+                "verify_nonce",
+                format!(
+                    "has {} bytes; it must have {} to {}",
+                    verify_nonce.len(),
+                    NONCE_BYTES.start(),
+                    NONCE_BYTES.end()
+                ),
+            )
+            .into());
+        }
         let plugin = Some(plugin.as_str()).filter(|name| !name.is_empty());
         let reservation = match &self.context.payments {
             Some(payments) => {
@@ -58,14 +72,28 @@ impl TaskService for TaskGrpc {
         let (output, plugin_name) = self
             .context
             .plugins
-            .run(plugin, task_id.clone(), input, deadline)
+            .run(plugin, task_id.clone(), input.clone(), deadline)
             .await
             .map_err(Error::from)?;
         reservation.charge().await?;
+        let plugin_version = self.context.plugins.version_of(&plugin_name);
+        let result_signature = if verify_nonce.is_empty() {
+            Vec::new()
+        } else {
+            TaskDigest {
+                plugin: &plugin_name,
+                version: &plugin_version,
+                input: &input,
+                nonce: &verify_nonce,
+            }
+            .sign(&self.context.identity, &output)
+        };
         Ok(Response::new(RunTaskResponse {
             task_id,
             output,
             plugin: plugin_name,
+            plugin_version,
+            result_signature: result_signature.into(),
         }))
     }
 }

@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use super::openapi::{CommonErrors, error_responses};
 use crate::address::NodeAddress;
 use crate::api::{
-    HealthAnswer, NodeAnswer, NodeHealth, PeerAddresses, PeerInfo, PeerList, PeerSource, PeerState,
-    PluginHealth, PluginList, Prices,
+    HealthAnswer, NodeAnswer, NodeHealth, PeerAddresses, PeerInfo, PeerList, PeerSource,
+    PeerStanding, PeerState, PluginHealth, PluginList, Prices,
 };
 use crate::context::NodeContext;
 use crate::error::{Error, ErrorCode};
@@ -146,10 +146,24 @@ pub async fn peer(
 }
 
 async fn members(context: &NodeContext) -> Vec<PeerInfo> {
-    match &context.mesh {
+    let mut members = match &context.mesh {
         Some(mesh) => mesh.members().await,
         None => Vec::new(),
+    };
+    let standings = context.standings.snapshot();
+    for member in &mut members {
+        let node = member
+            .id
+            .as_deref()
+            .and_then(|id| id.parse::<NodeId>().ok());
+        member.standing = node
+            .and_then(|node| standings.get(&node))
+            .map(|standing| PeerStanding {
+                in_flight: standing.in_flight,
+                success: standing.success,
+            });
     }
+    members
 }
 
 async fn known_peers(context: &NodeContext) -> Vec<PeerInfo> {
@@ -206,6 +220,7 @@ async fn ask_peer(context: &NodeContext, address: &NodeAddress) -> PeerInfo {
         last_seen_ms: None,
         rtt_ms: None,
         error: None,
+        standing: None,
     };
     match answer {
         Ok((node, info)) => {

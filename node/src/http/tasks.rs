@@ -64,6 +64,12 @@ pub async fn run_task(
         output_base64,
         plugin: outcome.plugin,
         node: outcome.node.to_string(),
+        verified_by: outcome
+            .verified_by
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        disagreed: outcome.disagreed.iter().map(ToString::to_string).collect(),
     })
     .into_response())
 }

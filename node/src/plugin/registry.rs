@@ -157,6 +157,20 @@ impl Plugins {
         Ok((result?, slot.name()))
     }
 
+    /// The version plugin `name` described itself with; empty before it did.
+    pub fn version_of(&self, name: &str) -> String {
+        self.slots
+            .iter()
+            .find(|slot| slot.name() == name)
+            .and_then(|slot| {
+                slot.state()
+                    .description
+                    .as_ref()
+                    .map(|description| description.version.clone())
+            })
+            .unwrap_or_default()
+    }
+
     /// Returns the name of the plugin `name` (the default one when `None`) would run on.
     pub fn resolve(&self, name: Option<&str>) -> Result<String, PluginError> {
         Ok(self.find(name)?.name())

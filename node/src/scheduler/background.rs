@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::records::TaskRecord;
-use super::{TaskOutcome, TaskSpec};
+use super::TaskSpec;
+use super::records::{Ran, TaskRecord};
 use crate::api::{TaskRequest, TaskStatus};
 use crate::context::NodeContext;
 use crate::error::{Error, ErrorCode};
@@ -92,13 +92,16 @@ async fn run(context: NodeContext, mut record: TaskRecord, spec: TaskSpec) {
         tracing::error!(task = %spec.id, %error, "could not note a background task's start; not running it");
         return;
     }
-    let outcome = super::run(&context, spec).await.map(
-        |TaskOutcome {
-             output,
-             plugin,
-             node,
-         }| (output, plugin, node.to_string()),
-    );
+    let outcome = super::run(&context, spec).await.map(|outcome| Ran {
+        output: outcome.output,
+        plugin: outcome.plugin,
+        node: outcome.node.to_string(),
+        verified_by: outcome
+            .verified_by
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    });
     record.finish(outcome);
     if let Err(error) = context.tasks.update(&record).await {
         tracing::error!(task = %record.status.id, %error, "could not store a background task's outcome");

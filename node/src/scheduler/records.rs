@@ -41,6 +41,7 @@ impl TaskRecord {
                 finished_at_ms: None,
                 output: None,
                 output_base64: None,
+                verified_by: Vec::new(),
                 error: None,
             },
             request,
@@ -54,14 +55,15 @@ impl TaskRecord {
     }
 
     /// Notes how the task ended, and drops its input.
-    pub fn finish(&mut self, outcome: Result<(bytes::Bytes, String, String), Error>) {
+    pub fn finish(&mut self, outcome: Result<Ran, Error>) {
         match outcome {
-            Ok((output, plugin, node)) => {
+            Ok(ran) => {
                 self.status.state = TaskState::Succeeded;
                 (self.status.output, self.status.output_base64) =
-                    crate::api::text_or_base64(&output);
-                self.status.plugin = Some(plugin);
-                self.status.node = Some(node);
+                    crate::api::text_or_base64(&ran.output);
+                self.status.plugin = Some(ran.plugin);
+                self.status.node = Some(ran.node);
+                self.status.verified_by = ran.verified_by;
             }
             Err(error) => {
                 self.status.state = TaskState::Failed;
@@ -72,6 +74,19 @@ impl TaskRecord {
         self.request.input = None;
         self.request.input_base64 = None;
     }
+}
+
+/// What a task that ran gave.
+#[derive(Debug, Clone)]
+pub struct Ran {
+    /// The output.
+    pub output: bytes::Bytes,
+    /// The plugin that ran it.
+    pub plugin: String,
+    /// The node that ran it.
+    pub node: String,
+    /// With verification: the nodes that signed the output.
+    pub verified_by: Vec<String>,
 }
 
 /// What the index keeps of each task.

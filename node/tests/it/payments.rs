@@ -587,6 +587,7 @@ async fn unpaid_underpaid_forged_and_failed_work_is_not_paid_for() {
                 input: "hello".into(),
                 plugin: String::new(),
                 voucher,
+                ..Default::default()
             })
             .await
     };

@@ -34,6 +34,11 @@ fn worker(seed: &TestNode, labels: Value, plugin: Value) -> TestNode {
 
 /// Polls until `node` lists every one of `workers` alive with plugin `work` serving.
 async fn until_ready(node: &TestNode, workers: &[&TestNode]) {
+    until_serving(node, workers, "work").await;
+}
+
+/// Polls until `node` lists every one of `workers` alive with plugin `plugin` serving.
+async fn until_serving(node: &TestNode, workers: &[&TestNode], plugin_name: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, body) = node.call(reqwest::Method::GET, "/peers", "").await;
@@ -45,7 +50,7 @@ async fn until_ready(node: &TestNode, workers: &[&TestNode]) {
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .any(|plugin| plugin["name"] == "work" && plugin["serving"] == true)
+                        .any(|plugin| plugin["name"] == plugin_name && plugin["serving"] == true)
             })
         });
         if ready {
@@ -388,4 +393,177 @@ async fn a_task_of_a_plugin_that_may_not_run_twice_is_not_retried_after_it_start
     let (status, body) = running.await.expect("joined");
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "target_unreachable", "{body}");
+}
+
+#[tokio::test]
+async fn a_lying_node_is_caught_by_verification_outvoted_and_scored_down() {
+    let requester = requester();
+    let honest: Vec<TestNode> = (0..2)
+        .map(|_| worker(&requester, json!({}), json!({})))
+        .collect();
+    let liar = worker(&requester, json!({}), json!({"env": {"LIE": "1"}}));
+    let impure = worker(
+        &requester,
+        json!({"role": "impure"}),
+        json!({"name": "loose", "env": {"PURE": "0", "PLUGIN_NAME": "loose"}}),
+    );
+    until_ready(&requester, &[&honest[0], &honest[1], &liar]).await;
+    until_serving(&requester, &[&impure], "loose").await;
+    let verified = |input: &str, verify: Value, target: Value| json!({"plugin": "work", "input": input, "verify": verify, "target": target, "timeout_ms": 15_000});
+
+    // k=2 of n=3 among three nodes, one of them lying: every answer is the honest output, signed
+    // by two honest nodes. The nodes are drawn at random, so within a few tasks the liar is drawn,
+    // outvoted and named.
+    let mut caught = false;
+    for round in 0..30 {
+        let (status, body) = requester
+            .post(
+                "/task",
+                &verified(
+                    &format!("round {round}"),
+                    json!({"k": 2, "n": 3}),
+                    json!({}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["output"], format!("round {round}"));
+        let verified_by: Vec<&str> = body["verified_by"]
+            .as_array()
+            .expect("the agreeing nodes")
+            .iter()
+            .map(|node| node.as_str().expect("an ID"))
+            .collect();
+        assert_eq!(verified_by.len(), 2, "{body}");
+        assert!(!verified_by.contains(&liar.node_id.as_str()), "{body}");
+        assert_eq!(body["node"], verified_by[0]);
+        if let Some(disagreed) = body.get("disagreed") {
+            assert_eq!(disagreed, &json!([liar.node_id]), "{body}");
+            caught = true;
+            break;
+        }
+    }
+    assert!(caught, "the liar was never drawn in 30 verified tasks");
+    let (_, peer) = requester
+        .call(
+            reqwest::Method::GET,
+            &format!("/peers/{}", liar.node_id),
+            "",
+        )
+        .await;
+    let liar_success = peer["standing"]["success"].as_f64().expect("a standing");
+    assert!(liar_success < 1.0, "the liar is scored down: {peer}");
+    for node in &honest {
+        let (_, peer) = requester
+            .call(
+                reqwest::Method::GET,
+                &format!("/peers/{}", node.node_id),
+                "",
+            )
+            .await;
+        let success = peer["standing"]["success"].as_f64().expect("a standing");
+        assert!(success > liar_success, "{peer}");
+    }
+
+    // With room for only two answers, the liar and one honest node disagree: the task fails with
+    // both signed results as evidence.
+    let (status, body) = requester
+        .post(
+            "/task",
+            &verified(
+                "evidence",
+                json!({"k": 2, "n": 2}),
+                json!({"exclude": [honest[1].node_id]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "verification_failed");
+    let results = body["error"]["results"].as_array().expect("evidence");
+    assert_eq!(results.len(), 2, "{body}");
+    let hashes: std::collections::HashSet<&str> = results
+        .iter()
+        .map(|result| result["output_sha256"].as_str().expect("a hash"))
+        .collect();
+    assert_eq!(hashes.len(), 2, "two different outputs: {body}");
+    for result in results {
+        assert_eq!(
+            result["signature"].as_str().map(str::len),
+            Some(132),
+            "65 bytes of signature: {result}"
+        );
+    }
+
+    // A plugin that does not declare itself deterministic cannot be verified; nor can a task
+    // whose target is named.
+    let (status, body) = requester
+        .post(
+            "/task",
+            &json!({"plugin": "loose", "input": "x", "verify": {"k": 2}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("a message")
+            .contains("deterministic"),
+        "{body}"
+    );
+    let (status, body) = requester
+        .post(
+            "/task",
+            &verified("x", json!({"k": 2}), json!(liar.target())),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = requester
+        .post("/task", &verified("x", json!({"k": 3, "n": 2}), json!({})))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    drop(impure);
+}
+
+#[tokio::test]
+async fn a_node_signs_its_answer_only_over_a_nonce_of_a_sound_length() {
+    let node = crate::harness::TestNode::start();
+    let mut tasks = sphere_proto::v1::task_service_client::TaskServiceClient::connect(format!(
+        "http://{}",
+        node.target()
+    ))
+    .await
+    .expect("connect");
+    let ask = |nonce: &'static [u8]| sphere_proto::v1::RunTaskRequest {
+        task_id: "signed".into(),
+        input: "hello".into(),
+        verify_nonce: nonce.into(),
+        ..Default::default()
+    };
+    let plain = tasks
+        .run_task(ask(b""))
+        .await
+        .expect("a plain task runs")
+        .into_inner();
+    assert!(
+        plain.result_signature.is_empty(),
+        "unsigned without a nonce"
+    );
+    let signed = tasks
+        .run_task(ask(b"0123456789abcdef"))
+        .await
+        .expect("a task to verify runs")
+        .into_inner();
+    assert_eq!(signed.output, "world");
+    assert_eq!(signed.result_signature.len(), 65);
+    assert!(!signed.plugin_version.is_empty());
+    for nonce in [&b"short"[..], &[7u8; 65][..]] {
+        let status = tasks
+            .run_task(sphere_proto::v1::RunTaskRequest {
+                verify_nonce: nonce.to_vec().into(),
+                ..ask(b"")
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
 }

@@ -13,7 +13,7 @@ Environment: PLUGIN_NAME (the name it describes itself with, default "misbehavin
 HEALTH_FILE (a file whose content, SERVING or NOT_SERVING, sets its health status, polled every
 50 ms), MAX_CONCURRENCY (its own concurrency limit in Describe, default 0), MAX_WORKERS (threads serving
 every call, health checks included, default 16), PURE (when "1", it declares itself deterministic
-and idempotent).
+and idempotent), LIE (when "1", it answers "not <input>" where it would echo).
 """
 
 import os
@@ -49,6 +49,8 @@ def execute(request, context):
         return plugin_pb2.ExecuteResponse(output=b"said")
     if command == "pid":
         return plugin_pb2.ExecuteResponse(output=str(os.getpid()).encode())
+    if os.environ.get("LIE") == "1":
+        return plugin_pb2.ExecuteResponse(output=b"not " + request.input)
     return plugin_pb2.ExecuteResponse(output=request.input)
 
 
