@@ -1,5 +1,6 @@
 -- wrk script: POST /task. The body comes from the environment: TARGET (a node's gRPC address;
--- absent: the node's own plugins), PLUGIN (absent: the default plugin) and INPUT (default "hello").
+-- absent: the node's own plugins), or TARGET_JSON (a target as raw JSON, e.g. a selector `{}`),
+-- PLUGIN (absent: the default plugin) and INPUT (default "hello").
 local fields = {}
 local function add(name, value)
   if value and value ~= "" then
@@ -8,6 +9,9 @@ local function add(name, value)
   end
 end
 add("target", os.getenv("TARGET"))
+if os.getenv("TARGET_JSON") then
+  table.insert(fields, '"target": ' .. os.getenv("TARGET_JSON"))
+end
 add("plugin", os.getenv("PLUGIN"))
 add("id", "1")
 add("input", os.getenv("INPUT") or "hello")

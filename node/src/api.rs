@@ -253,6 +253,9 @@ pub struct StoreFileRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 64)]
     pub replicas: Option<u32>,
+    /// Labels each provider the node picks must carry (`{"region": "eu"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
     /// Name of the file; need not be unique.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(required = true, value_type = String)]
@@ -292,6 +295,11 @@ pub struct StoreQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(minimum = 1, maximum = 64)]
     pub replicas: Option<u32>,
+    /// Labels each provider the node picks must carry, comma-separated `key:value` pairs
+    /// (`region:eu,tier:ssd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(min_length = 1)]
+    pub labels: Option<String>,
 }
 
 /// The query of the routes that read a file.

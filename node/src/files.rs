@@ -22,6 +22,7 @@
 pub mod maintenance;
 pub mod recovery;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ use crate::error::{Error, ErrorCode};
 use crate::identity::NodeIdentity;
 use crate::payments::payer::{Payer, Payment, Work};
 use crate::peers::{Peers, Target};
+use crate::scheduler::choose::{Refused, rank_providers};
+use crate::scheduler::standings::Standings;
 use crate::storage::StorageError;
 use crate::storage::chunks::ChunkHash;
 use crate::storage::crypto::{ChunkCipher, FileKey};
@@ -65,6 +68,8 @@ pub struct Placement {
     pub targets: Vec<String>,
     /// How many providers to pick when none are named; `None` is `storage.replicas`.
     pub replicas: Option<u32>,
+    /// Labels each picked provider must carry.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// How the owner's file operations behave (from `storage.*` and `peers`).
@@ -91,6 +96,8 @@ pub struct Files {
     /// Pays providers that charge for storage and reads, when payments are on.
     payer: Option<Payer>,
     options: Arc<FileOptions>,
+    /// How the nodes this node works with are doing, to rank providers.
+    standings: Standings,
     /// Serialises read-modify-write of records (audits, repair, delete), so that none undoes
     /// another's change.
     record_lock: Arc<tokio::sync::Mutex<()>>,
@@ -105,6 +112,7 @@ impl Files {
         identity: NodeIdentity,
         payer: Option<Payer>,
         options: FileOptions,
+        standings: Standings,
     ) -> Self {
         Self {
             index,
@@ -112,6 +120,7 @@ impl Files {
             identity,
             payer,
             options: Arc::new(options),
+            standings,
             record_lock: Arc::default(),
         }
     }
@@ -401,37 +410,65 @@ impl Files {
         if wanted == 0 {
             return Err(Error::invalid_field("replicas", "must be at least 1"));
         }
-        let mut available = self.candidate_providers().await;
+        let (mut available, refused) = self.candidate_providers(&placement.labels).await;
         if available.len() < wanted {
+            let reasons: Vec<serde_json::Value> = refused
+                .iter()
+                .map(|refused| {
+                    serde_json::json!({
+                        "node": refused.node.to_string(),
+                        "address": refused.address.to_string(),
+                        "reason": refused.refusal.kind(),
+                        "message": refused.refusal.to_string(),
+                    })
+                })
+                .collect();
             return Err(Error::new(
                 ErrorCode::NotEnoughProviders,
                 format!(
-                    "the file needs {wanted} providers but only {} (live members of the mesh and configured peers with free space) can take it; \
+                    "the file needs {wanted} providers but only {} (live members of the mesh with free space{}) can take it; \
                      name `targets`, ask for fewer `replicas`, or add nodes",
-                    available.len()
+                    available.len(),
+                    if placement.labels.is_empty() {
+                        " and configured peers".to_owned()
+                    } else {
+                        format!(" carrying the labels asked for; {} refused", refused.len())
+                    },
                 ),
-            ));
+            )
+            .with_details(serde_json::json!({ "candidates": reasons })));
         }
-        use rand::seq::SliceRandom;
-        available.shuffle(&mut rand::rng());
         available.truncate(wanted);
         Ok(available)
     }
 
-    /// The providers that can take a copy now, one entry per node: the live members of the mesh
-    /// with free space (as their records say, called as the node each record names), then the
-    /// configured peers outside the mesh that report free space.
-    pub(crate) async fn candidate_providers(&self) -> Vec<Target> {
-        let mut candidates: Vec<Target> = match self.peers.mesh() {
-            Some(mesh) => mesh
-                .live_members()
-                .await
-                .into_iter()
-                .filter(|(_, _, free_bytes)| *free_bytes > 0)
-                .map(|(node, address, _)| Target::node_at(node, address))
-                .collect(),
-            None => Vec::new(),
+    /// The providers that can take a copy now, one entry per node, best first: the live members
+    /// of the mesh with free space that carry `labels`, ranked by the scheduler's provider
+    /// ranking, then (without labels, which they cannot show) the configured peers outside the
+    /// mesh that report free space. Also the members refused, with the reason.
+    pub(crate) async fn candidate_providers(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> (Vec<Target>, Vec<Refused>) {
+        let (ranked, refused) = match self.peers.mesh() {
+            Some(mesh) => {
+                let standings = self.standings.snapshot();
+                rank_providers(
+                    &mesh.candidates().await,
+                    labels,
+                    |node| standings.get(&node).copied().unwrap_or_default(),
+                    rand::random::<f64>,
+                )
+            }
+            None => (Vec::new(), Vec::new()),
         };
+        let mut candidates: Vec<Target> = ranked
+            .into_iter()
+            .map(|(node, address)| Target::node_at(node, address))
+            .collect();
+        if !labels.is_empty() {
+            return (candidates, refused);
+        }
         let outside: Vec<Target> = self
             .options
             .providers
@@ -453,7 +490,7 @@ impl Files {
                 .into_iter()
                 .flatten(),
         );
-        candidates
+        (candidates, refused)
     }
 
     /// Returns the free space `provider` reports.

@@ -202,6 +202,7 @@ impl Node {
                     .expect("peers are checked when the configuration loads")
             })
             .collect();
+        let standings = crate::scheduler::standings::Standings::default();
         let files = Files::new(
             FileIndex::new(db.clone()),
             peers.clone(),
@@ -215,6 +216,7 @@ impl Node {
                 audit_interval: Duration::from_millis(config.storage.audit_interval_ms),
                 lost_after: Duration::from_millis(config.storage.lost_after_ms),
             },
+            standings.clone(),
         );
         let shutdown_token = CancellationToken::new();
         let servers = TaskTracker::new();
@@ -273,7 +275,7 @@ impl Node {
             http_address,
             labels: config.labels.clone(),
             mesh,
-            standings: crate::scheduler::standings::Standings::default(),
+            standings,
             tasks: TaskRecords::open(db.clone(), config.tasks.clone())
                 .await
                 .map_err(storage_error)?,

@@ -6,7 +6,7 @@
 //! serves the plugin, else where [`choose`] ranks best among the mesh's members.
 
 pub mod background;
-mod choose;
+pub mod choose;
 pub mod records;
 pub mod standings;
 pub mod verify;

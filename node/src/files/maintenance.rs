@@ -13,6 +13,7 @@
 //! half over is paid for one more period (data and manifest objects): the owner pays only for
 //! copies it has just seen proof of.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -261,8 +262,9 @@ impl Files {
             .filter_map(|replica| replica.provider_id.parse().ok())
             .collect();
         let candidates = self
-            .candidate_providers()
+            .candidate_providers(&BTreeMap::new())
             .await
+            .0
             .into_iter()
             .filter(|candidate| {
                 !holders.contains(&candidate.address())

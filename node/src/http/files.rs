@@ -2,6 +2,8 @@
 //! the owner's files with the health of each replica, deletion and recovery; and the provider's
 //! view of the space it offers.
 
+use std::collections::BTreeMap;
+
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -113,11 +115,28 @@ fn replica_info(replica: &Replica, now: u64, grace_ms: u64) -> ReplicaInfo {
     }
 }
 
+/// Reads `region:eu,tier:ssd` (or `=` for `:`) into labels.
+fn labels_of_query(text: &str) -> Result<BTreeMap<String, String>, Error> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            pair.split_once([':', '='])
+                .filter(|(key, _)| !key.trim().is_empty())
+                .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
+                .ok_or_else(|| {
+                    Error::invalid_field("labels", format!("has {pair:?}; write key:value pairs"))
+                })
+        })
+        .collect()
+}
+
 /// Returns where a new file goes: `targets`, else `target`, else `replicas` picked by the node.
 fn placement(
     target: Option<String>,
     targets: Option<Vec<String>>,
     replicas: Option<u32>,
+    labels: Option<BTreeMap<String, String>>,
 ) -> Result<Placement, Error> {
     let target = address(target, "target")?;
     let targets = match (targets, target) {
@@ -155,7 +174,17 @@ fn placement(
             "cannot be given together with named targets",
         ));
     }
-    Ok(Placement { targets, replicas })
+    if !targets.is_empty() && labels.is_some() {
+        return Err(Error::invalid_field(
+            "labels",
+            "cannot be given together with named targets",
+        ));
+    }
+    Ok(Placement {
+        targets,
+        replicas,
+        labels: labels.unwrap_or_default(),
+    })
 }
 
 /// `POST /file`: stores a small file sent as base64 JSON.
@@ -170,7 +199,12 @@ pub async fn store_json(
     State(context): State<NodeContext>,
     JsonBody(request): JsonBody<StoreFileRequest>,
 ) -> Result<Response, Error> {
-    let placement = placement(request.target, request.targets, request.replicas)?;
+    let placement = placement(
+        request.target,
+        request.targets,
+        request.replicas,
+        request.labels,
+    )?;
     let name = required(request.name, "name")?;
     let data = base64_field(&required(request.data, "data")?, "data")?;
     let plaintext: ByteStream =
@@ -267,7 +301,8 @@ pub async fn store_stream(
             .map(str::to_owned)
             .collect()
     });
-    let placement = placement(query.target, targets, query.replicas)?;
+    let labels = query.labels.as_deref().map(labels_of_query).transpose()?;
+    let placement = placement(query.target, targets, query.replicas, labels)?;
     let plaintext: ByteStream = Box::pin(body.into_data_stream().map_err(|error| {
         Error::new(
             ErrorCode::InvalidField,

@@ -26,8 +26,9 @@ const WEIGHT_LATENCY: f64 = 0.15;
 /// The most randomness added to a score: enough to share work among equal nodes, too little to
 /// prefer a clearly worse one.
 const JITTER: f64 = 0.05;
-/// The round trip at which the latency part is one half.
-const HALF_SCORE_RTT_MS: f64 = 20.0;
+/// The round trip at which the latency part is one half: a few milliseconds more or less on one
+/// network barely count, another continent does.
+const HALF_SCORE_RTT_MS: f64 = 50.0;
 
 /// What the requester asks of the node that runs its task.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -106,6 +107,8 @@ pub enum Refusal {
     },
     /// It failed this task already.
     Failed(Error),
+    /// It has no free space (for a file).
+    NoSpace,
 }
 
 impl Refusal {
@@ -123,6 +126,7 @@ impl Refusal {
             Self::CannotPay(_) => "payments_off",
             Self::Overloaded { .. } => "overloaded",
             Self::Failed(_) => "failed",
+            Self::NoSpace => "no_space",
         }
     }
 
@@ -195,6 +199,7 @@ impl std::fmt::Display for Refusal {
                 )
             }
             Self::Failed(error) => write!(formatter, "failed this task: {error}"),
+            Self::NoSpace => write!(formatter, "has no free space"),
         }
     }
 }
@@ -338,6 +343,92 @@ pub fn rank(
     ranking
 }
 
+/// Ranks `candidates` as providers of a new file copy: alive, with free space, carrying
+/// `labels`; scored by free space, storage price, past success and round trip, with jitter.
+/// Returns the providers best first, and the refused ones.
+pub fn rank_providers(
+    candidates: &[Candidate],
+    labels: &BTreeMap<String, String>,
+    standing: impl Fn(NodeId) -> Standing,
+    mut jitter: impl FnMut() -> f64,
+) -> (Vec<(NodeId, NodeAddress)>, Vec<Refused>) {
+    let mut refused = Vec::new();
+    let mut fitting = Vec::new();
+    for candidate in candidates {
+        let record = &candidate.record;
+        let refusal = labels_refusal(&record.labels, labels)
+            .or_else(|| {
+                (candidate.state != PeerState::Alive).then_some(Refusal::NotAlive(candidate.state))
+            })
+            .or_else(|| (record.capacity.free_disk_bytes == 0).then_some(Refusal::NoSpace));
+        match refusal {
+            Some(refusal) => refused.push(Refused {
+                node: record.node_id,
+                address: record.grpc_address.clone(),
+                refusal,
+            }),
+            None => fitting.push(candidate),
+        }
+    }
+    let price = |candidate: &Candidate| {
+        candidate
+            .record
+            .prices
+            .as_ref()
+            .map_or(U256::ZERO, |prices| U256::from(prices.storage_gib_day_wei))
+    };
+    let dearest = fitting
+        .iter()
+        .map(|candidate| price(candidate))
+        .max()
+        .unwrap_or(U256::ZERO);
+    let mut scored: Vec<(f64, NodeId, NodeAddress)> = fitting
+        .into_iter()
+        .map(|candidate| {
+            let capacity = &candidate.record.capacity;
+            let free = if capacity.disk_bytes == 0 {
+                0.0
+            } else {
+                capacity.free_disk_bytes as f64 / capacity.disk_bytes as f64
+            };
+            let latency = candidate
+                .rtt_ms
+                .map_or(0.5, |rtt| 1.0 / (1.0 + rtt / HALF_SCORE_RTT_MS));
+            let score = WEIGHT_FREE * free.clamp(0.0, 1.0)
+                + WEIGHT_SUCCESS * standing(candidate.record.node_id).success
+                + WEIGHT_PRICE * (1.0 - ratio(price(candidate), dearest))
+                + WEIGHT_LATENCY * latency
+                + JITTER * jitter();
+            (
+                score,
+                candidate.record.node_id,
+                candidate.record.grpc_address.clone(),
+            )
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let chosen = scored
+        .into_iter()
+        .map(|(_, node, address)| (node, address))
+        .collect();
+    (chosen, refused)
+}
+
+/// The first label of `wanted` that `labels` lacks or holds with another value.
+fn labels_refusal(
+    labels: &BTreeMap<String, String>,
+    wanted: &BTreeMap<String, String>,
+) -> Option<Refusal> {
+    wanted.iter().find_map(|(key, value)| {
+        let has = labels.get(key);
+        (has != Some(value)).then(|| Refusal::Label {
+            key: key.clone(),
+            wanted: value.clone(),
+            has: has.cloned(),
+        })
+    })
+}
+
 /// The hard filters, in the order a person would check them: the plugin and price it would run
 /// the task at, or why not.
 fn admit(
@@ -354,15 +445,8 @@ fn admit(
     if let Some(error) = failed {
         return Err(Refusal::Failed(error.clone()));
     }
-    for (key, wanted) in &selector.labels {
-        let has = record.labels.get(key);
-        if has != Some(wanted) {
-            return Err(Refusal::Label {
-                key: key.clone(),
-                wanted: wanted.clone(),
-                has: has.cloned(),
-            });
-        }
+    if let Some(refusal) = labels_refusal(&record.labels, &selector.labels) {
+        return Err(refusal);
     }
     let plugin = match needs.plugin {
         Some(name) => record.plugins.iter().find(|plugin| plugin.name == name),
@@ -769,6 +853,48 @@ mod tests {
             firsts.len(),
             3,
             "every equal node is chosen first at times: {firsts:?}"
+        );
+    }
+
+    #[test]
+    fn providers_are_live_labelled_nodes_with_space_the_freest_and_cheapest_first() {
+        let mut roomy = candidate(1);
+        roomy.record.capacity.disk_bytes = 100;
+        roomy.record.capacity.free_disk_bytes = 90;
+        let mut cramped = candidate(2);
+        cramped.record.capacity.disk_bytes = 100;
+        cramped.record.capacity.free_disk_bytes = 5;
+        let mut full = candidate(3);
+        full.record.capacity.disk_bytes = 100;
+        let mut dead = candidate(4);
+        dead.record.capacity.free_disk_bytes = 50;
+        dead.state = PeerState::Dead;
+        let mut elsewhere = candidate(5);
+        elsewhere.record.capacity.free_disk_bytes = 50;
+        elsewhere.record.labels.insert("region".into(), "us".into());
+        let mut dear = candidate(6);
+        dear.record.capacity.disk_bytes = 100;
+        dear.record.capacity.free_disk_bytes = 90;
+        dear.record.prices = Some(Prices::default());
+        let (chosen, refused) = rank_providers(
+            &[cramped, full, dead, elsewhere, dear, roomy],
+            &BTreeMap::from([("region".to_owned(), "eu".to_owned())]),
+            |_| Standing::default(),
+            || 0.0,
+        );
+        let order: Vec<NodeId> = chosen.iter().map(|(node, _)| *node).collect();
+        assert_eq!(order, vec![node(1), node(6), node(2)]);
+        let kinds: Vec<(NodeId, &str)> = refused
+            .iter()
+            .map(|refused| (refused.node, refused.refusal.kind()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (node(3), "no_space"),
+                (node(4), "not_alive"),
+                (node(5), "labels")
+            ]
         );
     }
 }
