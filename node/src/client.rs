@@ -17,8 +17,9 @@ use tokio::io::AsyncWriteExt;
 use crate::api::{
     Amount, ChannelChange, ChannelInfo, DeletedFile, ErrorAnswer, FileInfo, FileList,
     OpenChannelRequest, PaymentsAnswer, PeerList, RecoveredChannels, RecoveryReport, RedeemAnswer,
-    TaskAccepted, TaskList, TaskRequest, TaskState, TaskStatus, TopUpRequest, path_segment,
+    TaskAccepted, TaskList, TaskRequest, TaskState, TaskStatus, TopUpRequest,
 };
+use crate::encoding::path_segment;
 
 /// Where a new file goes, as the command line says.
 #[derive(Debug, Clone, Default)]

@@ -35,6 +35,7 @@ pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod context;
+pub mod encoding;
 pub mod error;
 pub mod files;
 pub mod grpc;

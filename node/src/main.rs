@@ -544,7 +544,7 @@ async fn run_task_command(command: TaskCommand) -> anyhow::Result<()> {
                 Some(path) => {
                     let bytes = std::fs::read(&path)
                         .with_context(|| format!("cannot read {}", path.display()))?;
-                    sphere_node::api::text_or_base64(&bytes)
+                    sphere_node::encoding::text_or_base64(&bytes)
                 }
                 None => (input, None),
             };
@@ -580,7 +580,7 @@ async fn run_task_command(command: TaskCommand) -> anyhow::Result<()> {
                 (Some(text), _, _) => println!("{text}"),
                 (None, Some(encoded), _) => {
                     use std::io::Write;
-                    let bytes = sphere_node::api::base64_field(&encoded, "output_base64")?;
+                    let bytes = sphere_node::encoding::base64_field(&encoded, "output_base64")?;
                     std::io::stdout().write_all(&bytes)?;
                 }
                 (None, None, Some(error)) => {

@@ -84,7 +84,7 @@ impl TaskSpec {
         let input = match (request.input, request.input_base64) {
             (Some(text), None) => Bytes::from(text),
             (None, Some(encoded)) => {
-                Bytes::from(crate::api::base64_field(&encoded, "input_base64")?)
+                Bytes::from(crate::encoding::base64_field(&encoded, "input_base64")?)
             }
             (Some(_), Some(_)) => {
                 return Err(Error::invalid_field(

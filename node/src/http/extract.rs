@@ -92,7 +92,7 @@ pub fn address(value: Option<String>, field: &str) -> Result<Option<String>, Err
     }
 }
 
-pub use crate::api::{base64_field, to_base64};
+pub use crate::encoding::{base64_field, to_base64};
 
 /// A path parameter; a segment that does not decode (`GET /files/%ff`) is a JSON
 /// `invalid_field` error rather than axum's plain-text 400.

@@ -57,7 +57,7 @@ pub async fn run_task(
     let spec = TaskSpec::from_request(request, context.task_timeout)?;
     let id = spec.id.clone();
     let outcome = crate::scheduler::run(&context, spec).await?;
-    let (output, output_base64) = crate::api::text_or_base64(&outcome.output);
+    let (output, output_base64) = crate::encoding::text_or_base64(&outcome.output);
     Ok(axum::Json(TaskAnswer {
         id,
         output,
@@ -92,7 +92,7 @@ pub async fn submit(
     JsonBody(request): JsonBody<TaskRequest>,
 ) -> Result<Response, Error> {
     let status = background::submit(&context, request).await?;
-    let location = format!("/tasks/{}", crate::api::path_segment(&status.id));
+    let location = format!("/tasks/{}", crate::encoding::path_segment(&status.id));
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, location)],

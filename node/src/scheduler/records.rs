@@ -60,7 +60,7 @@ impl TaskRecord {
             Ok(ran) => {
                 self.status.state = TaskState::Succeeded;
                 (self.status.output, self.status.output_base64) =
-                    crate::api::text_or_base64(&ran.output);
+                    crate::encoding::text_or_base64(&ran.output);
                 self.status.plugin = Some(ran.plugin);
                 self.status.node = Some(ran.node);
                 self.status.verified_by = ran.verified_by;
