@@ -117,6 +117,12 @@ fn replica_info(replica: &Replica, now: u64, grace_ms: u64) -> ReplicaInfo {
 
 /// Reads `region:eu,tier:ssd` (or `=` for `:`) into labels.
 fn labels_of_query(text: &str) -> Result<BTreeMap<String, String>, Error> {
+    if text.split(',').all(|pair| pair.trim().is_empty()) {
+        return Err(Error::invalid_field(
+            "labels",
+            "is empty; write key:value pairs, or leave it out",
+        ));
+    }
     text.split(',')
         .map(str::trim)
         .filter(|pair| !pair.is_empty())

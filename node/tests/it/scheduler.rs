@@ -601,8 +601,11 @@ async fn file_replicas_go_only_to_providers_with_the_labels_asked_for() {
     assert_eq!(candidates[0]["node"], us.node_id.as_str());
     assert_eq!(candidates[0]["reason"], "labels");
 
-    let (status, body) = owner
-        .call(reqwest::Method::PUT, "/files/x?labels=region", "x")
-        .await;
-    assert_eq!(status, 400, "{body}");
+    for query in ["labels=region", "labels=", "labels=,"] {
+        let (status, body) = owner
+            .call(reqwest::Method::PUT, &format!("/files/x?{query}"), "x")
+            .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_field", "{query}: {body}");
+    }
 }
