@@ -323,9 +323,7 @@ pub fn rank(
         .map(|(candidate, plugin, price, standing)| {
             let free = 1.0 / (1.0 + busy(candidate, &plugin, &standing) as f64 / slots(&plugin));
             let price_part = 1.0 - ratio(price, dearest);
-            let latency = candidate
-                .rtt_ms
-                .map_or(0.5, |rtt| 1.0 / (1.0 + rtt / HALF_SCORE_RTT_MS));
+            let latency = latency_part(candidate);
             let score = WEIGHT_FREE * free
                 + WEIGHT_SUCCESS * standing.success
                 + WEIGHT_PRICE * price_part
@@ -391,9 +389,7 @@ pub fn rank_providers(
             } else {
                 capacity.free_disk_bytes as f64 / capacity.disk_bytes as f64
             };
-            let latency = candidate
-                .rtt_ms
-                .map_or(0.5, |rtt| 1.0 / (1.0 + rtt / HALF_SCORE_RTT_MS));
+            let latency = latency_part(candidate);
             let score = WEIGHT_FREE * free.clamp(0.0, 1.0)
                 + WEIGHT_SUCCESS * standing(candidate.record.node_id).success
                 + WEIGHT_PRICE * (1.0 - ratio(price(candidate), dearest))
@@ -516,6 +512,14 @@ fn busy(candidate: &Candidate, plugin: &PeerPlugin, standing: &Standing) -> u32 
         .and_then(|load| load.plugins.get(&plugin.name))
         .map_or(0, |load| load.in_flight.saturating_add(load.queued));
     published.max(standing.in_flight)
+}
+
+/// The latency part of a score: 1 for no delay, one half at [`HALF_SCORE_RTT_MS`], one half too
+/// while unmeasured.
+fn latency_part(candidate: &Candidate) -> f64 {
+    candidate
+        .rtt_ms
+        .map_or(0.5, |rtt| 1.0 / (1.0 + rtt / HALF_SCORE_RTT_MS))
 }
 
 fn slots(plugin: &PeerPlugin) -> f64 {

@@ -77,7 +77,10 @@ async fn a_background_task_is_accepted_at_once_runs_and_is_listed() {
         "the answer did not wait for the task"
     );
     let running = until_state(&node, &id, "running").await;
-    assert!(running["started_at_ms"].as_u64() >= running["created_at_ms"].as_u64());
+    assert!(
+        running["started_at_ms"].as_u64().expect("started")
+            >= running["created_at_ms"].as_u64().expect("created")
+    );
     let done = until_state(&node, &id, "succeeded").await;
     assert_eq!(done["output"], "slept");
     assert_eq!(done["plugin"], "slow");

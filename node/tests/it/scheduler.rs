@@ -73,13 +73,13 @@ async fn task(requester: &TestNode, target: Value, input: &str) -> (u16, Value) 
     requester.post("/task", &request).await
 }
 
-/// Runs `count` tasks through `requester` at once and returns each answer.
-async fn tasks_at_once(
+/// Sends `count` tasks through `requester` at once; the handle gives back each answer.
+fn tasks_at_once(
     requester: &TestNode,
     target: Value,
     input: &str,
     count: usize,
-) -> Vec<(u16, Value)> {
+) -> tokio::task::JoinHandle<Vec<(u16, Value)>> {
     let requests: Vec<_> = (0..count)
         .map(|_| {
             let client = requester.http().clone();
@@ -92,11 +92,13 @@ async fn tasks_at_once(
             })
         })
         .collect();
-    let mut answers = Vec::new();
-    for request in requests {
-        answers.push(request.await.expect("joined"));
-    }
-    answers
+    tokio::spawn(async move {
+        let mut answers = Vec::new();
+        for request in requests {
+            answers.push(request.await.expect("joined"));
+        }
+        answers
+    })
 }
 
 #[tokio::test]
@@ -272,7 +274,9 @@ async fn at_saturation_work_is_spread_so_no_node_gets_twice_the_mean() {
         .collect();
     until_ready(&requester, &workers.iter().collect::<Vec<_>>()).await;
 
-    let answers = tasks_at_once(&requester, json!({}), "sleep:100", 60).await;
+    let answers = tasks_at_once(&requester, json!({}), "sleep:100", 60)
+        .await
+        .expect("joined");
     let mut ran_on: HashMap<String, usize> = HashMap::new();
     for (status, body) in &answers {
         assert_eq!(*status, 200, "{body}");
@@ -306,28 +310,7 @@ async fn a_node_killed_mid_run_loses_no_task_of_an_idempotent_plugin_and_others_
         .collect();
     until_ready(&requester, &workers.iter().collect::<Vec<_>>()).await;
 
-    let running = {
-        let requester_url = requester.url("/task");
-        let client = requester.http().clone();
-        tokio::spawn(async move {
-            let requests: Vec<_> = (0..18)
-                .map(|_| {
-                    let (client, url) = (client.clone(), requester_url.clone());
-                    tokio::spawn(async move {
-                        let body = json!({"plugin": "work", "input": "sleep:1500", "target": {}, "timeout_ms": 30_000});
-                        let response = client.post(url).json(&body).send().await.expect("answered");
-                        let status = response.status().as_u16();
-                        (status, response.json::<Value>().await.expect("JSON"))
-                    })
-                })
-                .collect();
-            let mut answers = Vec::new();
-            for request in requests {
-                answers.push(request.await.expect("joined"));
-            }
-            answers
-        })
-    };
+    let running = tasks_at_once(&requester, json!({}), "sleep:1500", 18);
     // Every worker has tasks running when one dies.
     for worker in &workers {
         until_busy(&requester, worker).await;
@@ -353,21 +336,13 @@ async fn a_task_of_a_plugin_that_may_not_run_twice_is_not_retried_after_it_start
     let mut first = worker(&requester, json!({}), impure.clone());
     until_ready(&requester, &[&first]).await;
 
-    let running = {
-        let (client, url) = (requester.http().clone(), requester.url("/task"));
-        tokio::spawn(async move {
-            let body = json!({"plugin": "work", "input": "sleep:25000", "target": {}, "timeout_ms": 30_000});
-            let response = client.post(url).json(&body).send().await.expect("answered");
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.expect("JSON"))
-        })
-    };
+    let running = tasks_at_once(&requester, json!({}), "sleep:25000", 1);
     until_busy(&requester, &first).await;
     // A second worker is there to fail over to, but the task may have run: it is not repeated.
     let second = worker(&requester, json!({}), impure);
     until_ready(&requester, &[&second]).await;
     first.kill9();
-    let (status, body) = running.await.expect("joined");
+    let (status, body) = running.await.expect("joined").remove(0);
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "target_unreachable", "{body}");
 }
