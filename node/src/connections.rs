@@ -122,6 +122,8 @@ pub struct Connection {
     write_waker: AtomicWaker,
     registry: Weak<Registry>,
     id: u64,
+    /// The node at the other end, once a link's handshake proved it.
+    linked_node: std::sync::OnceLock<crate::identity::NodeId>,
 }
 
 impl Connection {
@@ -292,6 +294,7 @@ impl Registry {
             write_waker: AtomicWaker::new(),
             registry: Arc::downgrade(self),
             id,
+            linked_node: std::sync::OnceLock::new(),
         });
         connections.open.insert(id, Arc::clone(&connection));
         connections.pending += 1;
@@ -438,6 +441,19 @@ impl GuardedStream {
     /// The handle requests on this connection report to.
     pub fn handle(&self) -> ConnectionHandle {
         ConnectionHandle(Arc::clone(&self.connection))
+    }
+
+    /// Records the node a link's handshake proved at the other end.
+    pub fn set_linked_node(&self, node: crate::identity::NodeId) {
+        let _ = self.connection.linked_node.set(node);
+    }
+}
+
+impl ConnectionHandle {
+    /// The node at the other end, when the connection is a link whose handshake proved it;
+    /// `None` for plaintext clients.
+    pub fn linked_node(&self) -> Option<crate::identity::NodeId> {
+        self.0.linked_node.get().copied()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The node-to-node gRPC server: `NodeService`, `TaskService`, `StorageService` and the standard
 //! `grpc.health.v1` health service, all on one listener.
 
+mod held;
 mod node_info;
 mod storage;
 mod tasks;

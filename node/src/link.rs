@@ -383,7 +383,8 @@ async fn accept(
         .await
         .map_err(|error| format!("TLS handshake failed: {error}"))?;
     // Only nodes link: the certificate must carry a secp256k1 node key.
-    node_id_of(tls.get_ref().1.peer_certificates())?;
+    let node = node_id_of(tls.get_ref().1.peer_certificates())?;
+    tls.get_ref().0.set_linked_node(node);
     Ok(Link::Tls(Box::new(tls)))
 }
 

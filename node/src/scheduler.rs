@@ -12,10 +12,11 @@ pub mod standings;
 pub mod verify;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sphere_proto::v1::{RunTaskRequest, RunTaskResponse};
+use sphere_proto::v1::{RevealResultRequest, RunTaskRequest, RunTaskResponse, Voucher};
 
 pub use choose::Selector;
 
@@ -262,7 +263,7 @@ pub async fn run(context: &NodeContext, spec: TaskSpec) -> Result<TaskOutcome, E
     match &spec.placement {
         Placement::Named(text) => {
             let target = context.peers.resolve(text).await?;
-            let response = attempt(context, &target, &spec, spec.deadline, Bytes::new())
+            let response = attempt(context, &target, &spec, spec.deadline, None)
                 .await
                 .map_err(|failure| failure.error)?;
             // The link answered, so the node it proved is known without another call.
@@ -345,7 +346,7 @@ async fn choose_and_run(
         };
         let target = Target::node_at(choice.node, choice.address.clone());
         let running = context.standings.start(choice.node);
-        let outcome = attempt(context, &target, spec, time_left, Bytes::new()).await;
+        let outcome = attempt(context, &target, spec, time_left, None).await;
         drop(running);
         let failure = match outcome {
             Ok(response) => {
@@ -394,7 +395,12 @@ async fn run_verified(
     let Some(mesh) = &context.mesh else {
         return Err(choose::Ranking::default().no_capable_node(&what));
     };
-    let nonce = Bytes::from(rand::random::<[u8; 32]>().to_vec());
+    let signed = Signed {
+        nonce: Bytes::from(rand::random::<[u8; 32]>().to_vec()),
+        // A paying requester pays only the nodes whose answers agree: they run the task
+        // unpaid and hand over the output once paid.
+        withhold_output: context.payments.is_some(),
+    };
     let give_up_at = Instant::now() + spec.deadline;
     let needs = choose::Needs {
         plugin: spec.plugin.as_deref(),
@@ -402,6 +408,7 @@ async fn run_verified(
         deterministic: true,
     };
     let mut results: Vec<verify::SignedResult> = Vec::new();
+    let mut targets: HashMap<NodeId, Target> = HashMap::new();
     let mut failed: HashMap<NodeId, Error> = HashMap::new();
     let mut wait = FIRST_WAIT;
     loop {
@@ -410,21 +417,33 @@ async fn run_verified(
                 agreeing,
                 dissenting,
             } => {
-                for node in &agreeing {
-                    context.standings.record(*node, true);
-                }
                 for node in &dissenting {
                     tracing::warn!(task = %spec.id, %node, "a node signed another output than the nodes that agree");
                     context.standings.record(*node, false);
                 }
-                let first = results
+                let agreed: Vec<(&verify::SignedResult, &Target)> = agreeing
                     .iter()
-                    .find(|result| result.node == agreeing[0])
-                    .expect("agreeing nodes answered");
+                    .map(|node| {
+                        let result = results
+                            .iter()
+                            .find(|result| result.node == *node)
+                            .expect("agreeing nodes answered");
+                        (result, &targets[node])
+                    })
+                    .collect();
+                let output = match &agreed[0].0.output {
+                    Some(output) => {
+                        for node in &agreeing {
+                            context.standings.record(*node, true);
+                        }
+                        output.clone()
+                    }
+                    None => reveal(context, spec, &signed.nonce, &agreed, give_up_at).await?,
+                };
                 return Ok(TaskOutcome {
-                    output: first.output.clone(),
-                    plugin: first.plugin.clone(),
-                    node: first.node,
+                    output,
+                    plugin: agreed[0].0.plugin.clone(),
+                    node: agreed[0].0.node,
                     verified_by: agreeing,
                     disagreed: dissenting,
                 });
@@ -472,9 +491,9 @@ async fn run_verified(
         let answers = futures_util::future::join_all(chosen.iter().map(|choice| {
             let target = Target::node_at(choice.node, choice.address.clone());
             let running = context.standings.start(choice.node);
-            let nonce = nonce.clone();
+            let signed = signed.clone();
             async move {
-                let outcome = attempt(context, &target, spec, time_left, nonce).await;
+                let outcome = attempt(context, &target, spec, time_left, Some(signed)).await;
                 drop(running);
                 outcome
             }
@@ -494,9 +513,16 @@ async fn run_verified(
                 plugin: &response.plugin,
                 version: &response.plugin_version,
                 input: &spec.input,
-                nonce: &nonce,
+                nonce: &signed.nonce,
             };
-            if !digest.signed_by(choice.node, &response.output, &response.result_signature) {
+            let output_sha256 = if signed.withhold_output {
+                <[u8; 32]>::try_from(&response.output_sha256[..]).ok()
+            } else {
+                Some(verify::output_hash(&response.output))
+            };
+            let Some(output_sha256) = output_sha256.filter(|output_sha256| {
+                digest.signed_by(choice.node, output_sha256, &response.result_signature)
+            }) else {
                 context.standings.record(choice.node, false);
                 failed.insert(
                     choice.node,
@@ -506,12 +532,17 @@ async fn run_verified(
                     ),
                 );
                 continue;
-            }
+            };
+            targets.insert(
+                choice.node,
+                Target::node_at(choice.node, choice.address.clone()),
+            );
             results.push(verify::SignedResult {
                 node: choice.node,
                 plugin: response.plugin,
                 version: response.plugin_version,
-                output: response.output,
+                output_sha256,
+                output: (!signed.withhold_output).then_some(response.output),
                 signature: response.result_signature.to_vec(),
             });
         }
@@ -561,7 +592,7 @@ fn disagreement(
                 "node": result.node.to_string(),
                 "plugin": result.plugin,
                 "plugin_version": result.version,
-                "output_sha256": hex::encode(verify::output_hash(&result.output)),
+                "output_sha256": hex::encode(result.output_sha256),
                 "signature": format!("0x{}", hex::encode(&result.signature)),
             })
         })
@@ -572,10 +603,8 @@ fn disagreement(
             serde_json::json!({"node": node.to_string(), "code": error.code, "message": error.message})
         })
         .collect();
-    let distinct: std::collections::HashSet<[u8; 32]> = results
-        .iter()
-        .map(|result| verify::output_hash(&result.output))
-        .collect();
+    let distinct: std::collections::HashSet<[u8; 32]> =
+        results.iter().map(|result| result.output_sha256).collect();
     Error::new(
         ErrorCode::VerificationFailed,
         format!(
@@ -638,22 +667,74 @@ fn refused_before_running(code: ErrorCode) -> bool {
     )
 }
 
-/// Runs the task on `target` within `deadline`, paying it when payments are on; with a
-/// `verify_nonce`, the target signs its answer.
+/// What a verified task asks of each node: to sign its answer over `nonce`, and, when the
+/// requester pays, to hold the output back until it is paid for.
+#[derive(Debug, Clone)]
+struct Signed {
+    nonce: Bytes,
+    withhold_output: bool,
+}
+
+/// Runs the task on `target` within `deadline`, paying it when payments are on; when
+/// `signed`, the target signs its answer (and may hold its output back, unpaid).
 async fn attempt(
     context: &NodeContext,
     target: &Target,
     spec: &TaskSpec,
     deadline: Duration,
-    verify_nonce: Bytes,
+    signed: Option<Signed>,
 ) -> Result<RunTaskResponse, Failure> {
-    let mut task = RunTaskRequest {
+    let (verify_nonce, withhold_output) = signed.map_or((Bytes::new(), false), |signed| {
+        (signed.nonce, signed.withhold_output)
+    });
+    let task = RunTaskRequest {
         task_id: spec.id.clone(),
         input: spec.input.clone(),
         plugin: spec.plugin.clone().unwrap_or_default(),
         voucher: None,
         verify_nonce,
+        withhold_output,
+        credit_channel_id: Bytes::new(),
     };
+    if withhold_output {
+        let credit_channel_id = match &context.payments {
+            Some(payments) => payments
+                .payer
+                .channel_to(target)
+                .await
+                .map_err(Failure::before_running)?
+                .map_or_else(Bytes::new, |channel_id| {
+                    Bytes::copy_from_slice(&channel_id[..])
+                }),
+            None => Bytes::new(),
+        };
+        let task = RunTaskRequest {
+            credit_channel_id,
+            ..task
+        };
+        return run_on_target(context, target, task, deadline).await;
+    }
+    paying(context, target, spec.plugin.as_deref(), |voucher| {
+        let task = RunTaskRequest {
+            voucher,
+            ..task.clone()
+        };
+        run_on_target(context, target, task, deadline)
+    })
+    .await
+}
+
+/// Makes `call` with a voucher paying `target` for a task on `plugin` (`None`: its default
+/// plugin) when payments are on, and settles the payment by the call's outcome.
+async fn paying<T, Call>(
+    context: &NodeContext,
+    target: &Target,
+    plugin: Option<&str>,
+    mut call: impl FnMut(Option<Voucher>) -> Call,
+) -> Result<T, Failure>
+where
+    Call: Future<Output = Result<T, Failure>>,
+{
     // A second try only after this node caught up with the target's count of the channel (its
     // voucher was refused as too small).
     let mut tries_left = 2;
@@ -662,13 +743,12 @@ async fn attempt(
         let payment = match &context.payments {
             Some(payments) => payments
                 .payer
-                .pay(target, Work::Task(spec.plugin.as_deref()))
+                .pay(target, Work::Task(plugin))
                 .await
                 .map_err(Failure::before_running)?,
             None => None,
         };
-        task.voucher = payment.as_ref().map(Payment::voucher);
-        let outcome = run_on_target(context, target, task.clone(), deadline).await;
+        let outcome = call(payment.as_ref().map(Payment::voucher)).await;
         let caught_up = match payment {
             Some(payment) => {
                 let settled = outcome
@@ -684,6 +764,70 @@ async fn attempt(
         }
         return outcome;
     }
+}
+
+/// Pays every node in `agreed` for the output it held back, and returns the output: the first
+/// handed over whose hash is the one they signed. A node that takes the payment without
+/// handing over that output counts as a failure in its standing.
+async fn reveal(
+    context: &NodeContext,
+    spec: &TaskSpec,
+    nonce: &Bytes,
+    agreed: &[(&verify::SignedResult, &Target)],
+    give_up_at: Instant,
+) -> Result<Bytes, Error> {
+    // Paid-for work is worth a moment past the deadline.
+    let deadline = give_up_at
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    let outputs =
+        futures_util::future::join_all(agreed.iter().map(|(result, target)| async move {
+            let output = paying(context, target, Some(&result.plugin), |voucher| {
+                let request = RevealResultRequest {
+                    task_id: spec.id.clone(),
+                    verify_nonce: nonce.clone(),
+                    voucher,
+                };
+                call_reveal(context, target, request, deadline)
+            })
+            .await
+            .map_err(|failure| failure.error)?;
+            if verify::output_hash(&output) != result.output_sha256 {
+                return Err(Error::new(
+                    ErrorCode::TargetError,
+                    format!(
+                        "node {} handed over another output than the one it signed",
+                        result.node
+                    ),
+                ));
+            }
+            Ok(output)
+        }))
+        .await;
+    let mut handed_over = None;
+    let mut last_error = None;
+    for ((result, _), output) in agreed.iter().zip(outputs) {
+        context.standings.record(result.node, output.is_ok());
+        match output {
+            Ok(output) => {
+                handed_over.get_or_insert(output);
+            }
+            Err(error) => {
+                tracing::warn!(task = %spec.id, node = %result.node, %error, "a node that agreed did not hand over its output");
+                last_error = Some(error);
+            }
+        }
+    }
+    handed_over.ok_or_else(|| {
+        let error = last_error.expect("at least one node agreed");
+        Error::new(
+            error.code,
+            format!(
+                "task {}: the nodes agreed on an output, but none handed it over: {}",
+                spec.id, error.message
+            ),
+        )
+    })
 }
 
 /// Runs `task` on `target` and records how it went in the metrics.
@@ -748,5 +892,26 @@ async fn call_target(
             ),
             may_have_run: true,
         }),
+    }
+}
+
+async fn call_reveal(
+    context: &NodeContext,
+    target: &Target,
+    request: RevealResultRequest,
+    deadline: Duration,
+) -> Result<Bytes, Failure> {
+    let mut client = context.peers.tasks(target);
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(deadline);
+    match tokio::time::timeout(deadline + STUCK_CALL_MARGIN, client.reveal_result(request)).await {
+        Ok(Ok(response)) => Ok(response.into_inner().output),
+        Ok(Err(status)) => Err(Failure::before_running(crate::peers::remote_error(
+            &status, target,
+        ))),
+        Err(_elapsed) => Err(Failure::before_running(Error::new(
+            ErrorCode::TargetTimeout,
+            format!("target {target} did not hand over the output within {deadline:?}"),
+        ))),
     }
 }

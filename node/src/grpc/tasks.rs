@@ -1,28 +1,79 @@
 //! `TaskService`: runs tasks from other nodes on this node's plugin.
 
-use sphere_proto::v1::task_service_server::TaskService;
-use sphere_proto::v1::{RunTaskRequest, RunTaskResponse};
-use tonic::{Request, Response, Status};
-
 use std::time::Duration;
 
-use crate::error::Error;
+use bytes::Bytes;
+use sphere_proto::v1::task_service_server::TaskService;
+use sphere_proto::v1::{
+    RevealResultRequest, RevealResultResponse, RunTaskRequest, RunTaskResponse, Voucher,
+};
+use tonic::{Request, Response, Status};
+
+use super::held::{HELD_FOR, HeldKey, HeldOutput, HeldResults};
+use crate::connections::ConnectionHandle;
+use crate::context::NodeContext;
+use crate::error::{Error, ErrorCode};
+use crate::identity::NodeId;
 use crate::payments::payee::Reservation;
-use crate::scheduler::verify::{NONCE_BYTES, TaskDigest};
+use crate::scheduler::verify::{NONCE_BYTES, TaskDigest, output_hash};
 
 /// Time kept back from the caller's deadline for the answer to travel back.
 const ANSWER_MARGIN: Duration = Duration::from_millis(100);
-use crate::context::NodeContext;
 
 /// Answers `TaskService` calls.
 pub struct TaskGrpc {
     context: NodeContext,
+    held: HeldResults,
 }
 
 impl TaskGrpc {
     pub fn new(context: NodeContext) -> Self {
-        Self { context }
+        Self {
+            context,
+            held: HeldResults::default(),
+        }
     }
+
+    /// Checks that `voucher` pays for a task on `plugin` (`None`: the default one) and
+    /// reserves its price; free when payments are off.
+    async fn reserve(
+        &self,
+        plugin: Option<&str>,
+        voucher: Option<&Voucher>,
+    ) -> Result<Reservation, Error> {
+        let Some(payments) = &self.context.payments else {
+            return Ok(Reservation::free());
+        };
+        let name = self.context.plugins.resolve(plugin)?;
+        let price = payments.task_price(&name);
+        payments
+            .payee
+            .reserve(voucher, price, &format!("a task on plugin {name}"))
+            .await
+    }
+}
+
+/// The node at the other end of the call's link; `None` for a plaintext client.
+fn caller<T>(request: &Request<T>) -> Option<NodeId> {
+    request
+        .extensions()
+        .get::<ConnectionHandle>()
+        .and_then(ConnectionHandle::linked_node)
+}
+
+fn check_nonce(nonce: &[u8]) -> Result<(), Error> {
+    if NONCE_BYTES.contains(&nonce.len()) {
+        return Ok(());
+    }
+    Err(Error::invalid_field(
+        "verify_nonce",
+        format!(
+            "has {} bytes; it must have {} to {}",
+            nonce.len(),
+            NONCE_BYTES.start(),
+            NONCE_BYTES.end()
+        ),
+    ))
 }
 
 #[tonic::async_trait]
@@ -37,37 +88,49 @@ impl TaskService for TaskGrpc {
                 .saturating_sub(ANSWER_MARGIN)
                 .max(Duration::from_millis(1))
         });
+        let caller = caller(&request);
         let RunTaskRequest {
             task_id,
             input,
             plugin,
             voucher,
             verify_nonce,
+            withhold_output,
+            credit_channel_id,
         } = request.into_inner();
-        if !verify_nonce.is_empty() && !NONCE_BYTES.contains(&verify_nonce.len()) {
-            return Err(Error::invalid_field(
-                "verify_nonce",
-                format!(
-                    "has {} bytes; it must have {} to {}",
-                    verify_nonce.len(),
-                    NONCE_BYTES.start(),
-                    NONCE_BYTES.end()
-                ),
-            )
-            .into());
+        let verified = !verify_nonce.is_empty();
+        if verified || withhold_output {
+            check_nonce(&verify_nonce)?;
         }
         let plugin = Some(plugin.as_str()).filter(|name| !name.is_empty());
-        let reservation = match &self.context.payments {
-            Some(payments) => {
-                let name = self.context.plugins.resolve(plugin).map_err(Error::from)?;
-                let price = payments.task_price(&name);
-                let work = format!("a task on plugin {name}");
-                payments
-                    .payee
-                    .reserve(voucher.as_ref(), price, &work)
-                    .await?
+        // Paid for now, or, for an output held back, when it is handed over: until then on the
+        // credit of the requester's deposit.
+        let (reservation, credit) = if withhold_output {
+            if !self.held.has_room_for(caller) {
+                return Err(Error::new(
+                    ErrorCode::Overloaded,
+                    "this node holds as many unpaid outputs for you as it keeps; pay for them \
+                     (RevealResult) or wait until they expire",
+                )
+                .into());
             }
-            None => Reservation::free(),
+            let credit = match &self.context.payments {
+                Some(payments) => {
+                    let name = self.context.plugins.resolve(plugin).map_err(Error::from)?;
+                    let work = format!("a task on plugin {name}");
+                    let price = payments.task_price(&name);
+                    Some(
+                        payments
+                            .payee
+                            .credit(&credit_channel_id, caller, price, &work)
+                            .await?,
+                    )
+                }
+                None => None,
+            };
+            (Reservation::free(), credit)
+        } else {
+            (self.reserve(plugin, voucher.as_ref()).await?, None)
         };
         let (output, plugin_name) = self
             .context
@@ -77,23 +140,84 @@ impl TaskService for TaskGrpc {
             .map_err(Error::from)?;
         reservation.charge().await?;
         let plugin_version = self.context.plugins.version_of(&plugin_name);
-        let result_signature = if verify_nonce.is_empty() {
-            Vec::new()
-        } else {
-            TaskDigest {
+        let mut response = RunTaskResponse {
+            task_id,
+            plugin_version,
+            ..RunTaskResponse::default()
+        };
+        if verified {
+            let hash = output_hash(&output);
+            response.result_signature = TaskDigest {
                 plugin: &plugin_name,
-                version: &plugin_version,
+                version: &response.plugin_version,
                 input: &input,
                 nonce: &verify_nonce,
             }
-            .sign(&self.context.identity, &output)
-        };
-        Ok(Response::new(RunTaskResponse {
+            .sign(&self.context.identity, &hash)
+            .into();
+            if withhold_output {
+                response.output_sha256 = Bytes::copy_from_slice(&hash);
+                response.held_for_ms = HELD_FOR.as_millis() as u64;
+                self.held.hold(
+                    HeldKey {
+                        caller,
+                        task_id: response.task_id.clone(),
+                        nonce: verify_nonce,
+                    },
+                    HeldOutput {
+                        output,
+                        plugin: plugin_name.clone(),
+                        credit,
+                    },
+                );
+                response.plugin = plugin_name;
+                return Ok(Response::new(response));
+            }
+        }
+        response.output = output;
+        response.plugin = plugin_name;
+        Ok(Response::new(response))
+    }
+
+    async fn reveal_result(
+        &self,
+        request: Request<RevealResultRequest>,
+    ) -> Result<Response<RevealResultResponse>, Status> {
+        let caller = caller(&request);
+        let RevealResultRequest {
             task_id,
-            output,
-            plugin: plugin_name,
-            plugin_version,
-            result_signature: result_signature.into(),
-        }))
+            verify_nonce,
+            voucher,
+        } = request.into_inner();
+        let key = HeldKey {
+            caller,
+            task_id,
+            nonce: verify_nonce,
+        };
+        let Some(held) = self.held.take(&key) else {
+            return Err(Error::new(
+                ErrorCode::TaskNotFound,
+                format!(
+                    "this node holds no output of task {:?} with that nonce for you: it was never \
+                     held, was handed over already, or was kept past {} s",
+                    key.task_id,
+                    HELD_FOR.as_secs()
+                ),
+            )
+            .into());
+        };
+        let paid = match self.reserve(Some(&held.plugin), voucher.as_ref()).await {
+            Ok(reservation) => reservation.charge().await,
+            Err(refusal) => Err(refusal),
+        };
+        if let Err(error) = paid {
+            // Unpaid, so still the requester's to pay for.
+            self.held.hold(key, held);
+            return Err(error.into());
+        }
+        // Paid: the deposit's credit goes back.
+        let HeldOutput { output, credit, .. } = held;
+        drop(credit);
+        Ok(Response::new(RevealResultResponse { output }))
     }
 }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::chain::{Chain, ChannelState};
 use super::ledger::{Durability, Ledger, Record};
 use crate::error::{Error, ErrorCode};
+use crate::identity::NodeId;
 use crate::storage::db::Db;
 
 /// Most vouchers kept per channel above what was charged; beyond it the smallest are dropped
@@ -101,12 +102,35 @@ pub struct IncomingChannel {
     /// Prices of work checked and running.
     #[serde(skip)]
     reserved: U256,
+    /// Prices of work done on credit, not yet paid (held outputs of verified tasks).
+    #[serde(skip)]
+    credited: U256,
     /// Vouchers above what was charged, by amount, until work earns them.
     #[serde(skip)]
     unearned: BTreeMap<U256, Bytes>,
 }
 
 impl IncomingChannel {
+    /// A channel this node has no record of: a new one, or one whose record was lost. It may
+    /// have been redeemed already, so what was redeemed counts as charged.
+    fn new(channel_id: B256, state: &ChannelState) -> Self {
+        Self {
+            channel_id,
+            requester: state.requester,
+            deposit: state.deposit,
+            best: None,
+            earned: None,
+            charged: state.redeemed,
+            redeemed: state.redeemed,
+            last_redemption: None,
+            pending_since_ms: None,
+            version: 0,
+            reserved: U256::ZERO,
+            credited: U256::ZERO,
+            unearned: BTreeMap::new(),
+        }
+    }
+
     /// Returns the wei earned but not yet redeemed.
     pub fn pending(&self) -> U256 {
         self.earned.as_ref().map_or(U256::ZERO, |earned| {
@@ -218,6 +242,24 @@ impl Drop for Reservation {
     }
 }
 
+/// Work done on the credit of a channel's deposit, to be paid later. Dropping it gives the
+/// credit back.
+#[must_use = "credit is given back when dropped"]
+#[derive(Debug)]
+pub struct Credit {
+    held: Option<(Payee, B256, U256)>,
+}
+
+impl Drop for Credit {
+    fn drop(&mut self) {
+        if let Some((payee, channel_id, price)) = self.held.take()
+            && let Some(channel) = payee.lock().get_mut(&channel_id)
+        {
+            channel.credited -= price;
+        }
+    }
+}
+
 /// The parts of a voucher as received.
 #[derive(Debug)]
 struct ReceivedVoucher {
@@ -316,22 +358,7 @@ impl Payee {
         let mut channels = self.lock();
         let channel = channels
             .entry(voucher.channel_id)
-            .or_insert_with(|| IncomingChannel {
-                channel_id: voucher.channel_id,
-                requester: state.requester,
-                deposit: state.deposit,
-                best: None,
-                earned: None,
-                // A channel this node has no record of (a new one, or records lost) may have
-                // been redeemed already: what was redeemed counts as charged.
-                charged: state.redeemed,
-                redeemed: state.redeemed,
-                last_redemption: None,
-                pending_since_ms: None,
-                version: 0,
-                reserved: U256::ZERO,
-                unearned: BTreeMap::new(),
-            });
+            .or_insert_with(|| IncomingChannel::new(voucher.channel_id, &state));
         channel.deposit = state.deposit;
         let used = channel.charged + channel.reserved;
         let best = channel
@@ -370,6 +397,60 @@ impl Payee {
         channel.reserved += price;
         Ok(Reservation {
             held: Some((self.clone(), voucher.channel_id, price)),
+        })
+    }
+
+    /// Puts `price` for `work` on the credit of `requester`'s channel `channel_id` to this node:
+    /// refused unless the channel is open and its deposit covers the price beyond what was
+    /// charged, what is reserved and what is on credit already. So what a requester leaves
+    /// unpaid never exceeds what its deposit could pay.
+    pub async fn credit(
+        &self,
+        channel_id: &[u8],
+        requester: Option<NodeId>,
+        price: U256,
+        work: &str,
+    ) -> Result<Credit, Error> {
+        if price.is_zero() {
+            return Ok(Credit { held: None });
+        }
+        let Some(requester) = requester else {
+            return Err(refusal(format!(
+                "{work} costs {price} wei and is paid after it ran only for a node that proves                  its key on the link"
+            )));
+        };
+        let Ok(channel_id) = B256::try_from(channel_id) else {
+            return Err(refusal(format!(
+                "{work} costs {price} wei: name the payment channel (32 bytes) whose deposit                  covers it until it is paid"
+            )));
+        };
+        let state = self.channel_state(channel_id, false).await?;
+        if state.provider != self.inner.own_address
+            || NodeId::from(state.requester) != requester
+            || state.is_closing()
+        {
+            return Err(refusal(format!(
+                "channel {channel_id} is not an open channel from {requester} to this node ({})",
+                self.inner.own_address
+            )));
+        }
+        let mut channels = self.lock();
+        let channel = channels
+            .entry(channel_id)
+            .or_insert_with(|| IncomingChannel::new(channel_id, &state));
+        channel.deposit = state.deposit;
+        let owed = channel.charged + channel.reserved + channel.credited + price;
+        if owed > channel.deposit {
+            return Err(refusal(format!(
+                "{work} costs {price} wei and channel {channel_id} has {} wei of its deposit left                  beyond the work done, running and awaiting payment; top it up",
+                channel
+                    .deposit
+                    .saturating_sub(channel.charged + channel.reserved + channel.credited)
+            )));
+        }
+        channel.credited += price;
+        Ok(Credit {
+            held: Some((self.clone(), channel_id, price)),
         })
     }
 
@@ -579,20 +660,17 @@ mod tests {
     use super::*;
 
     fn channel() -> IncomingChannel {
-        IncomingChannel {
-            channel_id: B256::repeat_byte(1),
-            requester: Address::repeat_byte(2),
-            deposit: U256::from(1_000_000),
-            best: None,
-            earned: None,
-            charged: U256::ZERO,
-            redeemed: U256::ZERO,
-            last_redemption: None,
-            pending_since_ms: None,
-            version: 0,
-            reserved: U256::ZERO,
-            unearned: BTreeMap::new(),
-        }
+        IncomingChannel::new(
+            B256::repeat_byte(1),
+            &ChannelState {
+                requester: Address::repeat_byte(2),
+                provider: Address::repeat_byte(3),
+                deposit: U256::from(1_000_000),
+                redeemed: U256::ZERO,
+                close_requested_at: 0,
+                closed: false,
+            },
+        )
     }
 
     fn earned(channel: &IncomingChannel) -> Option<u64> {

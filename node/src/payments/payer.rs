@@ -321,6 +321,18 @@ impl Payer {
         Ok(Some(payment))
     }
 
+    /// The open channel to `target` with the most left, if any: the one whose deposit covers
+    /// work that `target` is paid for after it ran.
+    pub async fn channel_to(&self, target: &Target) -> Result<Option<B256>, Error> {
+        let provider = self.inner.peers.node_id(target).await?.address();
+        Ok(self
+            .lock()
+            .values()
+            .filter(|channel| channel.provider == provider && channel.phase == ChannelPhase::Open)
+            .max_by_key(|channel| channel.remaining())
+            .map(|channel| channel.channel_id))
+    }
+
     /// Signs the next voucher of the open channel to `provider` with the most left, for work
     /// of `price`; also returns the channel's version at which its bound on signed vouchers
     /// last moved.

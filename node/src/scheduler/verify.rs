@@ -46,31 +46,33 @@ impl TaskDigest<'_> {
         hasher.finalize().into()
     }
 
-    fn statement(&self, output: &[u8]) -> String {
+    fn statement(&self, output_sha256: &[u8; 32]) -> String {
         format!(
             "{DOMAIN}\ntask 0x{}\noutput 0x{}",
             hex::encode(self.hash()),
-            hex::encode(output_hash(output))
+            hex::encode(output_sha256)
         )
     }
 
-    /// This node's signature of `output` as its answer to the task.
-    pub fn sign(&self, identity: &NodeIdentity, output: &[u8]) -> Vec<u8> {
+    /// This node's signature of the output with SHA-256 `output_sha256` as its answer to the
+    /// task.
+    pub fn sign(&self, identity: &NodeIdentity, output_sha256: &[u8; 32]) -> Vec<u8> {
         identity
             .signer()
-            .sign_message_sync(self.statement(output).as_bytes())
+            .sign_message_sync(self.statement(output_sha256).as_bytes())
             .expect("signing with a local key cannot fail")
             .as_bytes()
             .to_vec()
     }
 
-    /// Whether `signature` is `node`'s signature of `output` as its answer to the task.
-    pub fn signed_by(&self, node: NodeId, output: &[u8], signature: &[u8]) -> bool {
+    /// Whether `signature` is `node`'s signature of the output with SHA-256 `output_sha256` as
+    /// its answer to the task.
+    pub fn signed_by(&self, node: NodeId, output_sha256: &[u8; 32], signature: &[u8]) -> bool {
         Signature::try_from(signature)
             .ok()
             .and_then(|signature| {
                 signature
-                    .recover_address_from_msg(self.statement(output).as_bytes())
+                    .recover_address_from_msg(self.statement(output_sha256).as_bytes())
                     .ok()
             })
             .is_some_and(|signer| NodeId::from(signer) == node)
@@ -91,8 +93,10 @@ pub struct SignedResult {
     pub plugin: String,
     /// Its version.
     pub version: String,
-    /// The output.
-    pub output: bytes::Bytes,
+    /// The SHA-256 of its output.
+    pub output_sha256: [u8; 32],
+    /// The output, unless the node holds it back until it is paid.
+    pub output: Option<bytes::Bytes>,
     /// The node's signature.
     pub signature: Vec<u8>,
 }
@@ -116,7 +120,7 @@ pub fn tally(results: &[SignedResult], k: usize) -> Verdict {
     let mut groups: BTreeMap<[u8; 32], Vec<NodeId>> = BTreeMap::new();
     for result in results {
         groups
-            .entry(output_hash(&result.output))
+            .entry(result.output_sha256)
             .or_default()
             .push(result.node);
     }
@@ -148,14 +152,15 @@ mod tests {
     #[test]
     fn a_signature_holds_only_for_its_node_task_and_output() {
         let identity = NodeIdentity::generate();
-        let signature = TASK.sign(&identity, b"3");
-        assert!(TASK.signed_by(identity.id(), b"3", &signature));
+        let (three, four) = (output_hash(b"3"), output_hash(b"4"));
+        let signature = TASK.sign(&identity, &three);
+        assert!(TASK.signed_by(identity.id(), &three, &signature));
         assert!(
-            !TASK.signed_by(identity.id(), b"4", &signature),
+            !TASK.signed_by(identity.id(), &four, &signature),
             "another output"
         );
         assert!(
-            !TASK.signed_by(NodeIdentity::generate().id(), b"3", &signature),
+            !TASK.signed_by(NodeIdentity::generate().id(), &three, &signature),
             "another node"
         );
         let replayed = TaskDigest {
@@ -163,10 +168,10 @@ mod tests {
             ..TASK
         };
         assert!(
-            !replayed.signed_by(identity.id(), b"3", &signature),
+            !replayed.signed_by(identity.id(), &three, &signature),
             "another nonce"
         );
-        assert!(!TASK.signed_by(identity.id(), b"3", b"not a signature"));
+        assert!(!TASK.signed_by(identity.id(), &three, b"not a signature"));
     }
 
     #[test]
@@ -176,7 +181,8 @@ mod tests {
             node: nodes[index],
             plugin: "p".into(),
             version: "1".into(),
-            output: bytes::Bytes::from_static(output.as_bytes()),
+            output_sha256: output_hash(output.as_bytes()),
+            output: None,
             signature: Vec::new(),
         };
         assert_eq!(

@@ -157,6 +157,18 @@ impl TestNode {
         self.grpc.to_string()
     }
 
+    /// Connects to the node's `TaskService` as a plaintext local client (no node key).
+    pub async fn task_client(
+        &self,
+    ) -> sphere_proto::v1::task_service_client::TaskServiceClient<tonic::transport::Channel> {
+        sphere_proto::v1::task_service_client::TaskServiceClient::connect(format!(
+            "http://{}",
+            self.grpc
+        ))
+        .await
+        .expect("connect")
+    }
+
     /// Returns the URL of `path` on the node's REST API.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)

@@ -574,12 +574,7 @@ async fn unpaid_underpaid_forged_and_failed_work_is_not_paid_for() {
             signature: sign_voucher(signer, &signed, &domain).to_vec().into(),
         }
     };
-    let mut tasks = sphere_proto::v1::task_service_client::TaskServiceClient::connect(format!(
-        "http://{}",
-        pair.provider.target()
-    ))
-    .await
-    .expect("connect");
+    let mut tasks = pair.provider.task_client().await;
     let mut send = async |voucher: Option<sphere_proto::v1::Voucher>| {
         tasks
             .run_task(sphere_proto::v1::RunTaskRequest {
@@ -924,4 +919,203 @@ async fn a_requester_that_lost_its_database_finds_its_channels_on_the_chain() {
 
     assert_eq!(pair.task("hello").await.0, 200);
     assert_eq!(payments_of(&pair.provider).await["earned_wei"], "4000");
+}
+
+#[tokio::test]
+async fn the_scheduler_keeps_to_a_price_cap_prefers_cheap_nodes_and_pays_only_agreeing_ones() {
+    let chain = anvil();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let address = deploy(&chain, &funded_key_file(&chain, dir.path()));
+    let requester = paid_node(&chain, &address, 1, json!({"mesh": {"bootstrap": []}}));
+    // Plugin `work` echoes its input (deterministic and idempotent); with `LIE`, it lies.
+    let worker = |account: usize, price: u64, env: Value| {
+        let mut env_all = json!({"PURE": "1"});
+        merge(&mut env_all, env);
+        let mut extra = plugins_config(vec![misbehaving_plugin("work", json!({"env": env_all}))]);
+        extra["mesh"] = json!({"bootstrap": [requester.target()]});
+        extra["payments"] = json!({"prices": {"task_wei": price}});
+        paid_node(&chain, &address, account, extra)
+    };
+    let honest = [
+        worker(2, TASK_PRICE, json!({})),
+        worker(3, TASK_PRICE, json!({})),
+    ];
+    let liar = worker(4, TASK_PRICE, json!({"LIE": "1"}));
+    let dear = worker(5, 5 * TASK_PRICE, json!({}));
+    let workers = [&honest[0], &honest[1], &liar, &dear];
+    crate::scheduler::until_serving(&requester, &workers, "work").await;
+    for worker in workers {
+        let (status, body) = requester
+            .post(
+                "/channels",
+                &json!({"target": worker.target(), "deposit": "1000000"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let mut runs: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let task = async |input: &str, target: Value, verify: Value| {
+        let mut request =
+            json!({"plugin": "work", "input": input, "target": target, "timeout_ms": 20_000});
+        if !verify.is_null() {
+            request["verify"] = verify;
+        }
+        requester.post("/task", &request).await
+    };
+
+    // A cap leaves the dear node out; without one, it is still the last choice while the cheap
+    // nodes are idle (the price weighs more than the jitter that shares work between equals).
+    let cheap_only = [
+        json!({"exclude": [liar.node_id], "max_price_wei": "2000"}),
+        json!({"exclude": [liar.node_id]}),
+    ];
+    for (round, target) in cheap_only.iter().cycle().take(12).enumerate() {
+        let (status, body) = task(&format!("cheap {round}"), target.clone(), Value::Null).await;
+        assert_eq!(status, 200, "{body}");
+        let node = body["node"].as_str().expect("the node that ran it");
+        assert_ne!(node, dear.node_id, "{target}: {body}");
+        *runs.entry(node.to_owned()).or_default() += 1;
+    }
+    let (status, body) = task(
+        "too dear",
+        json!({"exclude": [liar.node_id, honest[0].node_id, honest[1].node_id], "max_price_wei": "4999"}),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "no_capable_node", "{body}");
+    let reasons: Vec<&Value> = body["error"]["candidates"]
+        .as_array()
+        .expect("candidates")
+        .iter()
+        .filter(|candidate| candidate["node"] == dear.node_id.as_str())
+        .map(|candidate| &candidate["reason"])
+        .collect();
+    assert_eq!(reasons, [&json!("price")], "{body}");
+
+    // Verified on two of the honest nodes and the liar: the nodes run the task unpaid, and only
+    // those whose signed answers agree are paid to hand the output over.
+    let mut caught = false;
+    for round in 0..30 {
+        let (status, body) = task(
+            &format!("verified {round}"),
+            json!({"exclude": [dear.node_id]}),
+            json!({"k": 2, "n": 3}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["output"], format!("verified {round}"), "{body}");
+        for node in body["verified_by"].as_array().expect("agreeing nodes") {
+            *runs
+                .entry(node.as_str().expect("an ID").to_owned())
+                .or_default() += 1;
+        }
+        if body.get("disagreed").is_some() {
+            assert_eq!(body["disagreed"], json!([liar.node_id]), "{body}");
+            caught = true;
+            break;
+        }
+    }
+    assert!(caught, "the liar was never drawn in 30 verified tasks");
+
+    for node in &honest {
+        let expected = runs.get(&node.node_id).copied().unwrap_or(0) * TASK_PRICE;
+        let payments = payments_of(node).await;
+        assert_eq!(
+            payments["earned_wei"],
+            expected.to_string(),
+            "{} ran {runs:?}: {payments}",
+            node.node_id
+        );
+    }
+    let liar_payments = payments_of(&liar).await;
+    assert_eq!(liar_payments["earned_wei"], "0", "{liar_payments}");
+    for channel in liar_payments["channels_in"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        assert_eq!(
+            channel["best_voucher_wei"], "0",
+            "the liar holds no voucher: {liar_payments}"
+        );
+    }
+    assert_eq!(payments_of(&dear).await["earned_wei"], "0");
+    let spent: u64 = runs.values().sum::<u64>() * TASK_PRICE;
+    assert_eq!(
+        payments_of(&requester).await["spent_wei"],
+        spent.to_string()
+    );
+}
+
+#[tokio::test]
+async fn work_paid_after_it_ran_never_exceeds_the_deposit_and_needs_a_proven_node() {
+    let chain = anvil();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let address = deploy(&chain, &funded_key_file(&chain, dir.path()));
+    let requester = paid_node(&chain, &address, 1, json!({"mesh": {"bootstrap": []}}));
+    let workers: Vec<TestNode> = (2..4)
+        .map(|account| {
+            let mut extra = plugins_config(vec![misbehaving_plugin(
+                "work",
+                json!({"env": {"PURE": "1"}}),
+            )]);
+            extra["mesh"] = json!({"bootstrap": [requester.target()]});
+            paid_node(&chain, &address, account, extra)
+        })
+        .collect();
+    crate::scheduler::until_serving(&requester, &[&workers[0], &workers[1]], "work").await;
+    // The second worker's channel holds exactly one task's price.
+    for (worker, deposit) in workers.iter().zip([1_000_000, TASK_PRICE]) {
+        let (status, body) = requester
+            .post(
+                "/channels",
+                &json!({"target": worker.target(), "deposit": deposit.to_string()}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let verified = |input: &str| json!({"plugin": "work", "input": input, "verify": {"k": 2, "n": 2}, "timeout_ms": 2_000});
+    let (status, body) = requester.post("/task", &verified("first")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["verified_by"].as_array().map(Vec::len),
+        Some(2),
+        "{body}"
+    );
+
+    // The second worker's deposit is spent: it refuses to run the task on credit, the first
+    // worker's answer alone proves nothing, and neither is paid for it.
+    let (status, body) = requester.post("/task", &verified("second")).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "verification_failed", "{body}");
+    let refusal = body["error"]["failed"]
+        .as_array()
+        .expect("failed nodes")
+        .iter()
+        .find(|failure| failure["node"] == workers[1].node_id.as_str())
+        .unwrap_or_else(|| panic!("the spent worker refused: {body}"));
+    assert_eq!(refusal["code"], "payment_required", "{body}");
+    for worker in &workers {
+        assert_eq!(
+            payments_of(worker).await["earned_wei"],
+            TASK_PRICE.to_string(),
+            "only the first task was paid"
+        );
+    }
+
+    // A client that proves no node key cannot have paid work run on credit.
+    let mut tasks = workers[0].task_client().await;
+    let status = tasks
+        .run_task(sphere_proto::v1::RunTaskRequest {
+            task_id: "stranger".into(),
+            input: "x".into(),
+            plugin: "work".into(),
+            verify_nonce: vec![7u8; 16].into(),
+            withhold_output: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
 }

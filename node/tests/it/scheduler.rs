@@ -38,7 +38,7 @@ async fn until_ready(node: &TestNode, workers: &[&TestNode]) {
 }
 
 /// Polls until `node` lists every one of `workers` alive with plugin `plugin` serving.
-async fn until_serving(node: &TestNode, workers: &[&TestNode], plugin_name: &str) {
+pub(crate) async fn until_serving(node: &TestNode, workers: &[&TestNode], plugin_name: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, body) = node.call(reqwest::Method::GET, "/peers", "").await;
@@ -479,12 +479,7 @@ async fn a_lying_node_is_caught_by_verification_outvoted_and_scored_down() {
 #[tokio::test]
 async fn a_node_signs_its_answer_only_over_a_nonce_of_a_sound_length() {
     let node = crate::harness::TestNode::start();
-    let mut tasks = sphere_proto::v1::task_service_client::TaskServiceClient::connect(format!(
-        "http://{}",
-        node.target()
-    ))
-    .await
-    .expect("connect");
+    let mut tasks = node.task_client().await;
     let ask = |nonce: &'static [u8]| sphere_proto::v1::RunTaskRequest {
         task_id: "signed".into(),
         input: "hello".into(),
@@ -518,6 +513,67 @@ async fn a_node_signs_its_answer_only_over_a_nonce_of_a_sound_length() {
             .expect_err("refused");
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     }
+}
+
+#[tokio::test]
+async fn a_held_back_output_is_handed_over_once_to_its_caller_for_the_nonce_it_was_run_with() {
+    let node = crate::harness::TestNode::start();
+    let mut tasks = node.task_client().await;
+    let nonce = bytes::Bytes::from_static(b"0123456789abcdef");
+    let held = tasks
+        .run_task(sphere_proto::v1::RunTaskRequest {
+            task_id: "held".into(),
+            input: "hello".into(),
+            verify_nonce: nonce.clone(),
+            withhold_output: true,
+            ..Default::default()
+        })
+        .await
+        .expect("runs")
+        .into_inner();
+    assert!(held.output.is_empty(), "the output is held back");
+    assert_eq!(
+        held.output_sha256.as_ref(),
+        <sha2::Sha256 as sha2::Digest>::digest(b"world").as_slice()
+    );
+    assert_eq!(held.result_signature.len(), 65);
+    assert!(held.held_for_ms > 0);
+    let reveal = |task_id: &str, nonce: &bytes::Bytes| sphere_proto::v1::RevealResultRequest {
+        task_id: task_id.into(),
+        verify_nonce: nonce.clone(),
+        voucher: None,
+    };
+    for (task_id, nonce) in [
+        ("held", bytes::Bytes::from_static(b"fedcba9876543210")),
+        ("other", nonce.clone()),
+    ] {
+        let status = tasks
+            .reveal_result(reveal(task_id, &nonce))
+            .await
+            .expect_err("nothing held under that key");
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    }
+    let revealed = tasks
+        .reveal_result(reveal("held", &nonce))
+        .await
+        .expect("handed over")
+        .into_inner();
+    assert_eq!(revealed.output, "world");
+    let status = tasks
+        .reveal_result(reveal("held", &nonce))
+        .await
+        .expect_err("handed over once");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    let status = tasks
+        .run_task(sphere_proto::v1::RunTaskRequest {
+            task_id: "no nonce".into(),
+            input: "hello".into(),
+            withhold_output: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a held output needs a nonce");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
 }
 
 #[tokio::test]
