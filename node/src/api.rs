@@ -384,6 +384,9 @@ pub struct FileInfo {
     pub replicas_wanted: u32,
     /// Every provider holding the file, with what the audits found.
     pub replicas: Vec<ReplicaInfo>,
+    /// Labels every provider of the file must carry, as stored with it; repair keeps to them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// Contents, base64; only in the answers of `GET /file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,

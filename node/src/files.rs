@@ -219,6 +219,7 @@ impl Files {
                             manifest,
                             replicas_wanted: targets.len() as u32,
                             replicas,
+                            labels: placement.labels,
                         };
                         self.index.put(&record).await?;
                         return Ok(record);

@@ -13,7 +13,6 @@
 //! half over is paid for one more period (data and manifest objects): the owner pays only for
 //! copies it has just seen proof of.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -262,7 +261,7 @@ impl Files {
             .filter_map(|replica| replica.provider_id.parse().ok())
             .collect();
         let candidates = self
-            .candidate_providers(&BTreeMap::new())
+            .candidate_providers(&record.labels)
             .await
             .0
             .into_iter()

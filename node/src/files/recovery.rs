@@ -87,6 +87,8 @@ impl Files {
                 manifest,
                 replicas_wanted: replicas.len() as u32,
                 replicas,
+                // Labels live only in the owner's record, which recovery rebuilds without.
+                labels: BTreeMap::new(),
             };
             self.index.put(&record).await?;
             report.files_restored += 1;

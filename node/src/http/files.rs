@@ -94,6 +94,7 @@ fn file_info(context: &NodeContext, record: &FileRecord, data: Option<String>) -
         health,
         replicas_wanted: record.replicas_wanted,
         replicas,
+        labels: record.labels.clone(),
         data,
     }
 }

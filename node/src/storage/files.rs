@@ -99,6 +99,9 @@ pub struct FileRecord {
     pub replicas_wanted: u32,
     /// The providers holding the file.
     pub replicas: Vec<Replica>,
+    /// Labels every provider of the file must carry (`region: eu`); repair keeps to them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Manifest {

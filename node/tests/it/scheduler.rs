@@ -640,3 +640,74 @@ async fn file_replicas_go_only_to_providers_with_the_labels_asked_for() {
         assert_eq!(body["error"]["code"], "invalid_field", "{query}: {body}");
     }
 }
+
+#[tokio::test]
+async fn repair_keeps_a_files_replicas_on_nodes_with_the_labels_it_was_stored_with() {
+    let owner = TestNode::start_with(NodeOptions {
+        config: Some(json!({
+            "mesh": {"bootstrap": []},
+            "storage": {"audit_interval_ms": 200, "lost_after_ms": 1000},
+        })),
+        ..NodeOptions::default()
+    });
+    let member = |region: &str| {
+        TestNode::start_with(NodeOptions {
+            config: Some(
+                json!({"mesh": {"bootstrap": [owner.target()]}, "labels": {"region": region}}),
+            ),
+            ..NodeOptions::default()
+        })
+    };
+    let mut eu: Vec<TestNode> = (0..3).map(|_| member("eu")).collect();
+    let us: Vec<TestNode> = (0..2).map(|_| member("us")).collect();
+    until_serving(&owner, &[&eu[0], &eu[1], &eu[2], &us[0], &us[1]], "hello").await;
+
+    let (status, stored) = owner
+        .post(
+            "/file",
+            &json!({"name": "eu only", "data": "aGk=", "replicas": 2, "labels": {"region": "eu"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["labels"], json!({"region": "eu"}), "{stored}");
+    let holders: Vec<String> = stored["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .map(|replica| replica["provider_id"].as_str().expect("an ID").to_owned())
+        .collect();
+    let victim = eu
+        .iter()
+        .position(|node| node.node_id == holders[0])
+        .expect("held in the eu");
+    eu[victim].kill9();
+    let spare = eu
+        .iter()
+        .find(|node| !holders.contains(&node.node_id))
+        .expect("one eu node holds nothing")
+        .node_id
+        .clone();
+    let us_ids: Vec<&str> = us.iter().map(|node| node.node_id.as_str()).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, listing) = owner.call(reqwest::Method::GET, "/files", "").await;
+        let now_held: Vec<&str> = listing["files"][0]["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|replica| replica["provider_id"].as_str())
+            .collect();
+        assert!(
+            now_held.iter().all(|node| !us_ids.contains(node)),
+            "a replica left the eu: {listing}"
+        );
+        if now_held.contains(&spare.as_str()) && !now_held.contains(&holders[0].as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not repaired onto {spare}: {listing}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
