@@ -64,6 +64,9 @@ pub struct TasksConfig {
     /// Most background tasks kept; past it the oldest finished ones are forgotten, and a new
     /// task is refused while every kept one is unfinished.
     pub max_kept: u32,
+    /// Most bytes the kept records may take (inputs of unfinished tasks, outputs of finished
+    /// ones); past it, as past `max_kept`.
+    pub max_kept_bytes: u64,
     /// How long a finished task's record (and output) is kept.
     pub keep_results_ms: u64,
 }
@@ -73,6 +76,7 @@ impl Default for TasksConfig {
         Self {
             max_running: 64,
             max_kept: 10_000,
+            max_kept_bytes: 1 << 30,
             keep_results_ms: 86_400_000,
         }
     }
@@ -495,6 +499,7 @@ impl Config {
         positive("grpc.task_timeout_ms", self.grpc.task_timeout_ms)?;
         positive("tasks.max_running", u64::from(self.tasks.max_running))?;
         positive("tasks.max_kept", u64::from(self.tasks.max_kept))?;
+        positive("tasks.max_kept_bytes", self.tasks.max_kept_bytes)?;
         positive("tasks.keep_results_ms", self.tasks.keep_results_ms)?;
         positive("http.max_json_body_bytes", self.http.max_json_body_bytes)?;
         for (field, limits) in [

@@ -95,6 +95,8 @@ struct Entry {
     created_at_ms: u64,
     state: TaskState,
     finished_at_ms: Option<u64>,
+    /// Size of the stored record.
+    bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -102,20 +104,55 @@ struct Index {
     by_id: HashMap<String, Entry>,
     /// Oldest first.
     by_age: BTreeSet<(u64, String)>,
+    /// Size of all the stored records.
+    bytes: u64,
+}
+
+/// Finished tasks to forget to make room, and whether that is enough.
+struct Room {
+    forget: Vec<String>,
+    fits: bool,
 }
 
 impl Index {
     fn insert(&mut self, id: &str, entry: Entry) {
-        if let Some(old) = self.by_id.insert(id.to_owned(), entry) {
-            self.by_age.remove(&(old.created_at_ms, id.to_owned()));
-        }
+        self.remove(id);
+        self.bytes += entry.bytes;
+        self.by_id.insert(id.to_owned(), entry);
         self.by_age.insert((entry.created_at_ms, id.to_owned()));
     }
 
     fn remove(&mut self, id: &str) {
         if let Some(old) = self.by_id.remove(id) {
+            self.bytes -= old.bytes;
             self.by_age.remove(&(old.created_at_ms, id.to_owned()));
         }
+    }
+
+    /// The oldest finished tasks (never `id`) to forget for the record of `id`, of `bytes`, to
+    /// fit within `limits`.
+    fn room_for(&self, id: &str, bytes: u64, limits: &TasksConfig) -> Room {
+        let previous = self.by_id.get(id);
+        let mut count = self.by_id.len() + usize::from(previous.is_none());
+        let mut total = self.bytes - previous.map_or(0, |entry| entry.bytes) + bytes;
+        let mut finished = self
+            .by_age
+            .iter()
+            .map(|(_, kept)| kept)
+            .filter(|kept| *kept != id && self.by_id[*kept].state.is_finished());
+        let mut forget = Vec::new();
+        while count > limits.max_kept as usize || total > limits.max_kept_bytes {
+            let Some(oldest) = finished.next() else {
+                return Room {
+                    forget,
+                    fits: false,
+                };
+            };
+            count -= 1;
+            total -= self.by_id[oldest].bytes;
+            forget.push(oldest.clone());
+        }
+        Room { forget, fits: true }
     }
 }
 
@@ -134,7 +171,7 @@ impl TaskRecords {
         let records: Vec<TaskRecord> = db.scan_json(TASK_PREFIX).await?;
         let mut index = Index::default();
         for record in &records {
-            index.insert(&record.status.id, entry_of(&record.status));
+            index.insert(&record.status.id, entry_of(&record.status, &encode(record)));
         }
         Ok(Self {
             db,
@@ -144,10 +181,12 @@ impl TaskRecords {
         })
     }
 
-    /// Stores a new task's record. Refuses an ID already kept, and a task past
-    /// `tasks.max_kept` when no finished task can make room.
+    /// Stores a new task's record, forgetting the oldest finished tasks past `tasks.max_kept`
+    /// or `tasks.max_kept_bytes`. Refuses an ID already kept, and a task that does not fit even
+    /// then.
     pub async fn insert(&self, record: &TaskRecord) -> Result<(), Error> {
         let id = &record.status.id;
+        let encoded = encode(record);
         let forgotten = {
             let mut index = self.lock();
             if index.by_id.contains_key(id) {
@@ -156,46 +195,63 @@ impl TaskRecords {
                     format!("a task with ID {id:?} is already kept; choose another ID"),
                 ));
             }
-            let mut forgotten = None;
-            if index.by_id.len() >= self.options.max_kept as usize {
-                let oldest_finished = index
-                    .by_age
-                    .iter()
-                    .find(|(_, kept)| index.by_id[kept].state.is_finished())
-                    .map(|(_, kept)| kept.clone());
-                let Some(oldest_finished) = oldest_finished else {
-                    return Err(Error::new(
-                        ErrorCode::Overloaded,
-                        format!(
-                            "{} background tasks are unfinished (tasks.max_kept); wait for some to finish",
-                            index.by_id.len()
-                        ),
-                    )
-                    .with_details(serde_json::json!({"retry_after_seconds": 1})));
-                };
-                index.remove(&oldest_finished);
-                forgotten = Some(oldest_finished);
+            let room = index.room_for(id, encoded.len() as u64, &self.options);
+            if !room.fits {
+                return Err(Error::new(
+                    ErrorCode::Overloaded,
+                    format!(
+                        "the {} background tasks kept are unfinished and fill tasks.max_kept ({}) \
+                         or tasks.max_kept_bytes ({} of {} bytes); wait for some to finish",
+                        index.by_id.len(),
+                        self.options.max_kept,
+                        index.bytes,
+                        self.options.max_kept_bytes
+                    ),
+                )
+                .with_details(serde_json::json!({"retry_after_seconds": 1})));
             }
-            index.insert(id, entry_of(&record.status));
-            forgotten
+            for old in &room.forget {
+                index.remove(old);
+            }
+            index.insert(id, entry_of(&record.status, &encoded));
+            room.forget
         };
-        let mut changes = vec![(key(id).into_bytes(), Some(encode(record)))];
-        changes.extend(forgotten.map(|old| (key(&old).into_bytes(), None)));
-        if let Err(error) = self.db.write_durable(changes).await {
+        self.write(id, encoded, forgotten).await.inspect_err(|_| {
             self.lock().remove(id);
-            return Err(error.into());
-        }
+        })?;
         Ok(())
     }
 
-    /// Stores a task's new state.
+    /// Stores a task's new state, forgetting the oldest finished tasks when its output takes
+    /// the room of theirs.
     pub async fn update(&self, record: &TaskRecord) -> Result<(), StorageError> {
-        self.db
-            .put_durable(key(&record.status.id).into_bytes(), encode(record))
-            .await?;
-        self.lock()
-            .insert(&record.status.id, entry_of(&record.status));
+        let id = &record.status.id;
+        let encoded = encode(record);
+        let entry = entry_of(&record.status, &encoded);
+        let forgotten = {
+            let mut index = self.lock();
+            // Kept even when it does not fit: the task ran, and its outcome is what was asked for.
+            let room = index.room_for(id, entry.bytes, &self.options);
+            for old in &room.forget {
+                index.remove(old);
+            }
+            room.forget
+        };
+        self.write(id, encoded, forgotten).await?;
+        self.lock().insert(id, entry);
         Ok(())
+    }
+
+    /// Writes the record of `id` and deletes those of `forgotten`, at once and durably.
+    async fn write(
+        &self,
+        id: &str,
+        encoded: Vec<u8>,
+        forgotten: Vec<String>,
+    ) -> Result<(), StorageError> {
+        let mut changes = vec![(key(id).into_bytes(), Some(encoded))];
+        changes.extend(forgotten.iter().map(|old| (key(old).into_bytes(), None)));
+        self.db.write_durable(changes).await
     }
 
     /// The record of task `id`.
@@ -293,11 +349,12 @@ impl TaskRecords {
     }
 }
 
-fn entry_of(status: &TaskStatus) -> Entry {
+fn entry_of(status: &TaskStatus, encoded: &[u8]) -> Entry {
     Entry {
         created_at_ms: status.created_at_ms,
         state: status.state,
         finished_at_ms: status.finished_at_ms,
+        bytes: encoded.len() as u64,
     }
 }
 

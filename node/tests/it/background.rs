@@ -207,6 +207,38 @@ async fn finished_tasks_are_forgotten_after_their_keeping_time_and_the_number_ke
 }
 
 #[tokio::test]
+async fn the_bytes_the_kept_tasks_take_are_bounded() {
+    // Each task below takes a little over 2,000 bytes: two fit, a third makes room.
+    let node = node_with_slow_plugin(json!({"max_kept_bytes": 6_000}));
+    let input = |fill: char| fill.to_string().repeat(2_000);
+    let first = submit(&node, json!({"input": input('a')})).await;
+    until_state(&node, &first, "succeeded").await;
+    let second = submit(&node, json!({"input": input('b')})).await;
+    until_state(&node, &second, "succeeded").await;
+    let third = submit(&node, json!({"input": input('c')})).await;
+    assert_eq!(task(&node, &first).await.0, 404, "the oldest is forgotten");
+    assert_eq!(task(&node, &second).await.0, 200);
+    until_state(&node, &third, "succeeded").await;
+
+    // A task larger than the bound even with every finished one forgotten is refused, and
+    // nothing is forgotten for it.
+    let (status, body) = node
+        .post("/tasks", &json!({"input": "d".repeat(7_000)}))
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "overloaded");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("tasks.max_kept_bytes")),
+        "{body}"
+    );
+    for kept in [&second, &third] {
+        assert_eq!(task(&node, kept).await.0, 200);
+    }
+}
+
+#[tokio::test]
 async fn the_task_commands_run_wait_show_and_list() {
     let node = TestNode::start();
     let url = node.url("");
