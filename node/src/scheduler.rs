@@ -271,16 +271,18 @@ pub async fn run(context: &NodeContext, spec: TaskSpec) -> Result<TaskOutcome, E
             Ok(TaskOutcome::on(node, response.output, response.plugin))
         }
         Placement::Anywhere => {
-            let serves_it = context.plugins.resolve(spec.plugin.as_deref()).is_ok();
+            if context.plugins.resolve(spec.plugin.as_deref()).is_ok() {
+                return run_here(context, spec).await;
+            }
             let has_members = match &context.mesh {
                 Some(mesh) => !mesh.candidates().await.is_empty(),
                 None => false,
             };
             // With nobody else to ask, this node's own answer (the plugins it has) says most.
-            if serves_it || !has_members {
-                run_here(context, spec).await
-            } else {
+            if has_members {
                 choose_and_run(context, &spec, &Selector::default()).await
+            } else {
+                run_here(context, spec).await
             }
         }
         Placement::Chosen(selector) => choose_and_run(context, &spec, selector).await,

@@ -711,3 +711,68 @@ async fn repair_keeps_a_files_replicas_on_nodes_with_the_labels_it_was_stored_wi
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn the_task_command_passes_selectors_and_verification_to_the_scheduler() {
+    let requester = requester();
+    let eu = worker(&requester, json!({"region": "eu"}), json!({}));
+    let us = worker(&requester, json!({"region": "us"}), json!({}));
+    until_ready(&requester, &[&eu, &us]).await;
+    let url = requester.url("");
+    let sphere = |args: &[&str]| {
+        let output = crate::harness::sphere()
+            .args(["task", "run", "--plugin", "work", "--timeout-ms", "3000"])
+            .args(args)
+            .args(["--node", &url])
+            .output()
+            .expect("sphere runs");
+        (
+            output.status.success(),
+            String::from_utf8(output.stdout).expect("UTF-8"),
+            String::from_utf8(output.stderr).expect("UTF-8"),
+        )
+    };
+    let ran_on = async |id: &str| {
+        let (status, body) = requester
+            .call(reqwest::Method::GET, &format!("/tasks/{id}"), "")
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+
+    for round in 0..4 {
+        let id = format!("eu-{round}");
+        let (ok, output, errors) = sphere(&["--wait", "--label", "region=eu", "--id", &id, "hi"]);
+        assert!(ok, "{errors}");
+        assert_eq!(output.trim(), "hi");
+        assert_eq!(ran_on(&id).await["node"], eu.node_id.as_str());
+    }
+    let (ok, _, errors) = sphere(&[
+        "--wait",
+        "--label",
+        "region=eu",
+        "--exclude",
+        &eu.node_id,
+        "hi",
+    ]);
+    assert!(!ok);
+    assert!(errors.contains("no_capable_node"), "{errors}");
+
+    let (ok, output, errors) = sphere(&["--wait", "--verify", "2", "--id", "checked", "both"]);
+    assert!(ok, "{errors}");
+    assert_eq!(output.trim(), "both");
+    let mut verified_by: Vec<String> = ran_on("checked").await["verified_by"]
+        .as_array()
+        .expect("the agreeing nodes")
+        .iter()
+        .map(|node| node.as_str().expect("an ID").to_owned())
+        .collect();
+    verified_by.sort_unstable();
+    let mut both = vec![eu.node_id.clone(), us.node_id.clone()];
+    both.sort_unstable();
+    assert_eq!(verified_by, both);
+
+    let (ok, _, errors) = sphere(&["--max-price-wei", "lots", "hi"]);
+    assert!(!ok);
+    assert!(errors.contains("target.max_price_wei"), "{errors}");
+}
