@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 
 use crate::api::{
-    Amount, ChannelChange, ChannelInfo, DeletedFile, ErrorAnswer, FileInfo, FileList,
+    Amount, ChannelChange, ChannelInfo, DeletedFile, ErrorAnswer, FileInfo, FileList, HealthAnswer,
     OpenChannelRequest, PaymentsAnswer, PeerList, RecoveredChannels, RecoveryReport, RedeemAnswer,
     TaskAccepted, TaskList, TaskRequest, TaskState, TaskStatus, TopUpRequest,
 };
@@ -160,6 +160,11 @@ impl NodeClient {
     /// Asks the node to find its files again on its peers.
     pub async fn recover(&self) -> anyhow::Result<RecoveryReport> {
         self.call(Method::POST, "/files/recover", None::<&()>).await
+    }
+
+    /// Returns the node's health.
+    pub async fn health(&self) -> anyhow::Result<HealthAnswer> {
+        self.call(Method::GET, "/health", None::<&()>).await
     }
 
     /// Returns the peers the node knows.

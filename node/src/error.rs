@@ -16,6 +16,23 @@ pub const ERROR_CODE_METADATA: &str = "sphere-error-code";
 /// Name of the binary gRPC metadata entry carrying an error's details (a JSON object).
 pub const ERROR_DETAILS_METADATA: &str = "sphere-error-details-bin";
 
+/// `text` followed by each of the chain of errors from `cause` it does not say already: many
+/// errors' own messages leave out why ("error sending request"), their causes say it.
+pub fn followed_by_causes(
+    mut text: String,
+    mut cause: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
+    while let Some(error) = cause {
+        let message = error.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        cause = error.source();
+    }
+    text
+}
+
 /// What went wrong, in a form scripts can match on. The string forms are part of the public API.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,

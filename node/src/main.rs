@@ -49,6 +49,19 @@ enum Command {
         #[command(flatten)]
         node: NodeAddress,
     },
+    /// Asks a running node whether it is up: exits 0 when it answers (its plugins all serving,
+    /// and, with --strict, every plugin serves), 1 otherwise. For container health checks: the
+    /// image needs no curl.
+    Health {
+        /// Fail also when some plugin is not serving (the node is `degraded`).
+        #[arg(long)]
+        strict: bool,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 5_000)]
+        timeout_ms: u64,
+        #[command(flatten)]
+        node: NodeAddress,
+    },
     /// Runs the built-in demo plugin ("hello" -> "world"); a node starts this itself.
     #[command(name = "demo-plugin", hide = true)]
     DemoPlugin,
@@ -364,6 +377,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::File(command) => runtime()?.block_on(run_file_command(command)),
         Command::Task(command) => runtime()?.block_on(run_task_command(command)),
         Command::Channel(command) => runtime()?.block_on(run_channel_command(command)),
+        Command::Health {
+            strict,
+            timeout_ms,
+            node,
+        } => runtime()?.block_on(async {
+            let health = tokio::time::timeout(
+                std::time::Duration::from_millis(timeout_ms),
+                node.client().health(),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("{} did not answer within {timeout_ms} ms", node.url))??;
+            // As the API spells them (`not_serving`).
+            let word = |value: serde_json::Value| value.as_str().unwrap_or_default().to_owned();
+            let plugins: Vec<String> = health
+                .plugins
+                .iter()
+                .map(|plugin| format!("{} {}", plugin.name, word(serde_json::json!(plugin.health))))
+                .collect();
+            let status = word(serde_json::json!(health.status));
+            println!("{status} {} ({})", health.node_id, plugins.join(", "));
+            if strict && health.status != sphere_node::api::NodeHealth::Ok {
+                anyhow::bail!("the node is {status}");
+            }
+            Ok(())
+        }),
         Command::Peers { json, node } => runtime()?.block_on(async {
             let peers = node.client().peers().await?;
             if json {

@@ -144,9 +144,9 @@ impl Payments {
             .parse()
             .map_err(|_| PaymentsError::BadContractAddress(contract_text.to_owned()))?;
         let provider = connect(url, identity)?;
-        let unreachable = |error: &dyn std::fmt::Display| PaymentsError::Unreachable {
+        let unreachable = |error: &(dyn std::error::Error + 'static)| PaymentsError::Unreachable {
             url: url.to_owned(),
-            reason: error.to_string(),
+            reason: crate::error::followed_by_causes(error.to_string(), error.source()),
         };
         let actual_chain = provider
             .get_chain_id()

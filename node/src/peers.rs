@@ -305,17 +305,10 @@ fn link_error(status: &tonic::Status) -> Option<&LinkError> {
 
 /// Returns a status's message followed by the chain of errors that caused it.
 fn with_causes(status: &tonic::Status) -> String {
-    let mut text = status.message().to_owned();
-    let mut cause = std::error::Error::source(status);
-    while let Some(error) = cause {
-        let message = error.to_string();
-        if !text.contains(&message) {
-            text.push_str(": ");
-            text.push_str(&message);
-        }
-        cause = error.source();
-    }
-    text
+    crate::error::followed_by_causes(
+        status.message().to_owned(),
+        std::error::Error::source(status),
+    )
 }
 
 #[cfg(test)]

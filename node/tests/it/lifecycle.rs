@@ -196,6 +196,21 @@ async fn an_upload_in_flight_at_sigterm_finishes_before_the_node_exits() {
 #[tokio::test]
 async fn a_crashed_plugin_fails_its_tasks_but_not_the_node() {
     let node = TestNode::start();
+    let health = |strict: bool| {
+        let mut command = sphere();
+        command.args(["health", "--node", &node.url("")]);
+        if strict {
+            command.arg("--strict");
+        }
+        let output = command.output().expect("sphere runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (healthy, line) = health(true);
+    assert!(healthy, "{line}");
+    assert_eq!(line.trim(), format!("ok {} (hello serving)", node.node_id));
     let plugins = children_of(node.pid());
     assert_eq!(plugins.len(), 1);
     crate::harness::signal(plugins[0], libc::SIGKILL);
@@ -211,6 +226,20 @@ async fn a_crashed_plugin_fails_its_tasks_but_not_the_node() {
     assert_eq!(body["status"], "degraded");
     assert_eq!(body["plugins"][0]["name"], "hello");
     assert_ne!(body["plugins"][0]["health"], "serving");
+    // `sphere health` (the image's health check) passes while the node answers, unless told
+    // to fail on a plugin down too.
+    let (healthy, line) = health(false);
+    assert!(healthy && line.starts_with("degraded"), "{line}");
+    assert!(!health(true).0);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nobody = format!("http://{}", closed.local_addr().expect("address"));
+    drop(closed);
+    let status = sphere()
+        .args(["health", "--node", &nobody])
+        .output()
+        .expect("sphere runs")
+        .status;
+    assert!(!status.success(), "nobody answers there");
 }
 
 #[tokio::test]

@@ -1119,3 +1119,110 @@ async fn work_paid_after_it_ran_never_exceeds_the_deposit_and_needs_a_proven_nod
         .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
 }
+
+/// A TLS endpoint in front of `chain` for `localhost`, with a certificate from an authority of
+/// its own; returns its `https://` URL and the authority's certificate (PEM), which no system
+/// trusts. It runs on a thread of its own, so that the test may wait on processes that use it.
+fn https_in_front_of(chain: &AnvilInstance) -> (String, String) {
+    let authority_key = rcgen::KeyPair::generate().expect("key");
+    let mut authority = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    authority.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    authority
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Sphere test authority");
+    let authority = authority.self_signed(&authority_key).expect("authority");
+    let server_key = rcgen::KeyPair::generate().expect("key");
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .signed_by(&server_key, &authority, &authority_key)
+        .expect("certificate");
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![server.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+    )
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("address").port();
+    let upstream = format!("127.0.0.1:{}", chain.port());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let Ok(mut client) = acceptor.accept(client).await else {
+                        return;
+                    };
+                    if let Ok(mut chain) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut chain).await;
+                    }
+                });
+            }
+        });
+    });
+    (format!("https://localhost:{port}"), authority.pem())
+}
+
+#[tokio::test]
+async fn a_chain_is_reached_over_https_with_the_roots_the_system_trusts() {
+    let chain = anvil();
+    let (rpc_url, authority) = https_in_front_of(&chain);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let roots = dir.path().join("roots.pem");
+    std::fs::write(&roots, authority).expect("write roots");
+    let key_file = funded_key_file(&chain, dir.path());
+
+    // The command line deploys through it, trusting the roots SSL_CERT_FILE names.
+    let output = Command::new(env!("CARGO_BIN_EXE_sphere"))
+        .args(["payments", "deploy", "--rpc-url", &rpc_url, "--key-file"])
+        .arg(&key_file)
+        .env("SSL_CERT_FILE", &roots)
+        .output()
+        .expect("sphere runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let contract = String::from_utf8(output.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned();
+    let settings = json!({
+        "enabled": true,
+        "rpc_url": rpc_url,
+        "chain_id": chain.chain_id(),
+        "contract": contract,
+    });
+    let node = TestNode::start_with(NodeOptions {
+        config: Some(json!({ "payments": settings })),
+        environment: vec![("SSL_CERT_FILE".into(), roots.display().to_string())],
+        ..NodeOptions::default()
+    });
+    let payments = payments_of(&node).await;
+    assert_eq!(payments["enabled"], true, "{payments}");
+    assert_eq!(payments["contract"], contract.as_str(), "{payments}");
+    assert!(payments["balance_wei"].is_string(), "{payments}");
+
+    // Without those roots, the endpoint's certificate is not trusted and the node says where.
+    let stderr = refused_start(settings);
+    assert!(
+        stderr.contains("payments.rpc_url") && stderr.contains("certificate"),
+        "{stderr}"
+    );
+}
