@@ -210,9 +210,9 @@ pub struct MeshConfig {
     pub bootstrap: Vec<String>,
     /// UDP address to gossip on; by default the gRPC listener's address and port number.
     pub listen: Option<SocketAddr>,
-    /// The address other nodes should use for gossip and gRPC (behind NAT, in containers); by
-    /// default the gRPC listener's address.
-    pub advertise: Option<SocketAddr>,
+    /// The address (`ip:port`, or `host:port` resolved at start) other nodes should use for
+    /// gossip and gRPC (behind NAT, in containers); by default the gRPC listener's address.
+    pub advertise: Option<String>,
     /// How often this node gossips with a few others.
     pub gossip_interval_ms: u64,
     /// How long without news before a member is marked dead and gets no work.

@@ -87,6 +87,14 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// `mesh.advertise` names a host that does not resolve.
+    #[error("`mesh.advertise` {address:?} does not resolve to an address: {reason}")]
+    Advertise {
+        /// The address as configured.
+        address: String,
+        /// Why.
+        reason: String,
+    },
     /// Gossip could not start (its UDP address is taken, say).
     #[error("could not join the mesh on UDP {address} (`mesh.listen`): {reason}")]
     Mesh {
@@ -222,15 +230,15 @@ impl Node {
         let servers = TaskTracker::new();
         let mesh = if config.mesh.enabled {
             let listen = config.mesh.listen.unwrap_or(grpc_address);
-            let advertise = config.mesh.advertise.unwrap_or_else(|| {
-                if grpc_address.ip().is_unspecified() {
+            let advertise = match &config.mesh.advertise {
+                Some(text) => resolve_advertised(text).await?,
+                None if grpc_address.ip().is_unspecified() => {
                     let loopback = SocketAddr::from(([127, 0, 0, 1], grpc_address.port()));
                     tracing::warn!(%loopback, "gRPC listens on every address and mesh.advertise is not set: other nodes are told {loopback}, which only this machine reaches");
                     loopback
-                } else {
-                    grpc_address
                 }
-            });
+                None => grpc_address,
+            };
             let options = crate::mesh::MeshOptions {
                 config: config.mesh.clone(),
                 listen,
@@ -422,4 +430,23 @@ async fn bind(
 
 fn local_address(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {
     listener.local_addr().unwrap_or(configured)
+}
+
+/// The address `mesh.advertise` names (`ip:port`, or `host:port` such as a container's service
+/// name), resolved once at start: an IPv4 address when the host has one.
+async fn resolve_advertised(text: &str) -> Result<SocketAddr, StartError> {
+    let failure = |reason: String| StartError::Advertise {
+        address: text.to_owned(),
+        reason,
+    };
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host(text)
+        .await
+        .map_err(|error| failure(error.to_string()))?
+        .collect();
+    addresses
+        .iter()
+        .find(|address| address.is_ipv4())
+        .or(addresses.first())
+        .copied()
+        .ok_or_else(|| failure("no address".to_owned()))
 }

@@ -619,3 +619,36 @@ async fn files_go_to_live_members_are_repaired_among_them_and_recovered_from_the
         .await;
     assert_eq!((status, &read["data"]), (200, &json!(base64(&contents))));
 }
+
+#[tokio::test]
+async fn a_node_may_advertise_a_host_name_which_it_resolves_at_start() {
+    let seed = member(None);
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = free.local_addr().expect("address").port();
+    drop(free);
+    let named = TestNode::start_with(NodeOptions {
+        grpc_listen: Some(std::net::SocketAddr::from(([0, 0, 0, 0], port))),
+        config: Some(json!({
+            "mesh": {"bootstrap": [seed.target()], "advertise": format!("localhost:{port}")},
+        })),
+        ..NodeOptions::default()
+    });
+    until_seen(&[&seed], &named, "alive").await;
+    let record = peers(&seed)
+        .await
+        .into_iter()
+        .find(|peer| peer["id"] == named.node_id.as_str())
+        .expect("listed");
+    assert_eq!(
+        record["addresses"]["grpc"],
+        format!("127.0.0.1:{port}"),
+        "{record}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stderr = crate::harness::stderr_of_failure(
+        crate::harness::sphere_node(dir.path())
+            .env("SPHERE_MESH__ADVERTISE", "no-such-host.invalid:8081"),
+    );
+    assert!(stderr.contains("mesh.advertise"), "{stderr}");
+}

@@ -40,21 +40,24 @@ fn funded_key_file(anvil: &AnvilInstance, dir: &Path) -> PathBuf {
 }
 
 fn deploy(anvil: &AnvilInstance, key_file: &Path) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_sphere"))
-        .args([
-            "payments",
-            "deploy",
-            "--rpc-url",
-            anvil.endpoint().as_str(),
-            "--key-file",
-        ])
+    deploy_through(anvil.endpoint().as_str(), key_file, None)
+}
+
+/// Deploys the contract through `rpc_url` with `key_file`, trusting the TLS roots in `roots`
+/// when given (`SSL_CERT_FILE`); returns its address.
+fn deploy_through(rpc_url: &str, key_file: &Path, roots: Option<&Path>) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sphere"));
+    command
+        .args(["payments", "deploy", "--rpc-url", rpc_url, "--key-file"])
         .arg(key_file)
         .args([
             "--challenge-period-seconds",
             &CHALLENGE_PERIOD_SECONDS.to_string(),
-        ])
-        .output()
-        .expect("sphere runs");
+        ]);
+    if let Some(roots) = roots {
+        command.env("SSL_CERT_FILE", roots);
+    }
+    let output = command.output().expect("sphere runs");
     assert!(
         output.status.success(),
         "{}",
@@ -1188,21 +1191,7 @@ async fn a_chain_is_reached_over_https_with_the_roots_the_system_trusts() {
     let key_file = funded_key_file(&chain, dir.path());
 
     // The command line deploys through it, trusting the roots SSL_CERT_FILE names.
-    let output = Command::new(env!("CARGO_BIN_EXE_sphere"))
-        .args(["payments", "deploy", "--rpc-url", &rpc_url, "--key-file"])
-        .arg(&key_file)
-        .env("SSL_CERT_FILE", &roots)
-        .output()
-        .expect("sphere runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let contract = String::from_utf8(output.stdout)
-        .expect("UTF-8")
-        .trim()
-        .to_owned();
+    let contract = deploy_through(&rpc_url, &key_file, Some(&roots));
     let settings = json!({
         "enabled": true,
         "rpc_url": rpc_url,
