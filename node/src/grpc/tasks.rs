@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use alloy_primitives::U256;
 use bytes::Bytes;
 use sphere_proto::v1::task_service_server::TaskService;
 use sphere_proto::v1::{
@@ -34,22 +35,34 @@ impl TaskGrpc {
         }
     }
 
-    /// Checks that `voucher` pays for a task on `plugin` (`None`: the default one) and
-    /// reserves its price; free when payments are off.
+    /// The payee, the price of a task on `plugin` (`None`: the default one) and how refusals
+    /// name the work; `None` when payments are off.
+    fn price_of(
+        &self,
+        plugin: Option<&str>,
+    ) -> Result<Option<(&crate::payments::payee::Payee, U256, String)>, Error> {
+        let Some(payments) = &self.context.payments else {
+            return Ok(None);
+        };
+        let name = self.context.plugins.resolve(plugin)?;
+        Ok(Some((
+            &payments.payee,
+            payments.task_price(&name),
+            format!("a task on plugin {name}"),
+        )))
+    }
+
+    /// Checks that `voucher` pays for a task on `plugin` and reserves its price; free when
+    /// payments are off.
     async fn reserve(
         &self,
         plugin: Option<&str>,
         voucher: Option<&Voucher>,
     ) -> Result<Reservation, Error> {
-        let Some(payments) = &self.context.payments else {
-            return Ok(Reservation::free());
-        };
-        let name = self.context.plugins.resolve(plugin)?;
-        let price = payments.task_price(&name);
-        payments
-            .payee
-            .reserve(voucher, price, &format!("a task on plugin {name}"))
-            .await
+        match self.price_of(plugin)? {
+            Some((payee, price, work)) => payee.reserve(voucher, price, &work).await,
+            None => Ok(Reservation::free()),
+        }
     }
 }
 
@@ -114,18 +127,12 @@ impl TaskService for TaskGrpc {
                 )
                 .into());
             }
-            let credit = match &self.context.payments {
-                Some(payments) => {
-                    let name = self.context.plugins.resolve(plugin).map_err(Error::from)?;
-                    let work = format!("a task on plugin {name}");
-                    let price = payments.task_price(&name);
-                    Some(
-                        payments
-                            .payee
-                            .credit(&credit_channel_id, caller, price, &work)
-                            .await?,
-                    )
-                }
+            let credit = match self.price_of(plugin)? {
+                Some((payee, price, work)) => Some(
+                    payee
+                        .credit(&credit_channel_id, caller, price, &work)
+                        .await?,
+                ),
                 None => None,
             };
             (Reservation::free(), credit)

@@ -241,19 +241,7 @@ async fn the_bytes_the_kept_tasks_take_are_bounded() {
 #[tokio::test]
 async fn the_task_commands_run_wait_show_and_list() {
     let node = TestNode::start();
-    let url = node.url("");
-    let sphere = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sphere"))
-            .args(args)
-            .args(["--node", &url])
-            .output()
-            .expect("sphere runs");
-        (
-            output.status.success(),
-            String::from_utf8(output.stdout).expect("UTF-8"),
-            String::from_utf8(output.stderr).expect("UTF-8"),
-        )
-    };
+    let sphere = |args: &[&str]| node.cli(args);
 
     let (ok, output, errors) = sphere(&["task", "run", "--wait", "hello"]);
     assert!(ok, "{errors}");

@@ -169,6 +169,21 @@ impl TestNode {
         .expect("connect")
     }
 
+    /// Runs `sphere <args> --node <this node's REST URL>`; returns whether it succeeded, its
+    /// stdout and its stderr.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let output = sphere()
+            .args(args)
+            .args(["--node", &self.url("")])
+            .output()
+            .expect("sphere runs");
+        (
+            output.status.success(),
+            String::from_utf8(output.stdout).expect("UTF-8"),
+            String::from_utf8(output.stderr).expect("UTF-8"),
+        )
+    }
+
     /// Returns the URL of `path` on the node's REST API.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)

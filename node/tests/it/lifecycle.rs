@@ -197,16 +197,13 @@ async fn an_upload_in_flight_at_sigterm_finishes_before_the_node_exits() {
 async fn a_crashed_plugin_fails_its_tasks_but_not_the_node() {
     let node = TestNode::start();
     let health = |strict: bool| {
-        let mut command = sphere();
-        command.args(["health", "--node", &node.url("")]);
-        if strict {
-            command.arg("--strict");
-        }
-        let output = command.output().expect("sphere runs");
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-        )
+        let args: &[&str] = if strict {
+            &["health", "--strict"]
+        } else {
+            &["health"]
+        };
+        let (ok, stdout, _) = node.cli(args);
+        (ok, stdout)
     };
     let (healthy, line) = health(true);
     assert!(healthy, "{line}");

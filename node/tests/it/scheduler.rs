@@ -718,19 +718,9 @@ async fn the_task_command_passes_selectors_and_verification_to_the_scheduler() {
     let eu = worker(&requester, json!({"region": "eu"}), json!({}));
     let us = worker(&requester, json!({"region": "us"}), json!({}));
     until_ready(&requester, &[&eu, &us]).await;
-    let url = requester.url("");
     let sphere = |args: &[&str]| {
-        let output = crate::harness::sphere()
-            .args(["task", "run", "--plugin", "work", "--timeout-ms", "3000"])
-            .args(args)
-            .args(["--node", &url])
-            .output()
-            .expect("sphere runs");
-        (
-            output.status.success(),
-            String::from_utf8(output.stdout).expect("UTF-8"),
-            String::from_utf8(output.stderr).expect("UTF-8"),
-        )
+        let run = ["task", "run", "--plugin", "work", "--timeout-ms", "3000"];
+        requester.cli(&[&run[..], args].concat())
     };
     let ran_on = async |id: &str| {
         let (status, body) = requester
