@@ -1,6 +1,6 @@
 //! `TaskService`: runs tasks from other nodes on this node's plugin.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use alloy_primitives::U256;
 use bytes::Bytes;
@@ -175,6 +175,7 @@ impl TaskService for TaskGrpc {
                         output,
                         plugin: plugin_name.clone(),
                         credit,
+                        held_at: Instant::now(),
                     },
                 );
                 response.plugin = plugin_name;
@@ -218,7 +219,7 @@ impl TaskService for TaskGrpc {
             Err(refusal) => Err(refusal),
         };
         if let Err(error) = paid {
-            // Unpaid, so still the requester's to pay for.
+            // Unpaid, so still the requester's to pay for, within the life it had.
             self.held.hold(key, held);
             return Err(error.into());
         }
