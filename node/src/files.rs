@@ -586,28 +586,37 @@ impl Files {
         start: u64,
         (size, chunk_count): (u64, u64),
     ) -> Result<(tonic::Streaming<GetObjectResponse>, Option<Payment>), Error> {
-        let payment = match &self.payer {
-            Some(payer) => {
-                let bytes = crate::payments::amount::read_bytes(size, chunk_count, start);
-                payer.pay(source, Work::Read(bytes)).await?
+        // A second try only after this node caught up with the source's count of the channel
+        // (its voucher was refused as too small).
+        let mut tries_left = 2;
+        loop {
+            tries_left -= 1;
+            let payment = match &self.payer {
+                Some(payer) => {
+                    let bytes = crate::payments::amount::read_bytes(size, chunk_count, start);
+                    payer.pay(source, Work::Read(bytes)).await?
+                }
+                None => None,
+            };
+            let request = GetObjectRequest {
+                object_id: object_id.to_owned(),
+                auth: None,
+                start_chunk: start,
+                voucher: payment.as_ref().map(Payment::voucher),
+            };
+            let request = self.signed_for(source, request).await?;
+            let refusal = match self.peers.storage(source).get_object(request).await {
+                Ok(stream) => return Ok((stream.into_inner(), payment)),
+                Err(status) => Err(crate::peers::remote_error(&status, source)),
+            };
+            let caught_up = match payment {
+                Some(payment) => payment.settle(&refusal).await,
+                None => false,
+            };
+            if !(caught_up && tries_left > 0) {
+                return refusal;
             }
-            None => None,
-        };
-        let request = GetObjectRequest {
-            object_id: object_id.to_owned(),
-            auth: None,
-            start_chunk: start,
-            voucher: payment.as_ref().map(Payment::voucher),
-        };
-        let request = self.signed_for(source, request).await?;
-        let stream = self
-            .peers
-            .storage(source)
-            .get_object(request)
-            .await
-            .map_err(|status| crate::peers::remote_error(&status, source))?
-            .into_inner();
-        Ok((stream, payment))
+        }
     }
 
     /// Pays for one more storage period of `object_id` of `size` bytes on `target`; returns

@@ -80,6 +80,10 @@ enum PaymentsCommand {
         /// Seconds a provider may still redeem after a requester asks to close a channel.
         #[arg(long, default_value_t = 86_400)]
         challenge_period_seconds: u64,
+        /// Deploys nothing when the chain already has the contract at this address (it kept its
+        /// state), and prints that address; deploys when there is no code there.
+        #[arg(long, value_name = "ADDRESS")]
+        unless_deployed_at: Option<alloy_primitives::Address>,
     },
     /// Shows the node's payments: balance, channels both ways, spent, earned, pending.
     Status {
@@ -421,6 +425,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rpc_url,
             key_file,
             challenge_period_seconds,
+            unless_deployed_at,
         }) => {
             let identity = NodeIdentity::load(&key_file)?;
             let address = runtime()?
@@ -428,6 +433,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &rpc_url,
                     &identity,
                     challenge_period_seconds,
+                    unless_deployed_at,
                 ))
                 .map_err(|error| anyhow::anyhow!(error))?;
             println!("{}", address.to_checksum(None));

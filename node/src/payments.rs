@@ -316,13 +316,30 @@ impl Payments {
 }
 
 /// Deploys the payment contract to the chain at `rpc_url`, paying with `identity`'s key; returns
-/// its address.
+/// its address. When the chain already has the contract at `unless_at` (a chain that kept its
+/// state), deploys nothing and returns that address.
 pub async fn deploy(
     rpc_url: &str,
     identity: &NodeIdentity,
     challenge_period_seconds: u64,
+    unless_at: Option<Address>,
 ) -> Result<Address, String> {
     let provider = connect(rpc_url, identity).map_err(|error| error.to_string())?;
+    if let Some(address) = unless_at {
+        let code = provider.get_code_at(address).await.map_err(|error| {
+            format!("asking {rpc_url} for the code at {address} failed: {error}")
+        })?;
+        if !code.is_empty() {
+            SpherePayments::new(address, &provider)
+                .challengePeriod()
+                .call()
+                .await
+                .map_err(|_| {
+                    format!("{address} holds a contract that is not Sphere's payment contract")
+                })?;
+            return Ok(address);
+        }
+    }
     let contract = SpherePayments::deploy(provider, challenge_period_seconds)
         .await
         .map_err(|error| format!("deploying to {rpc_url} failed: {error}"))?;

@@ -28,6 +28,11 @@ pub struct RecoveryReport {
     pub files_found: usize,
     /// Files this node had no record of, now recorded again.
     pub files_restored: usize,
+    /// Payment channels this node had no record of, found again on the chain before the
+    /// providers were asked (charging providers are paid for reading the manifests); 0 with
+    /// payments off.
+    #[serde(default)]
+    pub channels_restored: usize,
 }
 
 impl Files {

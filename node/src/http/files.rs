@@ -45,7 +45,7 @@ error_responses!(
 );
 error_responses!(
     /// Errors of recovering files.
-    RecoverErrors: InvalidJson, InvalidField, StorageFailure,
+    RecoverErrors: InvalidJson, InvalidField, TargetUnreachable, TargetError, StorageFailure,
 );
 
 fn rfc3339(milliseconds: u64) -> String {
@@ -440,8 +440,16 @@ pub async fn recover(
     } else {
         super::extract::parse::<Option<RecoverFilesRequest>>(&body)?.unwrap_or_default()
     };
+    let channels_restored = match &context.payments {
+        Some(payments) => payments.payer.recover().await?.len(),
+        None => 0,
+    };
     let report = context.files.recover(&request.providers).await?;
-    Ok(axum::Json(report).into_response())
+    Ok(axum::Json(RecoveryReport {
+        channels_restored,
+        ..report
+    })
+    .into_response())
 }
 
 /// `GET /storage`: the space this node offers other nodes, and what each owner uses.

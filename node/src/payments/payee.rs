@@ -368,6 +368,9 @@ impl Payee {
             .max(voucher.amount);
         let required = used + price;
         if best < required {
+            // The largest voucher kept proves to the requester what it signed, so that one
+            // that lost its records can catch up to what was charged (`Payer::catch_up`).
+            let kept = channel.best.as_ref();
             return Err(Error::new(
                 ErrorCode::PaymentRequired,
                 format!(
@@ -381,6 +384,8 @@ impl Payee {
                 "price_wei": price.to_string(),
                 "charged_wei": channel.charged.to_string(),
                 "required_cumulative_wei": required.to_string(),
+                "kept_voucher_wei": kept.map(|kept| kept.amount.to_string()),
+                "kept_voucher_signature": kept.map(|kept| kept.signature.to_string()),
             })));
         }
         if channel

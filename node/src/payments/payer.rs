@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use alloy::primitives::{Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 use serde::{Deserialize, Serialize};
-use sphere_contracts::{Voucher, sign_voucher};
+use sphere_contracts::{Voucher, sign_voucher, voucher_signer};
 use sphere_proto::v1::{GetInfoRequest, GetInfoResponse, PaymentTerms};
 
 use super::chain::{Chain, Mined};
@@ -425,8 +425,11 @@ impl Payer {
     /// Adopts the amount a provider says it charged on a channel, from its refusal of a voucher
     /// as too small, when that amount is more than this node counted as spent and no more than
     /// it signed: the provider can redeem what was signed anyway, so agreeing costs nothing,
-    /// and this node's count may be behind after a crash (it is written lazily) or after work
-    /// whose answer never arrived. Returns the channel's new version when it changed.
+    /// and this node's count may be behind after a crash (it is written lazily), after work
+    /// whose answer never arrived, or after it lost its records (key-only recovery). What it
+    /// signed is what it recorded, or the recovered bound, or the largest voucher the provider
+    /// kept when the refusal carries it with this node's signature. Returns the channel's new
+    /// version when it changed.
     pub fn catch_up(&self, refusal: &Error) -> Option<u64> {
         if refusal.code != ErrorCode::PaymentRequired {
             return None;
@@ -435,9 +438,23 @@ impl Payer {
         let field = |name: &str| details.get(name)?.as_str();
         let channel_id: B256 = field("channel_id")?.parse().ok()?;
         let charged: U256 = field("charged_wei")?.parse().ok()?;
+        let kept_voucher = field("kept_voucher_wei")
+            .and_then(|amount| amount.parse().ok())
+            .zip(field("kept_voucher_signature").and_then(|hex| hex.parse().ok()));
+        let proven_signed = kept_voucher
+            .filter(|(amount, signature): &(U256, alloy::primitives::Bytes)| {
+                let voucher = Voucher {
+                    channelId: channel_id,
+                    cumulativeAmount: *amount,
+                };
+                voucher_signer(&voucher, self.inner.chain.domain(), signature)
+                    == Some(self.inner.signer.address())
+            })
+            .map_or(U256::ZERO, |(amount, _)| amount);
         let mut channels = self.lock();
         let channel = channels.get_mut(&channel_id)?;
-        if charged <= channel.spent || charged > channel.signed.max(channel.recovered_ceiling) {
+        let signed = channel.signed.max(proven_signed);
+        if charged <= channel.spent || charged > signed.max(channel.recovered_ceiling) {
             return None;
         }
         tracing::warn!(
@@ -447,7 +464,7 @@ impl Payer {
             "the provider counts more work on this channel than this node did; catching up"
         );
         channel.spent = charged;
-        channel.signed = channel.signed.max(charged);
+        channel.signed = signed.max(charged);
         // Catching up within the recovered bound happens once per crash.
         channel.recovered_ceiling = U256::ZERO;
         channel.version += 1;

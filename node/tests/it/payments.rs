@@ -40,12 +40,11 @@ fn funded_key_file(anvil: &AnvilInstance, dir: &Path) -> PathBuf {
 }
 
 fn deploy(anvil: &AnvilInstance, key_file: &Path) -> String {
-    deploy_through(anvil.endpoint().as_str(), key_file, None)
+    deploy_through(anvil.endpoint().as_str(), key_file, None, &[])
 }
 
-/// Deploys the contract through `rpc_url` with `key_file`, trusting the TLS roots in `roots`
-/// when given (`SSL_CERT_FILE`); returns its address.
-fn deploy_through(rpc_url: &str, key_file: &Path, roots: Option<&Path>) -> String {
+/// `sphere payments deploy` through `rpc_url` with `key_file` and `more_args`.
+fn deploy_command(rpc_url: &str, key_file: &Path, more_args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sphere"));
     command
         .args(["payments", "deploy", "--rpc-url", rpc_url, "--key-file"])
@@ -53,7 +52,20 @@ fn deploy_through(rpc_url: &str, key_file: &Path, roots: Option<&Path>) -> Strin
         .args([
             "--challenge-period-seconds",
             &CHALLENGE_PERIOD_SECONDS.to_string(),
-        ]);
+        ])
+        .args(more_args);
+    command
+}
+
+/// Deploys the contract through `rpc_url` with `key_file` and `more_args`, trusting the TLS roots
+/// in `roots` when given (`SSL_CERT_FILE`); returns its address.
+fn deploy_through(
+    rpc_url: &str,
+    key_file: &Path,
+    roots: Option<&Path>,
+    more_args: &[&str],
+) -> String {
+    let mut command = deploy_command(rpc_url, key_file, more_args);
     if let Some(roots) = roots {
         command.env("SSL_CERT_FILE", roots);
     }
@@ -89,6 +101,51 @@ async fn payments_are_off_by_default() {
     let answer = node_info(&node).await;
     assert!(answer.payment_terms.is_none());
     assert_eq!(answer.node_id, node.node_id);
+}
+
+/// What the compose setup relies on when the chain kept its state across `down` and `up`.
+#[tokio::test]
+async fn a_deploy_finds_the_contract_already_there_and_refuses_a_stranger_contract() {
+    let chain = anvil();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key_file = funded_key_file(&chain, dir.path());
+    let rpc_url = chain.endpoint();
+    let first = deploy(&chain, &key_file);
+    let again = deploy_through(&rpc_url, &key_file, None, &["--unless-deployed-at", &first]);
+    assert_eq!(again, first, "the contract there is kept");
+
+    // An address without code (a chain that started afresh) gets a new deployment.
+    let nothing_there = Address::repeat_byte(0x5a).to_string();
+    let fresh = deploy_through(
+        &rpc_url,
+        &key_file,
+        None,
+        &["--unless-deployed-at", &nothing_there],
+    );
+    assert_ne!(fresh, first);
+    let provider = ProviderBuilder::new().connect_http(rpc_url.parse().expect("URL"));
+    let code = provider
+        .get_code_at(fresh.parse().expect("address"))
+        .await
+        .expect("code");
+    assert!(!code.is_empty());
+
+    // Code that is not the payment contract is named, not taken for it.
+    let stranger = Address::repeat_byte(0x5b);
+    provider
+        .raw_request::<_, ()>("anvil_setCode".into(), (stranger, "0x00"))
+        .await
+        .expect("set code");
+    let refused = deploy_command(
+        &rpc_url,
+        &key_file,
+        &["--unless-deployed-at", &stranger.to_string()],
+    )
+    .output()
+    .expect("sphere runs");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("not Sphere's payment contract"), "{stderr}");
 }
 
 #[tokio::test]
@@ -922,6 +979,23 @@ async fn a_requester_that_lost_its_database_finds_its_channels_on_the_chain() {
 
     assert_eq!(pair.task("hello").await.0, 200);
     assert_eq!(payments_of(&pair.provider).await["earned_wei"], "4000");
+
+    // Lost again, after work the chain has not seen: the provider's refusal carries the largest
+    // voucher it kept, signed by this node, which proves what it signed, so it catches up past
+    // what the chain shows instead of being stuck on the channel.
+    assert!(pair.requester.terminate().success());
+    std::fs::remove_dir_all(pair.requester.data_dir.join("db")).expect("remove the database");
+    pair.requester.restart();
+    let (_, body) = pair
+        .requester
+        .call(reqwest::Method::POST, "/channels/recover", "")
+        .await;
+    assert_eq!(body["recovered"][0]["spent_wei"], "3000", "{body}");
+    let (status, body) = pair.task("hello").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(pair.requester.log().contains("catching up"));
+    assert_eq!(payments_of(&pair.requester).await["spent_wei"], "5000");
+    assert_eq!(payments_of(&pair.provider).await["earned_wei"], "5000");
 }
 
 #[tokio::test]
@@ -1191,7 +1265,7 @@ async fn a_chain_is_reached_over_https_with_the_roots_the_system_trusts() {
     let key_file = funded_key_file(&chain, dir.path());
 
     // The command line deploys through it, trusting the roots SSL_CERT_FILE names.
-    let contract = deploy_through(&rpc_url, &key_file, Some(&roots));
+    let contract = deploy_through(&rpc_url, &key_file, Some(&roots), &[]);
     let settings = json!({
         "enabled": true,
         "rpc_url": rpc_url,
