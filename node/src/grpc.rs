@@ -41,10 +41,11 @@ pub async fn serve(
     health_reporter
         .set_serving::<StorageServiceServer<ProviderStorage>>()
         .await;
+    // Calls that succeed are traced at `debug` (metrics count them); failures at `error`.
     let trace = tower_http::trace::TraceLayer::new_for_grpc()
-        .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO))
+        .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::DEBUG))
         .on_request(())
-        .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO));
+        .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG));
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))

@@ -105,8 +105,8 @@ impl TestNode {
             }
         }
         let mut child = command
-            .envs(options.environment.iter().cloned())
             .env("RUST_LOG", "info")
+            .envs(options.environment.iter().cloned())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()

@@ -57,23 +57,40 @@ async fn task_without_target_runs_on_this_node_and_binary_travels_as_base64() {
     assert!(body.get("output").is_none(), "{body}");
 }
 
+/// Returns the first line of `node`'s log that names `path`, waiting for it a little: the line
+/// is written once the answer is sent, so it may trail the answer.
+fn request_line(node: &TestNode, path: &str) -> Option<String> {
+    let find = || {
+        node.log()
+            .lines()
+            .find(|line| line.contains(&format!("path=\"{path}\"")))
+            .map(str::to_owned)
+    };
+    crate::harness::eventually(std::time::Duration::from_secs(2), || find().is_some());
+    find()
+}
+
 #[tokio::test]
-async fn the_request_line_is_logged_with_outcome_and_duration() {
+async fn failed_requests_are_logged_and_the_others_at_debug() {
     let node = TestNode::start();
     let (status, _) = node.post("/task", &json!({"input": "hello"})).await;
     assert_eq!(status, 200);
-    // The line is written once the answer is sent, so it may trail the answer slightly.
-    let has_line = |log: &str| log.lines().any(|line| line.contains("path=\"/task\""));
+    // No input: refused.
+    let (status, _) = node.post("/task", &json!({"plugin": "hello"})).await;
+    assert_eq!(status, 400);
+    let line = request_line(&node, "/task").expect("the failed request is logged");
     assert!(
-        crate::harness::eventually(std::time::Duration::from_secs(5), || has_line(&node.log())),
-        "no request line in the log:\n{}",
-        node.log()
+        line.contains("status=400") && line.contains("error=") && line.contains("duration_ms="),
+        "{line}"
     );
-    let log = node.log();
-    let line = log
-        .lines()
-        .find(|line| line.contains("path=\"/task\""))
-        .expect("found above");
+
+    let verbose = TestNode::start_with(crate::harness::NodeOptions {
+        environment: vec![("RUST_LOG".into(), "info,sphere_node::http=debug".into())],
+        ..Default::default()
+    });
+    let (status, _) = verbose.post("/task", &json!({"input": "hello"})).await;
+    assert_eq!(status, 200);
+    let line = request_line(&verbose, "/task").expect("logged at debug");
     assert!(
         line.contains("status=200") && line.contains("duration_ms="),
         "{line}"
