@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::files::Files;
@@ -15,9 +16,28 @@ use crate::peers::Peers;
 use crate::plugin::Plugins;
 use crate::storage::objects::ObjectStore;
 
-/// What request handlers share: cheap to clone.
+/// What request handlers share, behind one `Arc`: every request clones it (axum's `State`),
+/// and the parts inside (labels among them) are not all cheap to clone.
 #[derive(Debug, Clone)]
-pub struct NodeContext {
+pub struct NodeContext(Arc<NodeParts>);
+
+impl NodeContext {
+    pub fn new(parts: NodeParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for NodeContext {
+    type Target = NodeParts;
+
+    fn deref(&self) -> &NodeParts {
+        &self.0
+    }
+}
+
+/// The node's parts that request handlers use.
+#[derive(Debug)]
+pub struct NodeParts {
     /// This node's key and ID.
     pub identity: NodeIdentity,
     /// The plugins that run this node's tasks.

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::address::NodeAddress;
 use crate::config::Config;
 use crate::connections::{self, GuardedListener};
-use crate::context::NodeContext;
+use crate::context::{NodeContext, NodeParts};
 use crate::files::{FileOptions, Files};
 use crate::grpc::ProviderStorage;
 use crate::http::access::ApiAccess;
@@ -267,7 +267,7 @@ impl Node {
         } else {
             None
         };
-        let context = NodeContext {
+        let context = NodeContext::new(NodeParts {
             identity: identity.clone(),
             plugins: plugins.clone(),
             peers: peers.clone(),
@@ -287,7 +287,7 @@ impl Node {
             tasks: TaskRecords::open(db.clone(), config.tasks.clone())
                 .await
                 .map_err(storage_error)?,
-        };
+        });
 
         let grpc_links = crate::link::incoming(
             grpc_listener,
