@@ -49,9 +49,9 @@ enum Command {
         #[command(flatten)]
         node: NodeAddress,
     },
-    /// Asks a running node whether it is up: exits 0 when it answers (its plugins all serving,
-    /// and, with --strict, every plugin serves), 1 otherwise. For container health checks: the
-    /// image needs no curl.
+    /// Asks a running node whether it is up: exits 0 when it answers (with --strict, only when
+    /// every plugin serves too), 1 otherwise. For container health checks: the image needs no
+    /// curl.
     Health {
         /// Fail also when some plugin is not serving (the node is `degraded`).
         #[arg(long)]

@@ -159,25 +159,19 @@ impl Payments {
                 url: url.to_owned(),
             });
         }
-        let no_contract = || PaymentsError::NoContract {
-            address,
-            chain_id: actual_chain,
+        let ContractAt::Sphere {
+            challenge_period_seconds,
+        } = contract_at(&provider, address)
+            .await
+            .map_err(|error| unreachable(&error))?
+        else {
+            return Err(PaymentsError::NoContract {
+                address,
+                chain_id: actual_chain,
+            });
         };
-        let code = provider
-            .get_code_at(address)
-            .await
-            .map_err(|error| unreachable(&error))?;
-        if code.is_empty() {
-            return Err(no_contract());
-        }
-        let contract = SpherePayments::new(address, provider);
-        let challenge_period_seconds = contract
-            .challengePeriod()
-            .call()
-            .await
-            .map_err(|_| no_contract())?;
         let chain = Chain::new(
-            contract,
+            SpherePayments::new(address, provider),
             actual_chain,
             challenge_period_seconds,
             Duration::from_millis(config.channel_cache_ms),
@@ -315,6 +309,37 @@ impl Payments {
     }
 }
 
+/// What a chain holds at the address where the payment contract should be.
+enum ContractAt {
+    /// No code.
+    Missing,
+    /// Code that does not answer as the payment contract.
+    Foreign,
+    /// The payment contract.
+    Sphere { challenge_period_seconds: u64 },
+}
+
+async fn contract_at(
+    provider: &DynProvider,
+    address: Address,
+) -> Result<ContractAt, alloy::transports::TransportError> {
+    if provider.get_code_at(address).await?.is_empty() {
+        return Ok(ContractAt::Missing);
+    }
+    Ok(
+        match SpherePayments::new(address, provider)
+            .challengePeriod()
+            .call()
+            .await
+        {
+            Ok(challenge_period_seconds) => ContractAt::Sphere {
+                challenge_period_seconds,
+            },
+            Err(_) => ContractAt::Foreign,
+        },
+    )
+}
+
 /// Deploys the payment contract to the chain at `rpc_url`, paying with `identity`'s key; returns
 /// its address. When the chain already has the contract at `unless_at` (a chain that kept its
 /// state), deploys nothing and returns that address.
@@ -326,18 +351,17 @@ pub async fn deploy(
 ) -> Result<Address, String> {
     let provider = connect(rpc_url, identity).map_err(|error| error.to_string())?;
     if let Some(address) = unless_at {
-        let code = provider.get_code_at(address).await.map_err(|error| {
+        let found = contract_at(&provider, address).await.map_err(|error| {
             format!("asking {rpc_url} for the code at {address} failed: {error}")
         })?;
-        if !code.is_empty() {
-            SpherePayments::new(address, &provider)
-                .challengePeriod()
-                .call()
-                .await
-                .map_err(|_| {
-                    format!("{address} holds a contract that is not Sphere's payment contract")
-                })?;
-            return Ok(address);
+        match found {
+            ContractAt::Missing => {}
+            ContractAt::Foreign => {
+                return Err(format!(
+                    "{address} holds a contract that is not Sphere's payment contract"
+                ));
+            }
+            ContractAt::Sphere { .. } => return Ok(address),
         }
     }
     let contract = SpherePayments::deploy(provider, challenge_period_seconds)

@@ -36,10 +36,15 @@ pub struct RecoveryReport {
 }
 
 impl Files {
-    /// Asks every configured peer, every live member of the mesh and `extra_providers` for this
-    /// node's objects and records again every file whose manifest can be read. Files the node already has a record of are
-    /// left as they are.
+    /// Finds this node's payment channels on the chain again (reading a manifest from a
+    /// charging provider is paid), then asks every configured peer, every live member of the
+    /// mesh and `extra_providers` for this node's objects and records again every file whose
+    /// manifest can be read. Files the node already has a record of are left as they are.
     pub async fn recover(&self, extra_providers: &[String]) -> Result<RecoveryReport, Error> {
+        let channels_restored = match &self.payer {
+            Some(payer) => payer.recover().await?.len(),
+            None => 0,
+        };
         let mut providers: Vec<Target> = Vec::new();
         for provider in &self.options.providers {
             providers.push(Target::anyone_at(provider.clone()));
@@ -63,6 +68,7 @@ impl Files {
         }
         let mut report = RecoveryReport {
             providers_asked: asked.len(),
+            channels_restored,
             ..RecoveryReport::default()
         };
         let mut found: BTreeMap<String, (Manifest, Vec<Replica>)> = BTreeMap::new();

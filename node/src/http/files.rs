@@ -440,16 +440,8 @@ pub async fn recover(
     } else {
         super::extract::parse::<Option<RecoverFilesRequest>>(&body)?.unwrap_or_default()
     };
-    let channels_restored = match &context.payments {
-        Some(payments) => payments.payer.recover().await?.len(),
-        None => 0,
-    };
     let report = context.files.recover(&request.providers).await?;
-    Ok(axum::Json(RecoveryReport {
-        channels_restored,
-        ..report
-    })
-    .into_response())
+    Ok(axum::Json(report).into_response())
 }
 
 /// `GET /storage`: the space this node offers other nodes, and what each owner uses.
