@@ -8,13 +8,13 @@ import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol
 /// @title Sphere payments: an escrow of unidirectional payment channels.
 /// @notice A requester opens a channel to a provider with a deposit in ETH and pays for work with
 /// off-chain vouchers: EIP-712 signatures over a growing cumulative amount. The provider redeems
-/// the latest voucher whenever it likes (one transaction for any number of tasks) and the channel
+/// what it earned, up to the latest voucher, whenever it likes (one transaction for any number of tasks) and the channel
 /// stays open. To get the rest of its deposit back, the requester asks to close; during the
 /// challenge period that follows, the provider may still redeem; after it, the requester closes
 /// the channel and takes the remainder.
 /// @dev Safe against: replayed or repeated vouchers (amounts are cumulative and only grow), a
 /// voucher for another channel (the channel ID is signed) or another chain or contract (the
-/// EIP-712 domain), a voucher signed by anyone but the requester, redeeming more than the deposit,
+/// EIP-712 domain), a voucher signed by anyone but the requester, redeeming more than the voucher or the deposit,
 /// closing before the challenge period ends, and reentrancy (state changes before transfers, and a
 /// guard).
 contract SpherePayments is EIP712, ReentrancyGuard {
@@ -63,6 +63,7 @@ contract SpherePayments is EIP712, ReentrancyGuard {
     error ZeroProvider();
     error BadSignature();
     error AmountNotAboveRedeemed(uint256 redeemed);
+    error AmountAboveVoucher(uint256 cumulativeAmount);
     error AmountAboveDeposit(uint256 deposit);
     error TransferFailed();
 
@@ -98,18 +99,25 @@ contract SpherePayments is EIP712, ReentrancyGuard {
         emit ChannelToppedUp(channelId, msg.value, channel.deposit);
     }
 
-    /// @notice Pays the provider up to `cumulativeAmount` in all, as signed by the requester.
-    function redeem(bytes32 channelId, uint256 cumulativeAmount, bytes calldata signature) external nonReentrant {
+    /// @notice Pays the provider up to `amount` in all, under a voucher the requester signed for
+    /// `cumulativeAmount`. A voucher authorises payments up to its amount: a requester may sign
+    /// ahead of the work (a prepaid window), and the provider claims what the work earned, then
+    /// more later with the same voucher or a larger one.
+    function redeem(bytes32 channelId, uint256 cumulativeAmount, bytes calldata signature, uint256 amount)
+        external
+        nonReentrant
+    {
         Channel storage channel = _existing(channelId);
         if (msg.sender != channel.provider) revert NotProvider();
         if (channel.closed) revert ChannelClosedAlready();
-        if (cumulativeAmount <= channel.redeemed) revert AmountNotAboveRedeemed(channel.redeemed);
-        if (cumulativeAmount > channel.deposit) revert AmountAboveDeposit(channel.deposit);
+        if (amount <= channel.redeemed) revert AmountNotAboveRedeemed(channel.redeemed);
+        if (amount > cumulativeAmount) revert AmountAboveVoucher(cumulativeAmount);
+        if (amount > channel.deposit) revert AmountAboveDeposit(channel.deposit);
         if (voucherSigner(channelId, cumulativeAmount, signature) != channel.requester) revert BadSignature();
 
-        uint256 paid = cumulativeAmount - channel.redeemed;
-        channel.redeemed = cumulativeAmount;
-        emit VoucherRedeemed(channelId, cumulativeAmount, paid);
+        uint256 paid = amount - channel.redeemed;
+        channel.redeemed = amount;
+        emit VoucherRedeemed(channelId, amount, paid);
         _send(channel.provider, paid);
     }
 

@@ -24,13 +24,13 @@ contract ReentrantProvider {
         channelId = channel;
         nestedAmount = nextAmount;
         nestedSignature = nextSignature;
-        payments.redeem(channel, amount, signature);
+        payments.redeem(channel, amount, signature, amount);
     }
 
     receive() external payable {
         if (reentryAttempted) return;
         reentryAttempted = true;
-        try payments.redeem(channelId, nestedAmount, nestedSignature) {}
+        try payments.redeem(channelId, nestedAmount, nestedSignature, nestedAmount) {}
         catch {
             reentryRefused = true;
         }

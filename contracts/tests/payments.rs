@@ -159,6 +159,7 @@ async fn a_voucher_pays_the_provider_exactly_once_and_the_channel_stays_open() {
             channel,
             U256::from(250_000),
             chain.voucher(channel, 250_000),
+            U256::from(250_000),
         )
         .send()
         .await
@@ -180,6 +181,7 @@ async fn a_voucher_pays_the_provider_exactly_once_and_the_channel_stays_open() {
                 channel,
                 U256::from(250_000),
                 chain.voucher(channel, 250_000),
+                U256::from(250_000),
             )
             .call()
             .await,
@@ -193,6 +195,7 @@ async fn a_voucher_pays_the_provider_exactly_once_and_the_channel_stays_open() {
                 channel,
                 U256::from(100_000),
                 chain.voucher(channel, 100_000),
+                U256::from(100_000),
             )
             .call()
             .await,
@@ -207,6 +210,7 @@ async fn a_voucher_pays_the_provider_exactly_once_and_the_channel_stays_open() {
             channel,
             U256::from(600_000),
             chain.voucher(channel, 600_000),
+            U256::from(600_000),
         )
         .send()
         .await
@@ -222,6 +226,73 @@ async fn a_voucher_pays_the_provider_exactly_once_and_the_channel_stays_open() {
     assert_eq!(state.redeemed, U256::from(600_000));
     assert!(!state.closed);
     assert_eq!(chain.balance(chain.contract).await, U256::from(400_000));
+}
+
+#[tokio::test]
+async fn a_provider_claims_part_of_a_voucher_and_the_rest_later_never_beyond_it() {
+    let chain = Chain::start().await;
+    let channel = chain.open(chain.provider.address(), 1_000_000).await;
+    let provider_side = chain.provider_side();
+    // The requester signed ahead of the work: 500,000 in all.
+    let ahead = chain.voucher(channel, 500_000);
+    let claim = async |amount: u64| {
+        provider_side
+            .redeem(
+                channel,
+                U256::from(500_000),
+                ahead.clone(),
+                U256::from(amount),
+            )
+            .send()
+            .await
+            .expect("sent")
+            .get_receipt()
+            .await
+            .expect("mined")
+    };
+    assert!(claim(120_000).await.status());
+    let redeemed = async || {
+        provider_side
+            .channels(channel)
+            .call()
+            .await
+            .expect("channel")
+            .redeemed
+    };
+    assert_eq!(redeemed().await, U256::from(120_000));
+    // The same voucher pays the next part, only the difference.
+    assert!(claim(500_000).await.status());
+    assert_eq!(redeemed().await, U256::from(500_000));
+    assert_eq!(chain.balance(chain.contract).await, U256::from(500_000));
+
+    assert_reverts(
+        provider_side
+            .redeem(
+                channel,
+                U256::from(600_000),
+                chain.voucher(channel, 600_000),
+                U256::from(600_001),
+            )
+            .call()
+            .await,
+        |e| matches!(e, SpherePaymentsErrors::AmountAboveVoucher(_)),
+        "a claim above its voucher",
+    )
+    .await;
+    assert_reverts(
+        provider_side
+            .redeem(
+                channel,
+                U256::from(600_000),
+                chain.voucher(channel, 500_000),
+                U256::from(550_000),
+            )
+            .call()
+            .await,
+        |e| matches!(e, SpherePaymentsErrors::BadSignature(_)),
+        "a voucher whose amount was raised",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -348,14 +419,24 @@ async fn forged_foreign_and_excessive_vouchers_are_refused() {
     let provider_side = chain.provider_side();
     for (what, on_channel, amount, signature, expected) in cases {
         let attempt = provider_side
-            .redeem(on_channel, U256::from(amount), signature)
+            .redeem(
+                on_channel,
+                U256::from(amount),
+                signature,
+                U256::from(amount),
+            )
             .call()
             .await;
         assert_reverts(attempt, expected, what).await;
     }
     let by_requester = chain
         .requester_side()
-        .redeem(channel, U256::from(500), chain.voucher(channel, 500))
+        .redeem(
+            channel,
+            U256::from(500),
+            chain.voucher(channel, 500),
+            U256::from(500),
+        )
         .call()
         .await;
     assert_reverts(
@@ -415,7 +496,12 @@ async fn the_requester_closes_only_after_the_challenge_period_and_gets_the_rest(
 
     // The provider may still redeem during the challenge period.
     provider_side
-        .redeem(channel, U256::from(4_000), chain.voucher(channel, 4_000))
+        .redeem(
+            channel,
+            U256::from(4_000),
+            chain.voucher(channel, 4_000),
+            U256::from(4_000),
+        )
         .send()
         .await
         .expect("sent")
@@ -454,7 +540,12 @@ async fn the_requester_closes_only_after_the_challenge_period_and_gets_the_rest(
 
     assert_reverts(
         provider_side
-            .redeem(channel, U256::from(5_000), chain.voucher(channel, 5_000))
+            .redeem(
+                channel,
+                U256::from(5_000),
+                chain.voucher(channel, 5_000),
+                U256::from(5_000),
+            )
             .call()
             .await,
         |e| matches!(e, SpherePaymentsErrors::ChannelClosedAlready(_)),

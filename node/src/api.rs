@@ -739,10 +739,9 @@ pub struct IncomingChannelInfo {
     pub deposit_wei: String,
     /// Wei charged for work done.
     pub earned_wei: String,
-    /// The largest voucher received.
+    /// The largest voucher received: what the requester promised in all, work done and paid
+    /// ahead (redemptions claim only what was earned).
     pub best_voucher_wei: String,
-    /// The largest voucher not above what was charged.
-    pub earned_voucher_wei: String,
     /// The largest amount redeemed on chain.
     pub redeemed_wei: String,
     /// Wei earned and not yet redeemed.

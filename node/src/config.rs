@@ -259,6 +259,11 @@ pub struct PaymentsConfig {
     /// How long a channel's state read from the chain is used for checking vouchers, in
     /// milliseconds.
     pub channel_cache_ms: u64,
+    /// How many tasks one voucher pays ahead, as a requester: a voucher is signed (and checked
+    /// by the provider) once per this many tasks. A provider that took the money and stopped
+    /// working could keep at most this many tasks' price; an honest one redeems only the work
+    /// it did.
+    pub prepaid_tasks: u64,
 }
 
 impl Default for PaymentsConfig {
@@ -273,6 +278,7 @@ impl Default for PaymentsConfig {
             redeem_threshold_wei: 10_000_000_000_000_000,
             redeem_interval_ms: 3_600_000,
             channel_cache_ms: 5_000,
+            prepaid_tasks: 32,
         }
     }
 }
@@ -502,6 +508,7 @@ impl Config {
         positive("tasks.max_kept_bytes", self.tasks.max_kept_bytes)?;
         positive("tasks.keep_results_ms", self.tasks.keep_results_ms)?;
         positive("http.max_json_body_bytes", self.http.max_json_body_bytes)?;
+        positive("payments.prepaid_tasks", self.payments.prepaid_tasks)?;
         for (field, limits) in [
             ("grpc.connections", &self.grpc.connections),
             ("http.connections", &self.http.connections),

@@ -398,6 +398,9 @@ impl Node {
             );
         }
         if let Some(payments) = &self.payments {
+            if let Err(error) = payments.payer.flush().await {
+                tracing::error!(%error, "could not store the payment channels' records");
+            }
             match tokio::time::timeout(FINAL_REDEMPTION_WAIT, payments.payee.redeem_all()).await {
                 Ok(outcomes) => crate::payments::payee::log_failures(&outcomes),
                 Err(_) => tracing::warn!(

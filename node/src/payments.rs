@@ -190,6 +190,7 @@ impl Payments {
             db.clone(),
             peers.clone(),
             identity.signer().clone(),
+            config.prepaid_tasks,
         )
         .await?;
         Ok(Some(Self {

@@ -16,7 +16,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sphere_proto::v1::{RevealResultRequest, RunTaskRequest, RunTaskResponse, Voucher};
+use sphere_proto::v1::{
+    RevealResultRequest, RevealResultResponse, RunTaskRequest, RunTaskResponse, Voucher,
+};
 
 pub use choose::Selector;
 
@@ -726,9 +728,26 @@ async fn attempt(
     .await
 }
 
+/// An answer to paid work that says what the target charged on the paying channel in all.
+trait ChargedAnswer {
+    fn channel_charged_wei(&self) -> &str;
+}
+
+impl ChargedAnswer for RunTaskResponse {
+    fn channel_charged_wei(&self) -> &str {
+        &self.channel_charged_wei
+    }
+}
+
+impl ChargedAnswer for RevealResultResponse {
+    fn channel_charged_wei(&self) -> &str {
+        &self.channel_charged_wei
+    }
+}
+
 /// Makes `call` with a voucher paying `target` for a task on `plugin` (`None`: its default
 /// plugin) when payments are on, and settles the payment by the call's outcome.
-async fn paying<T, Call>(
+async fn paying<T: ChargedAnswer, Call>(
     context: &NodeContext,
     target: &Target,
     plugin: Option<&str>,
@@ -757,7 +776,11 @@ where
                     .as_ref()
                     .map(|_| ())
                     .map_err(|failure| failure.error.clone());
-                payment.settle(&settled).await
+                let charged = outcome
+                    .as_ref()
+                    .ok()
+                    .and_then(|answer| answer.channel_charged_wei().parse().ok());
+                payment.settle_counted(&settled, charged).await
             }
             None => false,
         };
@@ -793,7 +816,8 @@ async fn reveal(
                 call_reveal(context, target, request, deadline)
             })
             .await
-            .map_err(|failure| failure.error)?;
+            .map_err(|failure| failure.error)?
+            .output;
             if verify::output_hash(&output) != result.output_sha256 {
                 return Err(Error::new(
                     ErrorCode::TargetError,
@@ -902,12 +926,12 @@ async fn call_reveal(
     target: &Target,
     request: RevealResultRequest,
     deadline: Duration,
-) -> Result<Bytes, Failure> {
+) -> Result<RevealResultResponse, Failure> {
     let mut client = context.peers.tasks(target);
     let mut request = tonic::Request::new(request);
     request.set_timeout(deadline);
     match tokio::time::timeout(deadline + STUCK_CALL_MARGIN, client.reveal_result(request)).await {
-        Ok(Ok(response)) => Ok(response.into_inner().output),
+        Ok(Ok(response)) => Ok(response.into_inner()),
         Ok(Err(status)) => Err(Failure::before_running(crate::peers::remote_error(
             &status, target,
         ))),

@@ -99,6 +99,7 @@ impl ProviderStorage {
             _ => return Err(bad_stream("the first message must be a header")),
         };
         let owner = self.authorize(&header)?;
+        let payer = owner.parse().ok();
         let object_id = header.object_id;
         if !crate::storage::is_valid_id(&object_id) {
             return Err(Error::invalid_field(
@@ -169,7 +170,7 @@ impl ProviderStorage {
                 let work = format!("storing {size} bytes for one period");
                 let payment = payments
                     .payee
-                    .reserve(trailer.voucher.as_ref(), price, &work)
+                    .reserve(trailer.voucher.as_ref(), price, &work, payer)
                     .await?;
                 let paid_until = (!price.is_zero()).then(|| crate::clock::now_ms() + period_ms);
                 (payment, paid_until)
@@ -292,7 +293,12 @@ impl StorageService for ProviderStorage {
                 let work = format!("reading {bytes} bytes");
                 payments
                     .payee
-                    .reserve(request.voucher.as_ref(), payments.read_price(bytes), &work)
+                    .reserve(
+                        request.voucher.as_ref(),
+                        payments.read_price(bytes),
+                        &work,
+                        record.owner.parse().ok(),
+                    )
                     .await?
             }
             None => payee::Reservation::free(),
@@ -351,7 +357,12 @@ impl StorageService for ProviderStorage {
         let work = format!("keeping {} bytes for one more period", record.size);
         let payment = payments
             .payee
-            .reserve(request.voucher.as_ref(), price, &work)
+            .reserve(
+                request.voucher.as_ref(),
+                price,
+                &work,
+                record.owner.parse().ok(),
+            )
             .await?;
         let now = crate::clock::now_ms();
         let paid_until_ms = record.paid_until_ms.unwrap_or(now).max(now) + period_ms;

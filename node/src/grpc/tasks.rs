@@ -52,15 +52,16 @@ impl TaskGrpc {
         )))
     }
 
-    /// Checks that `voucher` pays for a task on `plugin` and reserves its price; free when
-    /// payments are off.
+    /// Checks that `voucher` pays for `payer`'s task on `plugin` and reserves its price; free
+    /// when payments are off.
     async fn reserve(
         &self,
         plugin: Option<&str>,
         voucher: Option<&Voucher>,
+        payer: Option<NodeId>,
     ) -> Result<Reservation, Error> {
         match self.price_of(plugin)? {
-            Some((payee, price, work)) => payee.reserve(voucher, price, &work).await,
+            Some((payee, price, work)) => payee.reserve(voucher, price, &work, payer).await,
             None => Ok(Reservation::free()),
         }
     }
@@ -137,7 +138,7 @@ impl TaskService for TaskGrpc {
             };
             (Reservation::free(), credit)
         } else {
-            (self.reserve(plugin, voucher.as_ref()).await?, None)
+            (self.reserve(plugin, voucher.as_ref(), caller).await?, None)
         };
         let (output, plugin_name) = self
             .context
@@ -145,11 +146,12 @@ impl TaskService for TaskGrpc {
             .run(plugin, task_id.clone(), input.clone(), deadline)
             .await
             .map_err(Error::from)?;
-        reservation.charge().await?;
+        let charged = reservation.charge().await?;
         let plugin_version = self.context.plugins.version_of(&plugin_name);
         let mut response = RunTaskResponse {
             task_id,
             plugin_version,
+            channel_charged_wei: charged.map(|wei| wei.to_string()).unwrap_or_default(),
             ..RunTaskResponse::default()
         };
         if verified {
@@ -214,18 +216,27 @@ impl TaskService for TaskGrpc {
             )
             .into());
         };
-        let paid = match self.reserve(Some(&held.plugin), voucher.as_ref()).await {
+        let paid = match self
+            .reserve(Some(&held.plugin), voucher.as_ref(), key.caller)
+            .await
+        {
             Ok(reservation) => reservation.charge().await,
             Err(refusal) => Err(refusal),
         };
-        if let Err(error) = paid {
-            // Unpaid, so still the requester's to pay for, within the life it had.
-            self.held.hold(key, held);
-            return Err(error.into());
-        }
+        let charged = match paid {
+            Ok(charged) => charged,
+            Err(error) => {
+                // Unpaid, so still the requester's to pay for, within the life it had.
+                self.held.hold(key, held);
+                return Err(error.into());
+            }
+        };
         // Paid: the deposit's credit goes back.
         let HeldOutput { output, credit, .. } = held;
         drop(credit);
-        Ok(Response::new(RevealResultResponse { output }))
+        Ok(Response::new(RevealResultResponse {
+            output,
+            channel_charged_wei: charged.map(|wei| wei.to_string()).unwrap_or_default(),
+        }))
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alloy::network::ReceiptResponse;
-use alloy::primitives::{Address, B256, Bytes, TxHash, U256};
+use alloy::primitives::{Address, B256, TxHash, U256};
 use alloy::providers::{DynProvider, Provider};
 use alloy::sol_types::Eip712Domain;
 use sphere_contracts::SpherePayments::{self, SpherePaymentsErrors, SpherePaymentsInstance};
@@ -219,11 +219,18 @@ impl Chain {
         Ok(self.changed(id, &receipt))
     }
 
-    /// Redeems a voucher for `amount` wei in all on a channel to this node.
-    pub async fn redeem(&self, id: B256, amount: U256, signature: Bytes) -> Result<Mined, Error> {
-        let receipt = self
-            .send("redeem", self.contract.redeem(id, amount, signature))
-            .await?;
+    /// Claims `amount` wei in all on a channel to this node, under the requester's `voucher`
+    /// (which may promise more: the contract pays up to what is claimed).
+    pub async fn redeem(
+        &self,
+        id: B256,
+        voucher: &super::payee::KeptVoucher,
+        amount: U256,
+    ) -> Result<Mined, Error> {
+        let call = self
+            .contract
+            .redeem(id, voucher.amount, voucher.signature.clone(), amount);
+        let receipt = self.send("redeem", call).await?;
         Ok(self.changed(id, &receipt))
     }
 
@@ -378,6 +385,13 @@ fn refused(error: alloy::contract::Error) -> Error {
         Refusal::AmountNotAboveRedeemed(redeemed) => (
             ErrorCode::ChannelStateConflict,
             format!("{} wei are redeemed already", redeemed.redeemed),
+        ),
+        Refusal::AmountAboveVoucher(voucher) => (
+            ErrorCode::PaymentRequired,
+            format!(
+                "the claim exceeds the voucher of {} wei",
+                voucher.cumulativeAmount
+            ),
         ),
         Refusal::AmountAboveDeposit(deposit) => (
             ErrorCode::PaymentRequired,

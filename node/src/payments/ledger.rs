@@ -103,6 +103,11 @@ impl<T: Record> Ledger<T> {
         if self.stored().covers(&channel_id, version, durability) {
             return Ok(());
         }
+        if let Durability::Synced = durability {
+            // Lets the work ready to run change the record first, so that one sync covers it
+            // too (group commit); a lone writer loses nothing.
+            tokio::task::yield_now().await;
+        }
         let Some(record) = self.lock().get(&channel_id).cloned() else {
             return Ok(());
         };
@@ -119,6 +124,19 @@ impl<T: Record> Ledger<T> {
         stored.written.insert(channel_id, record.version());
         if let Durability::Synced = durability {
             stored.synced.insert(channel_id, record.version());
+        }
+        Ok(())
+    }
+
+    /// Writes every record not written at its current version yet.
+    pub async fn store_all(&self, durability: Durability) -> Result<(), Error> {
+        let versions: Vec<(B256, u64)> = self
+            .lock()
+            .values()
+            .map(|record| (record.channel_id(), record.version()))
+            .collect();
+        for (channel_id, version) in versions {
+            self.store(channel_id, version, durability).await?;
         }
         Ok(())
     }

@@ -2,16 +2,17 @@
 //! vouchers of every channel, and redeeming the one it earned on a threshold, on an interval,
 //! when the requester starts closing, on demand and on shutdown.
 //!
-//! A channel's vouchers are cumulative. Work is paid from the channel's credit: the largest
-//! voucher received minus what was charged before (for a channel first seen, what was redeemed
-//! on chain counts as charged). Checking reserves the price; the work's success charges it and
-//! stores the channel's record before the answer leaves; a failure releases it. Concurrent tasks
-//! on one channel may deliver their vouchers in any order. What is redeemed is the largest
-//! voucher not above what was charged (`earned`): credit that failed work left in a larger
-//! voucher is never redeemed, so requesters never pay for work they did not get; their next work
-//! uses it.
+//! A channel's vouchers are cumulative, and a requester may sign ahead of its work (a prepaid
+//! window). Work is paid from the channel's credit: the largest voucher received minus what was
+//! charged before (for a channel first seen, what was redeemed on chain counts as charged).
+//! Checking reserves the price; the work's success charges it and stores the channel's record
+//! before the answer leaves; a failure releases it. Concurrent tasks on one channel may deliver
+//! their vouchers in any order, and a voucher already kept is not checked again. What is
+//! redeemed is exactly what was charged, claimed under the largest voucher (the contract pays a
+//! claim up to its voucher): credit that failed work or the window left is never redeemed, so
+//! requesters never pay for work they did not get; their next work uses it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,9 +28,8 @@ use crate::error::{Error, ErrorCode};
 use crate::identity::NodeId;
 use crate::storage::db::Db;
 
-/// Most vouchers kept per channel above what was charged; beyond it the smallest are dropped
-/// (a voucher arriving with later work earns the same amount).
-const MAX_UNEARNED_VOUCHERS: usize = 1024;
+/// How many vouchers a channel remembers as checked after newer ones superseded them.
+const SUPERSEDED_KEPT: usize = 4;
 /// Key prefix of the provider's channel records.
 const RECORD_PREFIX: &str = "payments/in/";
 /// Longest wait between two looks at the channels with unredeemed vouchers, whatever the
@@ -83,18 +83,15 @@ pub struct IncomingChannel {
     /// The channel's deposit, as last read from the chain.
     #[serde(default)]
     pub deposit: U256,
-    /// The largest voucher received: the channel's credit.
+    /// The largest voucher received: the channel's credit, and what redemptions claim under.
     pub best: Option<KeptVoucher>,
-    /// The largest voucher not above what was charged: what this node has earned and redeems.
-    #[serde(default)]
-    pub earned: Option<KeptVoucher>,
-    /// Wei charged for work done.
+    /// Wei charged for work done: what this node earned, and claims when it redeems.
     pub charged: U256,
     /// The largest amount this node redeemed on chain.
     pub redeemed: U256,
     /// The last redemption.
     pub last_redemption: Option<Redemption>,
-    /// Since when (ms) part of `earned` has been waiting to be redeemed.
+    /// Since when (ms) part of what was charged has been waiting to be redeemed.
     pub pending_since_ms: Option<u64>,
     /// Bumped on every change, so that concurrent writers store the newest record once.
     #[serde(skip)]
@@ -105,9 +102,10 @@ pub struct IncomingChannel {
     /// Prices of work done on credit, not yet paid (held outputs of verified tasks).
     #[serde(skip)]
     credited: U256,
-    /// Vouchers above what was charged, by amount, until work earns them.
+    /// The last vouchers that were the best before, checked when they arrived: concurrent work
+    /// still brings them after a newer one.
     #[serde(skip)]
-    unearned: BTreeMap<U256, Bytes>,
+    superseded: VecDeque<KeptVoucher>,
 }
 
 impl IncomingChannel {
@@ -119,7 +117,6 @@ impl IncomingChannel {
             requester: state.requester,
             deposit: state.deposit,
             best: None,
-            earned: None,
             charged: state.redeemed,
             redeemed: state.redeemed,
             last_redemption: None,
@@ -127,50 +124,30 @@ impl IncomingChannel {
             version: 0,
             reserved: U256::ZERO,
             credited: U256::ZERO,
-            unearned: BTreeMap::new(),
+            superseded: VecDeque::new(),
         }
     }
 
     /// Returns the wei earned but not yet redeemed.
     pub fn pending(&self) -> U256 {
-        self.earned.as_ref().map_or(U256::ZERO, |earned| {
-            earned.amount.saturating_sub(self.redeemed)
-        })
+        self.charged.saturating_sub(self.redeemed)
     }
 
-    /// Keeps `voucher` until the work charged reaches its amount.
-    fn keep(&mut self, amount: U256, signature: Bytes) {
-        if self
-            .earned
-            .as_ref()
-            .is_some_and(|earned| amount <= earned.amount)
-        {
-            return;
-        }
-        self.unearned.insert(amount, signature);
-        if self.unearned.len() > MAX_UNEARNED_VOUCHERS {
-            self.unearned.pop_first();
-        }
-        self.take_earned();
+    /// Whether `voucher` was checked when it arrived: the best one, or one it superseded.
+    fn keeps(&self, voucher: &ReceivedVoucher) -> bool {
+        self.best
+            .iter()
+            .chain(&self.superseded)
+            .any(|kept| kept.amount == voucher.amount && kept.signature == voucher.signature)
     }
 
-    /// Moves the largest voucher now covered by the charged work to `earned`.
-    fn take_earned(&mut self) {
-        let mut covered = self.unearned.split_off(&(self.charged + U256::from(1)));
-        std::mem::swap(&mut covered, &mut self.unearned);
-        let Some((amount, signature)) = covered.pop_last() else {
-            return;
-        };
-        if self
-            .earned
-            .as_ref()
-            .is_none_or(|earned| amount > earned.amount)
-        {
-            self.earned = Some(KeptVoucher { amount, signature });
-            if amount > self.redeemed {
-                self.pending_since_ms
-                    .get_or_insert_with(crate::clock::now_ms);
+    /// Makes `voucher`, checked, the channel's credit.
+    fn take_best(&mut self, voucher: KeptVoucher) {
+        if let Some(before) = self.best.replace(voucher) {
+            if self.superseded.len() == SUPERSEDED_KEPT {
+                self.superseded.pop_front();
             }
+            self.superseded.push_back(before);
         }
     }
 }
@@ -207,28 +184,31 @@ impl Reservation {
         Self { held: None }
     }
 
-    /// Charges the work, now done, and returns once the channel's record is on the disk.
-    pub async fn charge(mut self) -> Result<(), Error> {
+    /// Charges the work, now done, and returns once the channel's record is on the disk, with
+    /// what the channel was charged in all (`None` for free work), for the requester's count.
+    pub async fn charge(mut self) -> Result<Option<U256>, Error> {
         let Some((payee, channel_id, price)) = self.held.take() else {
-            return Ok(());
+            return Ok(None);
         };
-        let (version, due) = {
+        let (version, due, charged) = {
             let mut channels = payee.lock();
             let channel = channels
                 .get_mut(&channel_id)
                 .expect("a reserved channel stays known");
             channel.reserved -= price;
             channel.charged += price;
-            channel.take_earned();
+            channel
+                .pending_since_ms
+                .get_or_insert_with(crate::clock::now_ms);
             channel.version += 1;
             let due = channel.pending() >= payee.inner.redeem_threshold;
-            (channel.version, due)
+            (channel.version, due, channel.charged)
         };
         payee.store(channel_id, version).await?;
         if due {
             payee.inner.wake_redeemer.notify_one();
         }
-        Ok(())
+        Ok(Some(charged))
     }
 }
 
@@ -300,11 +280,15 @@ impl Payee {
     }
 
     /// Checks that `voucher` pays `price` wei for `work` (said in refusals), and reserves it.
+    /// `payer` is the node the work comes from, when known (proven on the link, or by the
+    /// owner's signature): a channel's credit pays only for its own requester's work, whoever
+    /// else shows one of its vouchers.
     pub async fn reserve(
         &self,
         voucher: Option<&sphere_proto::v1::Voucher>,
         price: U256,
         work: &str,
+        payer: Option<NodeId>,
     ) -> Result<Reservation, Error> {
         if price.is_zero() {
             return Ok(Reservation::free());
@@ -338,17 +322,31 @@ impl Payee {
                 voucher.channel_id
             )));
         }
+        if let Some(payer) = payer
+            && payer.address() != state.requester
+        {
+            return Err(refusal(format!(
+                "channel {} pays for the work of {}, not of {payer}",
+                voucher.channel_id, state.requester
+            )));
+        }
         if voucher.amount > state.deposit {
             return Err(refusal(format!(
                 "the voucher promises {} wei but channel {} holds a deposit of {} wei; top it up",
                 voucher.amount, voucher.channel_id, state.deposit
             )));
         }
+        let checked_before = self
+            .lock()
+            .get(&voucher.channel_id)
+            .is_some_and(|channel| channel.keeps(&voucher));
         let signed = Voucher {
             channelId: voucher.channel_id,
             cumulativeAmount: voucher.amount,
         };
-        if voucher_signer(&signed, chain.domain(), &voucher.signature) != Some(state.requester) {
+        if !checked_before
+            && voucher_signer(&signed, chain.domain(), &voucher.signature) != Some(state.requester)
+        {
             return Err(refusal(format!(
                 "the voucher is not signed by channel {}'s requester {}",
                 voucher.channel_id, state.requester
@@ -393,12 +391,11 @@ impl Payee {
             .as_ref()
             .is_none_or(|kept| voucher.amount > kept.amount)
         {
-            channel.best = Some(KeptVoucher {
+            channel.take_best(KeptVoucher {
                 amount: voucher.amount,
-                signature: voucher.signature.clone(),
+                signature: voucher.signature,
             });
         }
-        channel.keep(voucher.amount, voucher.signature);
         channel.reserved += price;
         Ok(Reservation {
             held: Some((self.clone(), voucher.channel_id, price)),
@@ -493,36 +490,35 @@ impl Payee {
             let id = channel.channel_id;
             let outcome = async {
                 let state = self.channel_state(id, true).await?;
-                let earned = channel.earned.clone().expect("pending implies a voucher");
-                if state.closed || earned.amount <= state.redeemed {
+                // Charged work was paid from the largest voucher's credit, so that one covers it.
+                let Some(voucher) = channel.best.clone() else {
+                    return Ok(None);
+                };
+                let earned = channel.charged;
+                if state.closed || earned <= state.redeemed {
                     self.settled(id, state.redeemed, None).await?;
                     return Ok(None);
                 }
                 if !due(&channel, &state) {
                     return Ok(None);
                 }
-                let mined = self
-                    .inner
-                    .chain
-                    .redeem(id, earned.amount, earned.signature.clone())
-                    .await?;
+                let mined = self.inner.chain.redeem(id, &voucher, earned).await?;
                 let redemption = Redemption {
                     at_ms: crate::clock::now_ms(),
-                    amount: earned.amount,
-                    paid: earned.amount - state.redeemed,
+                    amount: earned,
+                    paid: earned - state.redeemed,
                     tx: mined.tx.to_string(),
                     gas_used: mined.gas_used,
                 };
                 tracing::info!(
                     channel = %id,
-                    amount = %earned.amount,
+                    amount = %earned,
                     paid = %redemption.paid,
                     tx = %redemption.tx,
                     gas = mined.gas_used,
                     "redeemed a voucher"
                 );
-                self.settled(id, earned.amount, Some(redemption.clone()))
-                    .await?;
+                self.settled(id, earned, Some(redemption.clone())).await?;
                 Ok(Some(redemption))
             }
             .await;
@@ -640,7 +636,6 @@ impl From<&IncomingChannel> for crate::api::IncomingChannelInfo {
             deposit_wei: channel.deposit.to_string(),
             earned_wei: channel.charged.to_string(),
             best_voucher_wei: amount_of(&channel.best),
-            earned_voucher_wei: amount_of(&channel.earned),
             redeemed_wei: channel.redeemed.to_string(),
             pending_wei: channel.pending().to_string(),
             last_redemption: channel.last_redemption.as_ref().map(Into::into),
@@ -678,56 +673,51 @@ mod tests {
         )
     }
 
-    fn earned(channel: &IncomingChannel) -> Option<u64> {
-        channel
-            .earned
-            .as_ref()
-            .map(|earned| earned.amount.to::<u64>())
+    #[test]
+    fn what_is_redeemable_is_what_was_charged_whatever_the_vouchers_promise() {
+        let mut channel = channel();
+        assert_eq!(channel.pending(), U256::ZERO);
+        channel.best = Some(KeptVoucher {
+            amount: U256::from(32_000),
+            signature: Bytes::from_static(b"ahead"),
+        });
+        assert_eq!(channel.pending(), U256::ZERO);
+        channel.charged = U256::from(3_000);
+        assert_eq!(channel.pending(), U256::from(3_000));
+        channel.redeemed = U256::from(3_000);
+        assert_eq!(channel.pending(), U256::ZERO);
     }
 
     #[test]
-    fn only_vouchers_covered_by_work_done_are_redeemable() {
+    fn only_vouchers_checked_before_skip_the_signature_check() {
         let mut channel = channel();
-        // Two tasks' vouchers arrive out of order; nothing is earned before work is charged.
-        channel.keep(U256::from(2000), Bytes::from_static(b"second"));
-        channel.keep(U256::from(1000), Bytes::from_static(b"first"));
-        assert_eq!(earned(&channel), None);
-        assert_eq!(channel.pending(), U256::ZERO);
-
-        channel.charged = U256::from(1000);
-        channel.take_earned();
-        assert_eq!(earned(&channel), Some(1000));
-        assert_eq!(
-            channel.earned.as_ref().map(|earned| &earned.signature[..]),
-            Some(&b"first"[..])
-        );
-        channel.charged = U256::from(2000);
-        channel.take_earned();
-        assert_eq!(earned(&channel), Some(2000));
-        assert!(channel.pending_since_ms.is_some());
-
-        // A failed task's voucher stays unearned; the next task's work earns it.
-        channel.keep(U256::from(3000), Bytes::from_static(b"failed"));
-        assert_eq!(earned(&channel), Some(2000));
-        channel.redeemed = U256::from(2000);
-        assert_eq!(channel.pending(), U256::ZERO);
-        channel.charged = U256::from(3000);
-        channel.take_earned();
-        assert_eq!(earned(&channel), Some(3000));
-        assert_eq!(channel.pending(), U256::from(1000));
-        assert!(channel.unearned.is_empty());
-    }
-
-    #[test]
-    fn unearned_vouchers_are_bounded() {
-        let mut channel = channel();
-        for amount in 1..=(MAX_UNEARNED_VOUCHERS as u64 + 10) {
-            channel.keep(U256::from(amount), Bytes::new());
+        let channel_id = channel.channel_id;
+        let received = |amount: u64, signature: &'static [u8]| ReceivedVoucher {
+            channel_id,
+            amount: U256::from(amount),
+            signature: Bytes::from_static(signature),
+        };
+        assert!(!channel.keeps(&received(5_000, b"signed")));
+        channel.best = Some(KeptVoucher {
+            amount: U256::from(5_000),
+            signature: Bytes::from_static(b"signed"),
+        });
+        assert!(channel.keeps(&received(5_000, b"signed")));
+        assert!(!channel.keeps(&received(5_000, b"forged")));
+        assert!(!channel.keeps(&received(4_000, b"signed")));
+        // Vouchers a newer one superseded are still known, the last few of them.
+        for amount in 1..=SUPERSEDED_KEPT as u64 {
+            channel.take_best(KeptVoucher {
+                amount: U256::from(5_000 + amount * 1_000),
+                signature: Bytes::from_static(b"signed"),
+            });
         }
-        assert_eq!(channel.unearned.len(), MAX_UNEARNED_VOUCHERS);
-        assert_eq!(
-            channel.unearned.last_key_value().map(|(amount, _)| *amount),
-            Some(U256::from(MAX_UNEARNED_VOUCHERS as u64 + 10))
-        );
+        assert!(channel.keeps(&received(5_000, b"signed")));
+        channel.take_best(KeptVoucher {
+            amount: U256::from(100_000),
+            signature: Bytes::from_static(b"signed"),
+        });
+        assert!(!channel.keeps(&received(5_000, b"signed")));
+        assert!(channel.keeps(&received(6_000, b"signed")));
     }
 }

@@ -2,9 +2,12 @@
 //! voucher for each piece of work sent.
 //!
 //! Per channel the requester tracks the largest amount it signed, what was spent (work that
-//! succeeded) and what is in flight. A new voucher promises what was spent, plus what is in
-//! flight, plus the new work's price, and never less than the largest voucher signed before:
-//! credit left by failed work is used again instead of being signed away twice.
+//! succeeded) and what is in flight. Work needs a voucher for what was spent, plus what is in
+//! flight, plus the new work's price; the last voucher signed is sent again while it covers
+//! that, so credit left by failed work is used again instead of being signed away twice. A new
+//! voucher for a task pays `prepaid_tasks` tasks ahead, so that one signature serves that many
+//! tasks (the provider redeems only the work it did; the window bounds what a provider that
+//! stopped working could keep).
 //!
 //! The count after each piece of work is written lazily; what must survive a crash is a bound on
 //! what was signed (`signed_ceiling`, written durably before any voucher passes it, in steps of
@@ -91,6 +94,9 @@ pub struct OutgoingChannel {
     /// The version at which `signed_ceiling` last moved.
     #[serde(skip)]
     ceiling_version: u64,
+    /// The last voucher signed, sent again while it covers the work.
+    #[serde(skip)]
+    last_voucher: Option<(U256, alloy::primitives::Bytes)>,
 }
 
 impl OutgoingChannel {
@@ -102,6 +108,37 @@ impl OutgoingChannel {
     /// Wei of the deposit not yet promised to work done or running.
     pub fn remaining(&self) -> U256 {
         self.deposit.saturating_sub(self.spent + self.in_flight)
+    }
+
+    /// Whether this node may have signed a voucher for `amount`: as recorded, within the bound
+    /// recovered after a crash, or as `proven_signed` (a voucher shown with its signature).
+    fn may_have_signed(&self, amount: U256, proven_signed: U256) -> bool {
+        amount <= self.signed.max(proven_signed).max(self.recovered_ceiling)
+    }
+
+    /// Raises the count of what was spent to `spent`, from `charged`, what the provider says it
+    /// charged in all, when that is within what this node may have signed: the provider can
+    /// redeem what was signed anyway, so agreeing costs nothing, and this node's count may be
+    /// behind after a crash (it is written lazily), after work whose answer never arrived, or
+    /// after it lost its records (key-only recovery). The next voucher is a new one, paying
+    /// ahead of the new count. Returns whether the count moved.
+    fn catch_up_to(&mut self, charged: U256, spent: U256, proven_signed: U256) -> bool {
+        if spent <= self.spent || !self.may_have_signed(charged, proven_signed) {
+            return false;
+        }
+        tracing::warn!(
+            channel = %self.channel_id,
+            counted = %self.spent,
+            %charged,
+            "the provider counts more work on this channel than this node did; catching up"
+        );
+        self.spent = spent;
+        self.signed = self.signed.max(proven_signed).max(charged);
+        self.last_voucher = None;
+        // Catching up within the recovered bound happens once per crash.
+        self.recovered_ceiling = U256::ZERO;
+        self.version += 1;
+        true
     }
 }
 
@@ -117,6 +154,14 @@ pub enum Work<'a> {
 }
 
 impl Work<'_> {
+    /// How many of this work's price a new voucher pays: tasks are paid ahead, the rest exactly.
+    fn prices_per_voucher(&self, prepaid_tasks: u64) -> u64 {
+        match self {
+            Self::Task(_) => prepaid_tasks,
+            Self::Store(_) | Self::Read(_) => 1,
+        }
+    }
+
     /// Returns the work's price in `info`'s terms, and says what the work is.
     fn price(&self, info: &GetInfoResponse, terms: &PaymentTerms) -> Result<(U256, String), Error> {
         match self {
@@ -189,24 +234,36 @@ impl Payment {
     /// provider's refusal of the voucher as too small brings this node's count up to what the
     /// provider says it charged, when that is within what this node signed (see
     /// [`Payer::catch_up`]).
-    /// Returns whether it caught up, so the work may be tried again with a new voucher.
-    pub async fn settle<T>(mut self, outcome: &Result<T, Error>) -> bool {
+    /// Returns whether it caught up after a refusal, so the work may be tried again with a new
+    /// voucher.
+    pub async fn settle<T>(self, outcome: &Result<T, Error>) -> bool {
+        self.settle_counted(outcome, None).await
+    }
+
+    /// [`Payment::settle`], for an answer that says what the provider charged on the channel
+    /// in all (`charged`): this node's count catches up to it as to a refusal's.
+    pub async fn settle_counted<T>(
+        mut self,
+        outcome: &Result<T, Error>,
+        charged: Option<U256>,
+    ) -> bool {
         let Some((payer, channel_id, price)) = self.held.take() else {
             return false;
         };
-        let mut version = payer.release(channel_id, price, outcome.is_ok());
-        let caught_up = outcome
+        payer.release(channel_id, price, outcome.is_ok());
+        let answered = charged.and_then(|charged| payer.catch_up_answered(channel_id, charged));
+        let refused = outcome
             .as_ref()
             .err()
             .and_then(|error| payer.catch_up(error));
-        if let Some(newer) = caught_up {
-            version = newer;
-        }
-        // Written lazily: a lost count is caught up from the provider's next refusal.
-        if let Err(error) = payer.store(channel_id, version, Durability::Lazy).await {
+        // The count after each piece of work is written with the next new voucher (and at
+        // shutdown); one that moved to the provider's is written now, lazily.
+        if let Some(version) = refused.or(answered)
+            && let Err(error) = payer.store(channel_id, version, Durability::Lazy).await
+        {
             tracing::warn!(%error, channel = %channel_id, "could not store the channel's record");
         }
-        caught_up.is_some()
+        refused.is_some()
     }
 }
 
@@ -216,6 +273,15 @@ impl Drop for Payment {
             payer.release(channel_id, price, false);
         }
     }
+}
+
+/// A voucher handed out by [`Payer::sign`], and the writes it needs.
+struct Signed {
+    payment: Payment,
+    /// The channel's version at which its bound on signed vouchers last moved.
+    ceiling_version: u64,
+    /// The channel's version, when the voucher is a new one.
+    new_voucher_version: Option<u64>,
 }
 
 /// The requester's payment bookkeeping. Cheap to clone.
@@ -231,6 +297,7 @@ struct Inner {
     signer: PrivateKeySigner,
     channels: Ledger<OutgoingChannel>,
     targets: Mutex<HashMap<Target, (Instant, Arc<GetInfoResponse>)>>,
+    prepaid_tasks: u64,
 }
 
 impl Payer {
@@ -240,6 +307,7 @@ impl Payer {
         db: Db,
         peers: Peers,
         signer: PrivateKeySigner,
+        prepaid_tasks: u64,
     ) -> Result<Self, crate::storage::StorageError> {
         let channels: Ledger<OutgoingChannel> = Ledger::load(db, RECORD_PREFIX).await?;
         for channel in channels.lock().values_mut() {
@@ -252,6 +320,7 @@ impl Payer {
                 signer,
                 channels,
                 targets: Mutex::default(),
+                prepaid_tasks,
             }),
         })
     }
@@ -313,12 +382,21 @@ impl Payer {
         }
         // The node its link proved, whatever it says about itself.
         let provider = self.inner.peers.node_id(target).await?.address();
-        let (payment, ceiling_version) = self.sign(target, provider, price, &what)?;
+        let ahead = work.prices_per_voucher(self.inner.prepaid_tasks);
+        let signed = self.sign(target, provider, price, ahead, &what)?;
+        let channel_id = signed.payment.channel_id();
         // Before the voucher leaves, the bound on what was signed must be on the disk (this
         // returns at once when it is, and waits for a write under way otherwise).
-        self.store(payment.channel_id(), ceiling_version, Durability::Synced)
+        self.store(channel_id, signed.ceiling_version, Durability::Synced)
             .await?;
-        Ok(Some(payment))
+        // The count is written once per new voucher, lazily: a count lost in a crash is caught
+        // up from the provider's next answer.
+        if let Some(version) = signed.new_voucher_version
+            && let Err(error) = self.store(channel_id, version, Durability::Lazy).await
+        {
+            tracing::warn!(%error, channel = %channel_id, "could not store the channel's record");
+        }
+        Ok(Some(signed.payment))
     }
 
     /// The open channel to `target` with the most left, if any: the one whose deposit covers
@@ -333,16 +411,17 @@ impl Payer {
             .map(|channel| channel.channel_id))
     }
 
-    /// Signs the next voucher of the open channel to `provider` with the most left, for work
-    /// of `price`; also returns the channel's version at which its bound on signed vouchers
-    /// last moved.
+    /// Returns the voucher of the open channel to `provider` with the most left that pays for
+    /// work of `price`: the last one signed while it covers the work, else a new one paying
+    /// `ahead` prices (within the deposit).
     fn sign(
         &self,
         target: &Target,
         provider: Address,
         price: U256,
+        ahead: u64,
         what: &str,
-    ) -> Result<(Payment, u64), Error> {
+    ) -> Result<Signed, Error> {
         let mut channels = self.lock();
         let channel = channels
             .values_mut()
@@ -360,8 +439,8 @@ impl Payer {
                 "price_wei": price.to_string(),
             })));
         };
-        let amount = channel.next_amount(price);
-        if amount > channel.deposit {
+        let needed = channel.next_amount(price);
+        if needed > channel.deposit {
             return Err(Error::new(
                 ErrorCode::PaymentRequired,
                 format!(
@@ -376,12 +455,27 @@ impl Payer {
                 "price_wei": price.to_string(),
             })));
         }
-        let voucher = Voucher {
-            channelId: channel.channel_id,
-            cumulativeAmount: amount,
+        let mut new_voucher = false;
+        let (amount, signature) = match &channel.last_voucher {
+            Some((amount, signature)) if *amount >= needed => (*amount, signature.clone()),
+            _ => {
+                new_voucher = true;
+                let amount = (needed + price * U256::from(ahead.saturating_sub(1)))
+                    .min(channel.deposit)
+                    .max(needed);
+                let voucher = Voucher {
+                    channelId: channel.channel_id,
+                    cumulativeAmount: amount,
+                };
+                let signature =
+                    sign_voucher(&self.inner.signer, &voucher, self.inner.chain.domain())
+                        .to_vec()
+                        .into();
+                channel.last_voucher = Some((amount, alloy::primitives::Bytes::clone(&signature)));
+                (amount, signature)
+            }
         };
-        let signature = sign_voucher(&self.inner.signer, &voucher, self.inner.chain.domain());
-        channel.signed = amount;
+        channel.signed = channel.signed.max(amount);
         channel.in_flight += price;
         channel.version += 1;
         if amount > channel.signed_ceiling {
@@ -395,10 +489,14 @@ impl Payer {
             voucher: sphere_proto::v1::Voucher {
                 channel_id: channel.channel_id.to_vec().into(),
                 cumulative_amount_wei: amount.to_string(),
-                signature: signature.to_vec().into(),
+                signature: signature.0,
             },
         };
-        Ok((payment, channel.ceiling_version))
+        Ok(Signed {
+            payment,
+            ceiling_version: channel.ceiling_version,
+            new_voucher_version: new_voucher.then_some(channel.version),
+        })
     }
 
     fn check_same_contract(&self, target: &Target, terms: &PaymentTerms) -> Result<(), Error> {
@@ -423,13 +521,9 @@ impl Payer {
     }
 
     /// Adopts the amount a provider says it charged on a channel, from its refusal of a voucher
-    /// as too small, when that amount is more than this node counted as spent and no more than
-    /// it signed: the provider can redeem what was signed anyway, so agreeing costs nothing,
-    /// and this node's count may be behind after a crash (it is written lazily), after work
-    /// whose answer never arrived, or after it lost its records (key-only recovery). What it
-    /// signed is what it recorded, or the recovered bound, or the largest voucher the provider
-    /// kept when the refusal carries it with this node's signature. Returns the channel's new
-    /// version when it changed.
+    /// as too small (see [`Payer::adopt`]); the largest voucher the provider kept, when the
+    /// refusal carries it with this node's signature, proves what this node signed. Returns the
+    /// channel's new version when it changed.
     pub fn catch_up(&self, refusal: &Error) -> Option<u64> {
         if refusal.code != ErrorCode::PaymentRequired {
             return None;
@@ -453,26 +547,33 @@ impl Payer {
             .map_or(U256::ZERO, |(amount, _)| amount);
         let mut channels = self.lock();
         let channel = channels.get_mut(&channel_id)?;
-        let signed = channel.signed.max(proven_signed);
-        if charged <= channel.spent || charged > signed.max(channel.recovered_ceiling) {
+        if !channel.may_have_signed(charged, proven_signed) {
             return None;
         }
-        tracing::warn!(
-            channel = %channel_id,
-            counted = %channel.spent,
-            %charged,
-            "the provider counts more work on this channel than this node did; catching up"
-        );
-        channel.spent = charged;
-        channel.signed = signed.max(charged);
-        // Catching up within the recovered bound happens once per crash.
-        channel.recovered_ceiling = U256::ZERO;
+        // The refused work is no longer in flight; what is may be reserved there, not charged.
+        channel.catch_up_to(charged, charged, proven_signed);
+        // Whether this refusal moved the count or a concurrent one did, the refused voucher's
+        // credit ran out there: the next voucher is a new one, paying ahead of the count.
+        channel.last_voucher = None;
         channel.version += 1;
         Some(channel.version)
     }
 
-    /// Ends a payment's hold; returns the channel's new version.
-    fn release(&self, channel_id: B256, price: U256, succeeded: bool) -> u64 {
+    /// Adopts what a provider's answer says it charged on a channel in all, `charged`: work
+    /// still in flight may be charged already (its answer on the way), so the count becomes
+    /// `charged` less what is in flight, never above the truth. Returns the channel's new
+    /// version when it changed.
+    fn catch_up_answered(&self, channel_id: B256, charged: U256) -> Option<u64> {
+        let mut channels = self.lock();
+        let channel = channels.get_mut(&channel_id)?;
+        let spent = charged.saturating_sub(channel.in_flight);
+        channel
+            .catch_up_to(charged, spent, U256::ZERO)
+            .then_some(channel.version)
+    }
+
+    /// Ends a payment's hold.
+    fn release(&self, channel_id: B256, price: U256, succeeded: bool) {
         let mut channels = self.lock();
         let channel = channels
             .get_mut(&channel_id)
@@ -482,7 +583,12 @@ impl Payer {
             channel.spent += price;
         }
         channel.version += 1;
-        channel.version
+    }
+
+    /// Writes every channel's record that changed since it was last written (at shutdown, so
+    /// that a clean restart starts from the right count).
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.inner.channels.store_all(Durability::Lazy).await
     }
 
     async fn store(
@@ -552,6 +658,7 @@ impl Payer {
                 in_flight: U256::ZERO,
                 recovered_ceiling: U256::ZERO,
                 ceiling_version: 0,
+                last_voucher: None,
             };
             self.lock().insert(channel_id, channel.clone());
             self.store(channel_id, 0, Durability::Synced).await?;
@@ -582,6 +689,7 @@ impl Payer {
             in_flight: U256::ZERO,
             recovered_ceiling: U256::ZERO,
             ceiling_version: 0,
+            last_voucher: None,
         };
         self.lock().insert(channel_id, channel.clone());
         self.store(channel_id, 0, Durability::Synced).await?;

@@ -190,7 +190,28 @@ struct DurableEnv {
 /// A file LevelDB writes: flushing it syncs its data, and so does closing it.
 struct DurableFile {
     file: Box<dyn Write>,
+    /// The boxed writer is a plain `File` we cannot reach, so its data is synced through a
+    /// second handle, opened once: fdatasync acts on the file, not on the descriptor.
+    sync_handle: std::fs::File,
     path: PathBuf,
+}
+
+impl DurableFile {
+    fn new(file: Box<dyn Write>, path: &Path) -> rusty_leveldb::Result<Self> {
+        sync_dir_of(path)?;
+        let sync_handle = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|error| rusty_leveldb::Status {
+                code: rusty_leveldb::StatusCode::IOError,
+                err: format!("open {} to sync it: {error}", path.display()),
+            })?;
+        Ok(Self {
+            file,
+            sync_handle,
+            path: path.to_owned(),
+        })
+    }
 }
 
 impl Write for DurableFile {
@@ -200,12 +221,7 @@ impl Write for DurableFile {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()?;
-        // The boxed writer is a plain `File` we cannot reach, so sync through a second handle:
-        // fdatasync acts on the file, not on the descriptor.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.path)?
-            .sync_data()
+        self.sync_handle.sync_data()
     }
 }
 
@@ -233,19 +249,11 @@ impl Env for DurableEnv {
     }
     fn open_writable_file(&self, path: &Path) -> rusty_leveldb::Result<Box<dyn Write>> {
         let file = self.disk.open_writable_file(path)?;
-        sync_dir_of(path)?;
-        Ok(Box::new(DurableFile {
-            file,
-            path: path.to_owned(),
-        }))
+        Ok(Box::new(DurableFile::new(file, path)?))
     }
     fn open_appendable_file(&self, path: &Path) -> rusty_leveldb::Result<Box<dyn Write>> {
         let file = self.disk.open_appendable_file(path)?;
-        sync_dir_of(path)?;
-        Ok(Box::new(DurableFile {
-            file,
-            path: path.to_owned(),
-        }))
+        Ok(Box::new(DurableFile::new(file, path)?))
     }
     fn exists(&self, path: &Path) -> rusty_leveldb::Result<bool> {
         self.disk.exists(path)

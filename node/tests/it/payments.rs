@@ -254,15 +254,16 @@ fn paid_node(chain: &AnvilInstance, contract: &str, account: usize, extra: Value
 
 impl PaidPair {
     async fn start(provider_extra: Value) -> Self {
+        Self::start_with(json!({}), provider_extra).await
+    }
+
+    async fn start_with(requester_extra: Value, provider_extra: Value) -> Self {
         let chain = anvil();
         let dir = tempfile::tempdir().expect("temp dir");
         let address = deploy(&chain, &funded_key_file(&chain, dir.path()));
-        let requester = paid_node(
-            &chain,
-            &address,
-            1,
-            json!({"storage": {"audit_interval_ms": 1_000}}),
-        );
+        let mut requester_config = json!({"storage": {"audit_interval_ms": 1_000}});
+        merge(&mut requester_config, requester_extra);
+        let requester = paid_node(&chain, &address, 1, requester_config);
         let provider = paid_node(&chain, &address, 2, provider_extra);
         let reader = ProviderBuilder::new()
             .connect_http(chain.endpoint_url())
@@ -563,10 +564,11 @@ async fn a_thousand_paid_tasks_cost_two_transactions_and_pay_the_provider_exactl
 
 #[tokio::test]
 async fn unpaid_underpaid_forged_and_failed_work_is_not_paid_for() {
-    let pair = PaidPair::start(plugins_config(vec![
-        hello_plugin(),
-        misbehaving_plugin("flaky", json!({})),
-    ]))
+    // One task per voucher, so that the vouchers made by hand below meet no credit paid ahead.
+    let pair = PaidPair::start_with(
+        json!({"payments": {"prepaid_tasks": 1}}),
+        plugins_config(vec![hello_plugin(), misbehaving_plugin("flaky", json!({}))]),
+    )
     .await;
 
     // A requester without payments sends no voucher.
@@ -684,6 +686,89 @@ async fn unpaid_underpaid_forged_and_failed_work_is_not_paid_for() {
     let replayed = send(Some(paid)).await.expect_err("replay refused");
     assert!(replayed.message().contains("underpaid"), "{replayed:?}");
     assert_eq!(payments_of(&pair.provider).await["earned_wei"], "2000");
+}
+
+#[tokio::test]
+async fn a_voucher_pays_tasks_ahead_and_the_provider_redeems_only_the_work_done() {
+    let pair = PaidPair::start_with(json!({"payments": {"prepaid_tasks": 4}}), json!({})).await;
+    let (channel, _) = pair.open_channel("100000").await;
+    let channel_id: B256 = channel.parse().expect("id");
+    let counts = async || {
+        let paying = payments_of(&pair.requester).await["channels_out"][0].clone();
+        let paid = payments_of(&pair.provider).await["channels_in"][0].clone();
+        (
+            paying["spent_wei"].as_str().expect("spent").to_owned(),
+            paying["signed_wei"].as_str().expect("signed").to_owned(),
+            paid["earned_wei"].as_str().expect("earned").to_owned(),
+            paid["best_voucher_wei"].as_str().expect("best").to_owned(),
+        )
+    };
+    assert_eq!(pair.task("hello").await.0, 200);
+    assert_eq!(
+        counts().await,
+        ("1000".into(), "4000".into(), "1000".into(), "4000".into())
+    );
+    // What is redeemed is the work done, claimed under the voucher paid ahead.
+    assert_eq!(pair.redeem().await["redeemed"][0]["paid_wei"], "1000");
+    assert_eq!(pair.on_chain(&channel).await.redeemed, U256::from(1000));
+
+    // The same voucher pays the next three tasks; the fifth needs a new one, four ahead.
+    for _ in 0..3 {
+        assert_eq!(pair.task("hello").await.0, 200);
+    }
+    assert_eq!(
+        counts().await,
+        ("4000".into(), "4000".into(), "4000".into(), "4000".into())
+    );
+    assert_eq!(pair.task("hello").await.0, 200);
+    assert_eq!(
+        counts().await,
+        ("5000".into(), "8000".into(), "5000".into(), "8000".into())
+    );
+
+    // Another node showing the requester's voucher over its own link cannot spend the credit
+    // paid ahead.
+    let requester_key = PrivateKeySigner::from(pair.chain.keys()[1].clone());
+    let domain = voucher_domain(pair.chain.chain_id(), *pair.contract.address());
+    let signed = Voucher {
+        channelId: channel_id,
+        cumulativeAmount: U256::from(8_000),
+    };
+    let stranger = sphere_node::identity::NodeIdentity::generate();
+    let connector = sphere_node::link::LinkKeys::new(&stranger).connector(
+        Some(pair.provider.node_id.parse().expect("node ID")),
+        std::sync::Arc::default(),
+    );
+    let link = tonic::transport::Endpoint::from_shared(format!("http://{}", pair.provider.grpc))
+        .expect("endpoint")
+        .connect_with_connector(connector)
+        .await
+        .expect("a stranger links with its own key");
+    let refusal = sphere_proto::v1::task_service_client::TaskServiceClient::new(link)
+        .run_task(sphere_proto::v1::RunTaskRequest {
+            task_id: "stranger".into(),
+            input: "hello".into(),
+            voucher: Some(sphere_proto::v1::Voucher {
+                channel_id: channel_id.to_vec().into(),
+                cumulative_amount_wei: "8000".into(),
+                signature: sign_voucher(&requester_key, &signed, &domain)
+                    .to_vec()
+                    .into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert!(
+        refusal.message().contains("pays for the work of"),
+        "{refusal:?}"
+    );
+    assert_eq!(
+        counts().await,
+        ("5000".into(), "8000".into(), "5000".into(), "8000".into())
+    );
+    assert_eq!(pair.redeem().await["redeemed"][0]["paid_wei"], "4000");
+    assert_eq!(pair.on_chain(&channel).await.redeemed, U256::from(5000));
 }
 
 #[tokio::test]
