@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alloy::network::ReceiptResponse;
-use alloy::primitives::{Address, B256, TxHash, U256};
+use alloy::primitives::{Address, B256, Bytes, TxHash, U256};
 use alloy::providers::{DynProvider, Provider};
 use alloy::sol_types::Eip712Domain;
 use sphere_contracts::SpherePayments::{self, SpherePaymentsErrors, SpherePaymentsInstance};
@@ -219,17 +219,17 @@ impl Chain {
         Ok(self.changed(id, &receipt))
     }
 
-    /// Claims `amount` wei in all on a channel to this node, under the requester's `voucher`
-    /// (which may promise more: the contract pays up to what is claimed).
+    /// Claims `amount` wei in all on a channel to this node, under the requester's voucher for
+    /// `voucher_amount` with `signature` (which may promise more: the contract pays up to what
+    /// is claimed).
     pub async fn redeem(
         &self,
         id: B256,
-        voucher: &super::payee::KeptVoucher,
+        voucher_amount: U256,
+        signature: Bytes,
         amount: U256,
     ) -> Result<Mined, Error> {
-        let call = self
-            .contract
-            .redeem(id, voucher.amount, voucher.signature.clone(), amount);
+        let call = self.contract.redeem(id, voucher_amount, signature, amount);
         let receipt = self.send("redeem", call).await?;
         Ok(self.changed(id, &receipt))
     }

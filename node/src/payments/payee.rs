@@ -502,7 +502,11 @@ impl Payee {
                 if !due(&channel, &state) {
                     return Ok(None);
                 }
-                let mined = self.inner.chain.redeem(id, &voucher, earned).await?;
+                let mined = self
+                    .inner
+                    .chain
+                    .redeem(id, voucher.amount, voucher.signature, earned)
+                    .await?;
                 let redemption = Redemption {
                     at_ms: crate::clock::now_ms(),
                     amount: earned,
