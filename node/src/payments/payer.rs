@@ -767,3 +767,88 @@ impl From<&OutgoingChannel> for crate::api::ChannelInfo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use alloy::providers::{Provider, ProviderBuilder};
+    use sphere_contracts::SpherePayments;
+
+    use super::*;
+    use crate::identity::NodeIdentity;
+
+    const CHANNEL: B256 = B256::repeat_byte(7);
+
+    /// A payer with one open channel, on a chain it never needs to reach.
+    async fn payer_with_a_channel(dir: &std::path::Path, identity: &NodeIdentity) -> Payer {
+        let nowhere = ProviderBuilder::new()
+            .connect_http("http://127.0.0.1:9".parse().expect("URL"))
+            .erased();
+        let chain = Chain::new(
+            SpherePayments::new(Address::repeat_byte(9), nowhere),
+            31_337,
+            60,
+            Duration::from_secs(5),
+        );
+        let peers = Peers::new(crate::link::LinkKeys::new(identity), Duration::from_secs(1));
+        let db = Db::open(dir).expect("database");
+        let payer = Payer::open(chain, db, peers, identity.signer().clone(), 32)
+            .await
+            .expect("payer");
+        payer.lock().insert(
+            CHANNEL,
+            OutgoingChannel {
+                channel_id: CHANNEL,
+                provider: Address::repeat_byte(3),
+                deposit: U256::from(100_000),
+                signed: U256::from(1_000),
+                signed_ceiling: U256::from(1_000),
+                spent: U256::from(1_000),
+                phase: ChannelPhase::Open,
+                opened_at_ms: 0,
+                refunded: None,
+                version: 0,
+                in_flight: U256::ZERO,
+                recovered_ceiling: U256::ZERO,
+                ceiling_version: 0,
+                last_voucher: None,
+            },
+        );
+        payer
+    }
+
+    /// A provider's refusal saying it charged 5,000 and kept a voucher for 5,000 signed by
+    /// `signer`.
+    fn refusal(payer: &Payer, signer: &PrivateKeySigner) -> Error {
+        let voucher = Voucher {
+            channelId: CHANNEL,
+            cumulativeAmount: U256::from(5_000),
+        };
+        let signature = sign_voucher(signer, &voucher, payer.inner.chain.domain());
+        Error::new(ErrorCode::PaymentRequired, "underpaid").with_details(serde_json::json!({
+            "channel_id": CHANNEL.to_string(),
+            "charged_wei": "5000",
+            "kept_voucher_wei": "5000",
+            "kept_voucher_signature": alloy::primitives::Bytes::from(signature.to_vec()).to_string(),
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_kept_voucher_proves_what_was_signed_only_with_this_nodes_own_signature() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let identity = NodeIdentity::generate();
+        let payer = payer_with_a_channel(dir.path(), &identity).await;
+        let spent = || payer.channel(CHANNEL).expect("channel").spent;
+
+        // A voucher the provider forged (signed by another key) proves nothing, and 5,000 is
+        // beyond the 1,000 this node knows it signed.
+        let stranger = NodeIdentity::generate();
+        let forged = refusal(&payer, stranger.signer());
+        assert_eq!(payer.catch_up(&forged), None);
+        assert_eq!(spent(), U256::from(1_000));
+
+        // The same amount under this node's own signature is proof: it catches up.
+        let proven = refusal(&payer, identity.signer());
+        assert!(payer.catch_up(&proven).is_some());
+        assert_eq!(spent(), U256::from(5_000));
+    }
+}
