@@ -9,12 +9,12 @@
 //! tasks (the provider redeems only the work it did; the window bounds what a provider that
 //! stopped working could keep).
 //!
-//! The count after each piece of work is written lazily; what must survive a crash is a bound on
-//! what was signed (`signed_ceiling`, written durably before any voucher passes it, in steps of
-//! [`CEILING_STEP_PRICES`] prices). After a crash, or when an answer was lost, a provider's
-//! refusal says what it charged, and the requester catches up to it when that is within what it
-//! signed, or within the recovered bound: a lying provider can gain at most one step, once per
-//! crash.
+//! The count is written lazily, with each new voucher and at shutdown; what must survive a crash
+//! is a bound on what was signed (`signed_ceiling`, written durably before any voucher passes
+//! it, in steps of [`CEILING_STEP_PRICES`] prices). After a crash, or when an answer was lost,
+//! the provider's next answer (or its refusal of a voucher) says what it charged, and the
+//! requester catches up to it when that is within what it signed, or within the recovered
+//! bound: a lying provider can gain at most one step, once per crash.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -521,9 +521,10 @@ impl Payer {
     }
 
     /// Adopts the amount a provider says it charged on a channel, from its refusal of a voucher
-    /// as too small (see [`Payer::adopt`]); the largest voucher the provider kept, when the
-    /// refusal carries it with this node's signature, proves what this node signed. Returns the
-    /// channel's new version when it changed.
+    /// as too small (see [`OutgoingChannel::catch_up_to`]); the largest voucher the provider
+    /// kept, when the refusal carries it with this node's signature, proves what this node
+    /// signed. Returns the channel's new version when the refusal is one this node can answer
+    /// with a new voucher: the amount is within what it signed.
     pub fn catch_up(&self, refusal: &Error) -> Option<u64> {
         if refusal.code != ErrorCode::PaymentRequired {
             return None;

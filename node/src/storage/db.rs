@@ -202,10 +202,7 @@ impl DurableFile {
         let sync_handle = std::fs::OpenOptions::new()
             .write(true)
             .open(path)
-            .map_err(|error| rusty_leveldb::Status {
-                code: rusty_leveldb::StatusCode::IOError,
-                err: format!("open {} to sync it: {error}", path.display()),
-            })?;
+            .map_err(|error| io_failure(format!("open {} to sync it", path.display()), &error))?;
         Ok(Self {
             file,
             sync_handle,
@@ -234,10 +231,16 @@ impl Drop for DurableFile {
 }
 
 fn sync_dir_of(path: &Path) -> rusty_leveldb::Result<()> {
-    super::sync_parent_dir(path).map_err(|error| rusty_leveldb::Status {
+    super::sync_parent_dir(path)
+        .map_err(|error| io_failure(format!("sync directory of {}", path.display()), &error))
+}
+
+/// LevelDB's status for a failed file operation, saying which.
+fn io_failure(what: String, error: &std::io::Error) -> rusty_leveldb::Status {
+    rusty_leveldb::Status {
         code: rusty_leveldb::StatusCode::IOError,
-        err: format!("sync directory of {}: {error}", path.display()),
-    })
+        err: format!("{what}: {error}"),
+    }
 }
 
 impl Env for DurableEnv {

@@ -690,22 +690,25 @@ async fn unpaid_underpaid_forged_and_failed_work_is_not_paid_for() {
 
 #[tokio::test]
 async fn a_voucher_pays_tasks_ahead_and_the_provider_redeems_only_the_work_done() {
-    let pair = PaidPair::start_with(json!({"payments": {"prepaid_tasks": 4}}), json!({})).await;
+    let mut pair = PaidPair::start_with(json!({"payments": {"prepaid_tasks": 4}}), json!({})).await;
     let (channel, _) = pair.open_channel("100000").await;
     let channel_id: B256 = channel.parse().expect("id");
-    let counts = async || {
+    // Spent and signed as the requester counts them, earned and the best voucher as the
+    // provider does.
+    async fn counts(pair: &PaidPair) -> (String, String, String, String) {
         let paying = payments_of(&pair.requester).await["channels_out"][0].clone();
         let paid = payments_of(&pair.provider).await["channels_in"][0].clone();
+        let text = |value: &Value| value.as_str().expect("an amount").to_owned();
         (
-            paying["spent_wei"].as_str().expect("spent").to_owned(),
-            paying["signed_wei"].as_str().expect("signed").to_owned(),
-            paid["earned_wei"].as_str().expect("earned").to_owned(),
-            paid["best_voucher_wei"].as_str().expect("best").to_owned(),
+            text(&paying["spent_wei"]),
+            text(&paying["signed_wei"]),
+            text(&paid["earned_wei"]),
+            text(&paid["best_voucher_wei"]),
         )
-    };
+    }
     assert_eq!(pair.task("hello").await.0, 200);
     assert_eq!(
-        counts().await,
+        counts(&pair).await,
         ("1000".into(), "4000".into(), "1000".into(), "4000".into())
     );
     // What is redeemed is the work done, claimed under the voucher paid ahead.
@@ -717,12 +720,12 @@ async fn a_voucher_pays_tasks_ahead_and_the_provider_redeems_only_the_work_done(
         assert_eq!(pair.task("hello").await.0, 200);
     }
     assert_eq!(
-        counts().await,
+        counts(&pair).await,
         ("4000".into(), "4000".into(), "4000".into(), "4000".into())
     );
     assert_eq!(pair.task("hello").await.0, 200);
     assert_eq!(
-        counts().await,
+        counts(&pair).await,
         ("5000".into(), "8000".into(), "5000".into(), "8000".into())
     );
 
@@ -764,11 +767,22 @@ async fn a_voucher_pays_tasks_ahead_and_the_provider_redeems_only_the_work_done(
         "{refusal:?}"
     );
     assert_eq!(
-        counts().await,
+        counts(&pair).await,
         ("5000".into(), "8000".into(), "5000".into(), "8000".into())
     );
     assert_eq!(pair.redeem().await["redeemed"][0]["paid_wei"], "4000");
     assert_eq!(pair.on_chain(&channel).await.redeemed, U256::from(5000));
+
+    // A clean restart keeps the requester's count (written at shutdown), so nothing needs
+    // catching up.
+    assert!(pair.requester.terminate().success());
+    pair.requester.restart();
+    assert_eq!(
+        counts(&pair).await,
+        ("5000".into(), "8000".into(), "5000".into(), "8000".into())
+    );
+    assert_eq!(pair.task("hello").await.0, 200);
+    assert!(!pair.requester.log().contains("catching up"));
 }
 
 #[tokio::test]
@@ -943,6 +957,9 @@ async fn storage_is_paid_per_period_and_reads_per_byte_and_renewed_after_audits(
         earned(&payments_of(&pair.provider).await),
         after_store + sealed_data
     );
+    // Storage is paid exactly, never ahead: the largest voucher is what was charged.
+    let paid = &payments_of(&pair.provider).await["channels_in"][0];
+    assert_eq!(paid["best_voucher_wei"], paid["earned_wei"], "{paid}");
 
     // Audits run every second; past half a period, each passing replica is paid again.
     let mut provider_payments = Value::Null;
