@@ -13,6 +13,9 @@ use alloy::signers::local::PrivateKeySigner;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sphere_contracts::{SpherePayments, Voucher, sign_voucher, voucher_domain};
+use sphere_node::storage::chunks::ChunkHash;
+use sphere_proto::v1::put_object_request::Part;
+use sphere_proto::v1::storage_service_client::StorageServiceClient;
 
 use crate::harness::{
     NodeOptions, TestNode, hello_plugin, merge, misbehaving_plugin, plugins_config, repo_root,
@@ -690,7 +693,12 @@ async fn unpaid_underpaid_forged_and_failed_work_is_not_paid_for() {
 
 #[tokio::test]
 async fn a_voucher_pays_tasks_ahead_and_the_provider_redeems_only_the_work_done() {
-    let mut pair = PaidPair::start_with(json!({"payments": {"prepaid_tasks": 4}}), json!({})).await;
+    // Storage costs one wei per byte per period here, so that a stranger's upload has a price.
+    let mut pair = PaidPair::start_with(
+        json!({"payments": {"prepaid_tasks": 4}}),
+        json!({"payments": {"storage_period_seconds": 4, "prices": {"storage_gib_day_wei": (1u64 << 30) * 86_400 / 4}}}),
+    )
+    .await;
     let (channel, _) = pair.open_channel("100000").await;
     let channel_id: B256 = channel.parse().expect("id");
     // Spent and signed as the requester counts them, earned and the best voucher as the
@@ -737,6 +745,13 @@ async fn a_voucher_pays_tasks_ahead_and_the_provider_redeems_only_the_work_done(
         channelId: channel_id,
         cumulativeAmount: U256::from(8_000),
     };
+    let refused_voucher = Some(sphere_proto::v1::Voucher {
+        channel_id: channel_id.to_vec().into(),
+        cumulative_amount_wei: "8000".into(),
+        signature: sign_voucher(&requester_key, &signed, &domain)
+            .to_vec()
+            .into(),
+    });
     let stranger = sphere_node::identity::NodeIdentity::generate();
     let connector = sphere_node::link::LinkKeys::new(&stranger).connector(
         Some(pair.provider.node_id.parse().expect("node ID")),
@@ -751,15 +766,41 @@ async fn a_voucher_pays_tasks_ahead_and_the_provider_redeems_only_the_work_done(
         .run_task(sphere_proto::v1::RunTaskRequest {
             task_id: "stranger".into(),
             input: "hello".into(),
-            voucher: Some(sphere_proto::v1::Voucher {
-                channel_id: channel_id.to_vec().into(),
-                cumulative_amount_wei: "8000".into(),
-                signature: sign_voucher(&requester_key, &signed, &domain)
-                    .to_vec()
-                    .into(),
-            }),
+            voucher: refused_voucher.clone(),
             ..Default::default()
         })
+        .await
+        .expect_err("refused");
+    assert!(
+        refusal.message().contains("pays for the work of"),
+        "{refusal:?}"
+    );
+    // Nor store on it: an upload pays for its signed owner's work only.
+    let chunk = bytes::Bytes::from_static(b"a stranger's bytes");
+    let hash = ChunkHash::of(&chunk);
+    let upload = [
+        Part::Header(sphere_node::auth::sign(
+            &stranger,
+            &pair.provider.node_id,
+            sphere_proto::v1::ObjectHeader {
+                object_id: "0123456789abcdef0123456789abcdef".into(),
+                kind: "data".into(),
+                ..Default::default()
+            },
+        )),
+        Part::Chunk(chunk.clone()),
+        Part::Trailer(sphere_proto::v1::ObjectTrailer {
+            chunk_count: 1,
+            size: chunk.len() as u64,
+            chunk_list_digest: ChunkHash::list_digest([&hash]).to_vec().into(),
+            voucher: refused_voucher.clone(),
+        }),
+    ]
+    .map(|part| sphere_proto::v1::PutObjectRequest { part: Some(part) });
+    let refusal = StorageServiceClient::connect(format!("http://{}", pair.provider.target()))
+        .await
+        .expect("connect")
+        .put_object(tokio_stream::iter(upload))
         .await
         .expect_err("refused");
     assert!(
