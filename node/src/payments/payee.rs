@@ -418,12 +418,12 @@ impl Payee {
         }
         let Some(requester) = requester else {
             return Err(refusal(format!(
-                "{work} costs {price} wei and is paid after it ran only for a node that proves                  its key on the link"
+                "{work} costs {price} wei and is paid after it ran only for a node that proves its key on the link"
             )));
         };
         let Ok(channel_id) = B256::try_from(channel_id) else {
             return Err(refusal(format!(
-                "{work} costs {price} wei: name the payment channel (32 bytes) whose deposit                  covers it until it is paid"
+                "{work} costs {price} wei: name the payment channel (32 bytes) whose deposit covers it until it is paid"
             )));
         };
         let state = self.channel_state(channel_id, false).await?;
@@ -444,7 +444,7 @@ impl Payee {
         let owed = channel.charged + channel.reserved + channel.credited + price;
         if owed > channel.deposit {
             return Err(refusal(format!(
-                "{work} costs {price} wei and channel {channel_id} has {} wei of its deposit left                  beyond the work done, running and awaiting payment; top it up",
+                "{work} costs {price} wei and channel {channel_id} has {} wei of its deposit left beyond the work done, running and awaiting payment; top it up",
                 channel
                     .deposit
                     .saturating_sub(channel.charged + channel.reserved + channel.credited)

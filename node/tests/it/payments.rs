@@ -1316,6 +1316,12 @@ async fn work_paid_after_it_ran_never_exceeds_the_deposit_and_needs_a_proven_nod
         .find(|failure| failure["node"] == workers[1].node_id.as_str())
         .unwrap_or_else(|| panic!("the spent worker refused: {body}"));
     assert_eq!(refusal["code"], "payment_required", "{body}");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("of its deposit left beyond the work done")),
+        "{body}"
+    );
     for worker in &workers {
         assert_eq!(
             payments_of(worker).await["earned_wei"],
@@ -1338,6 +1344,12 @@ async fn work_paid_after_it_ran_never_exceeds_the_deposit_and_needs_a_proven_nod
         .await
         .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("only for a node that proves its key on the link"),
+        "{status:?}"
+    );
 }
 
 /// A TLS endpoint in front of `chain` for `localhost`, with a certificate from an authority of
