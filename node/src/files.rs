@@ -41,7 +41,7 @@ use crate::address::NodeAddress;
 use crate::auth::{self, SignedRequest};
 use crate::error::{Error, ErrorCode};
 use crate::identity::NodeIdentity;
-use crate::payments::payer::{Payer, Payment, Work};
+use crate::payments::payer::{Payer, Payment, Work, paying};
 use crate::peers::{Peers, Target};
 use crate::scheduler::choose::{Refused, rank_providers};
 use crate::scheduler::standings::Standings;
@@ -586,37 +586,30 @@ impl Files {
         start: u64,
         (size, chunk_count): (u64, u64),
     ) -> Result<(tonic::Streaming<GetObjectResponse>, Option<Payment>), Error> {
-        // A second try only after this node caught up with the source's count of the channel
-        // (its voucher was refused as too small).
-        let mut tries_left = 2;
-        loop {
-            tries_left -= 1;
-            let payment = match &self.payer {
-                Some(payer) => {
-                    let bytes = crate::payments::amount::read_bytes(size, chunk_count, start);
-                    payer.pay(source, Work::Read(bytes)).await?
-                }
-                None => None,
-            };
-            let request = GetObjectRequest {
-                object_id: object_id.to_owned(),
-                auth: None,
-                start_chunk: start,
-                voucher: payment.as_ref().map(Payment::voucher),
-            };
-            let request = self.signed_for(source, request).await?;
-            let refusal = match self.peers.storage(source).get_object(request).await {
-                Ok(stream) => return Ok((stream.into_inner(), payment)),
-                Err(status) => Err(crate::peers::remote_error(&status, source)),
-            };
-            let caught_up = match payment {
-                Some(payment) => payment.settle(&refusal).await,
-                None => false,
-            };
-            if !(caught_up && tries_left > 0) {
-                return refusal;
-            }
-        }
+        let bytes = crate::payments::amount::read_bytes(size, chunk_count, start);
+        let (stream, payment) = paying(
+            self.payer.as_ref(),
+            source,
+            Work::Read(bytes),
+            |voucher| async move {
+                let request = GetObjectRequest {
+                    object_id: object_id.to_owned(),
+                    auth: None,
+                    start_chunk: start,
+                    voucher,
+                };
+                let request = self.signed_for(source, request).await?;
+                self.peers
+                    .storage(source)
+                    .get_object(request)
+                    .await
+                    .map_err(|status| crate::peers::remote_error(&status, source))
+            },
+            Error::clone,
+            |error| error,
+        )
+        .await?;
+        Ok((stream.into_inner(), payment))
     }
 
     /// Pays for one more storage period of `object_id` of `size` bytes on `target`; returns
@@ -631,23 +624,30 @@ impl Files {
             .payer
             .as_ref()
             .ok_or_else(|| Error::new(ErrorCode::PaymentsOff, "payments are off on this node"))?;
-        let payment = payer.pay(target, Work::Store(size)).await?;
-        let request = RenewObjectRequest {
-            object_id: object_id.to_owned(),
-            auth: None,
-            voucher: payment.as_ref().map(Payment::voucher),
-        };
-        let response = match self.signed_for(target, request).await {
-            Ok(request) => self
-                .peers
-                .storage(target)
-                .renew_object(request)
-                .await
-                .map_err(|status| crate::peers::remote_error(&status, target)),
-            Err(error) => Err(error),
-        };
-        settle(payment, &response).await;
-        Ok(response?.into_inner().paid_until_ms)
+        let (response, payment) = paying(
+            Some(payer),
+            target,
+            Work::Store(size),
+            |voucher| async move {
+                let request = RenewObjectRequest {
+                    object_id: object_id.to_owned(),
+                    auth: None,
+                    voucher,
+                };
+                let request = self.signed_for(target, request).await?;
+                self.peers
+                    .storage(target)
+                    .renew_object(request)
+                    .await
+                    .map_err(|status| crate::peers::remote_error(&status, target))
+            },
+            Error::clone,
+            |error| error,
+        )
+        .await?;
+        let response = response.into_inner();
+        settle(payment, &Ok::<_, Error>(())).await;
+        Ok(response.paid_until_ms)
     }
 
     /// Stores the encrypted manifest of a file on each of `targets`.

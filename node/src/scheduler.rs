@@ -26,7 +26,7 @@ use crate::api::{TargetSelector, TaskRequest, TaskTarget, VerifyRequest};
 use crate::context::NodeContext;
 use crate::error::{Error, ErrorCode};
 use crate::identity::NodeId;
-use crate::payments::payer::{Payment, Work};
+use crate::payments::payer::{self, Work};
 use crate::peers::Target;
 
 /// Extra time past the deadline before the requester stops waiting on its own; the gRPC channel
@@ -746,49 +746,31 @@ impl ChargedAnswer for RevealResultResponse {
 }
 
 /// Makes `call` with a voucher paying `target` for a task on `plugin` (`None`: its default
-/// plugin) when payments are on, and settles the payment by the call's outcome.
+/// plugin) when payments are on, and settles the payment by the call's outcome
+/// ([`payer::paying`]: once more after catching up with a refusal).
 async fn paying<T: ChargedAnswer, Call>(
     context: &NodeContext,
     target: &Target,
     plugin: Option<&str>,
-    mut call: impl FnMut(Option<Voucher>) -> Call,
+    call: impl FnMut(Option<Voucher>) -> Call,
 ) -> Result<T, Failure>
 where
     Call: Future<Output = Result<T, Failure>>,
 {
-    // A second try only after this node caught up with the target's count of the channel (its
-    // voucher was refused as too small).
-    let mut tries_left = 2;
-    loop {
-        tries_left -= 1;
-        let payment = match &context.payments {
-            Some(payments) => payments
-                .payer
-                .pay(target, Work::Task(plugin))
-                .await
-                .map_err(Failure::before_running)?,
-            None => None,
-        };
-        let outcome = call(payment.as_ref().map(Payment::voucher)).await;
-        let caught_up = match payment {
-            Some(payment) => {
-                let settled = outcome
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|failure| failure.error.clone());
-                let charged = outcome
-                    .as_ref()
-                    .ok()
-                    .and_then(|answer| answer.channel_charged_wei().parse().ok());
-                payment.settle_counted(&settled, charged).await
-            }
-            None => false,
-        };
-        if caught_up && tries_left > 0 {
-            continue;
-        }
-        return outcome;
+    let (answer, payment) = payer::paying(
+        context.payments.as_ref().map(|payments| &payments.payer),
+        target,
+        Work::Task(plugin),
+        call,
+        |failure: &Failure| failure.error.clone(),
+        Failure::before_running,
+    )
+    .await?;
+    if let Some(payment) = payment {
+        let charged = answer.channel_charged_wei().parse().ok();
+        payment.settle_counted(&Ok::<_, Error>(()), charged).await;
     }
+    Ok(answer)
 }
 
 /// Pays every node in `agreed` for the output it held back, and returns the output: the first

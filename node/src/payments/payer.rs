@@ -267,6 +267,44 @@ impl Payment {
     }
 }
 
+/// Makes `call` with a voucher paying `target` for `work` (none when payments are off here or
+/// the target charges nothing). When the target refuses the voucher as too small and this node
+/// catches up with the target's count of the channel, pays again and makes the call once more.
+/// Returns the answer with its payment, which the caller settles by how the work ended; a
+/// refusal is settled here. `error_of` reads a failure as the target's error, `failure_of`
+/// makes a failure of an error in paying.
+pub async fn paying<T, E, Call>(
+    payer: Option<&Payer>,
+    target: &Target,
+    work: Work<'_>,
+    mut call: impl FnMut(Option<sphere_proto::v1::Voucher>) -> Call,
+    error_of: impl Fn(&E) -> Error,
+    failure_of: impl Fn(Error) -> E,
+) -> Result<(T, Option<Payment>), E>
+where
+    Call: Future<Output = Result<T, E>>,
+{
+    let mut tries_left = 2;
+    loop {
+        tries_left -= 1;
+        let payment = match payer {
+            Some(payer) => payer.pay(target, work).await.map_err(&failure_of)?,
+            None => None,
+        };
+        let failure = match call(payment.as_ref().map(Payment::voucher)).await {
+            Ok(answer) => return Ok((answer, payment)),
+            Err(failure) => failure,
+        };
+        let caught_up = match payment {
+            Some(payment) => payment.settle::<()>(&Err(error_of(&failure))).await,
+            None => false,
+        };
+        if !(caught_up && tries_left > 0) {
+            return Err(failure);
+        }
+    }
+}
+
 impl Drop for Payment {
     fn drop(&mut self) {
         if let Some((payer, channel_id, price)) = self.held.take() {
