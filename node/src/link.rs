@@ -307,7 +307,8 @@ impl rustls::server::danger::ClientCertVerifier for NodeCertificateVerifier {
 }
 
 /// The node ID a peer's certificate proves. The signatures in it were checked in the handshake
-/// (libp2p-tls's verifier); this reads the node key out and refuses keys that are not secp256k1.
+/// (`NodeCertificateVerifier`); this reads the node key out and refuses keys that are not
+/// secp256k1.
 pub fn node_id_of(certificates: Option<&[CertificateDer<'_>]>) -> Result<NodeId, String> {
     let certificate = certificates
         .and_then(<[CertificateDer<'_>]>::first)

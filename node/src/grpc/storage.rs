@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{RequestVerifier, SignedRequest};
 use crate::error::{Error, ErrorCode};
+use crate::identity::NodeId;
 use crate::payments::{Payments, amount, payee};
 use crate::storage::StorageError;
 use crate::storage::chunks::{ChunkHash, ChunkStore};
@@ -61,14 +62,17 @@ impl ProviderStorage {
     }
 
     /// Checks the owner's signature on `request` and returns the owner's node ID.
-    fn authorize<R: SignedRequest>(&self, request: &R) -> Result<String, Error> {
-        Ok(self.verifier.verify(request)?.to_checksum(None))
+    fn authorize<R: SignedRequest>(&self, request: &R) -> Result<NodeId, Error> {
+        Ok(NodeId::from(self.verifier.verify(request)?))
     }
 
-    /// Returns the record of the object `request` is about if its signature proves the caller
-    /// owns it. A stranger learns nothing: an object of someone else's looks like no object at
-    /// all.
-    async fn owned_object<R: SignedRequest>(&self, request: &R) -> Result<ObjectRecord, Error> {
+    /// Returns the record of the object `request` is about, and its owner, if its signature
+    /// proves the caller owns it. A stranger learns nothing: an object of someone else's looks
+    /// like no object at all.
+    async fn owned_object<R: SignedRequest>(
+        &self,
+        request: &R,
+    ) -> Result<(ObjectRecord, NodeId), Error> {
         let caller = self.authorize(request)?;
         let object_id = request.object_id();
         let not_found = || {
@@ -81,7 +85,7 @@ impl ProviderStorage {
             return Err(not_found());
         }
         match self.store.get(object_id).await? {
-            Some(record) if record.owner == caller => Ok(record),
+            Some(record) if record.owner == caller.to_string() => Ok((record, caller)),
             Some(_) => Err(Error::new(
                 ErrorCode::PermissionDenied,
                 "request refused: only the object's owner may do this",
@@ -99,7 +103,6 @@ impl ProviderStorage {
             _ => return Err(bad_stream("the first message must be a header")),
         };
         let owner = self.authorize(&header)?;
-        let payer = owner.parse().ok();
         let object_id = header.object_id;
         if !crate::storage::is_valid_id(&object_id) {
             return Err(Error::invalid_field(
@@ -110,7 +113,7 @@ impl ProviderStorage {
         let _reservation = self.reserve(&object_id).await?;
         let mut upload = self
             .store
-            .begin_upload(object_id.clone(), owner, header.kind);
+            .begin_upload(object_id.clone(), owner.to_string(), header.kind);
 
         let mut writes = FuturesOrdered::new();
         let mut size = 0u64;
@@ -170,7 +173,7 @@ impl ProviderStorage {
                 let work = format!("storing {size} bytes for one period");
                 let payment = payments
                     .payee
-                    .reserve(trailer.voucher.as_ref(), price, &work, payer)
+                    .reserve(trailer.voucher.as_ref(), price, &work, Some(owner))
                     .await?;
                 let paid_until = (!price.is_zero()).then(|| crate::clock::now_ms() + period_ms);
                 (payment, paid_until)
@@ -282,7 +285,7 @@ impl StorageService for ProviderStorage {
         request: Request<GetObjectRequest>,
     ) -> Result<Response<Self::GetObjectStream>, Status> {
         let request = request.into_inner();
-        let record = self.owned_object(&request).await?;
+        let (record, owner) = self.owned_object(&request).await?;
         let hashes = record.chunk_hashes().map_err(Error::from)?;
         let start = usize::try_from(request.start_chunk)
             .unwrap_or(usize::MAX)
@@ -297,7 +300,7 @@ impl StorageService for ProviderStorage {
                         request.voucher.as_ref(),
                         payments.read_price(bytes),
                         &work,
-                        record.owner.parse().ok(),
+                        Some(owner),
                     )
                     .await?
             }
@@ -342,7 +345,7 @@ impl StorageService for ProviderStorage {
         request: Request<RenewObjectRequest>,
     ) -> Result<Response<RenewObjectResponse>, Status> {
         let request = request.into_inner();
-        let record = self.owned_object(&request).await?;
+        let (record, owner) = self.owned_object(&request).await?;
         let free = || {
             Error::new(
                 ErrorCode::PaymentsOff,
@@ -357,12 +360,7 @@ impl StorageService for ProviderStorage {
         let work = format!("keeping {} bytes for one more period", record.size);
         let payment = payments
             .payee
-            .reserve(
-                request.voucher.as_ref(),
-                price,
-                &work,
-                record.owner.parse().ok(),
-            )
+            .reserve(request.voucher.as_ref(), price, &work, Some(owner))
             .await?;
         let now = crate::clock::now_ms();
         let paid_until_ms = record.paid_until_ms.unwrap_or(now).max(now) + period_ms;
@@ -384,7 +382,7 @@ impl StorageService for ProviderStorage {
         request: Request<DeleteObjectRequest>,
     ) -> Result<Response<DeleteObjectResponse>, Status> {
         let request = request.into_inner();
-        let record = self.owned_object(&request).await?;
+        let (record, _) = self.owned_object(&request).await?;
         let freed_bytes = self.store.delete(&record).await.map_err(Error::from)?;
         tracing::info!(object_id = record.object_id, freed_bytes, "object deleted");
         Ok(Response::new(DeleteObjectResponse { freed_bytes }))
@@ -395,7 +393,7 @@ impl StorageService for ProviderStorage {
         request: Request<AuditObjectRequest>,
     ) -> Result<Response<AuditObjectResponse>, Status> {
         let request = request.into_inner();
-        let record = self.owned_object(&request).await?;
+        let (record, _) = self.owned_object(&request).await?;
         let hashes = record.chunk_hashes().map_err(Error::from)?;
         let hash = usize::try_from(request.chunk_index)
             .ok()
@@ -438,7 +436,7 @@ impl StorageService for ProviderStorage {
         let owner = self.authorize(request.get_ref())?;
         let objects = self
             .store
-            .list(&owner)
+            .list(&owner.to_string())
             .await
             .map_err(Error::from)?
             .into_iter()
