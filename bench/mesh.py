@@ -6,6 +6,7 @@ every process is up), and the gossip each node sends and receives per second onc
 (`sphere_gossip_bytes_total`), mean and highest. Run through bench/mesh.sh.
 """
 
+import collections
 import concurrent.futures
 import json
 import os
@@ -64,12 +65,15 @@ def counts(https, pool, states):
 
 
 def gossip_bytes(https, pool):
+    """Per node: bytes by direction, and sent bytes by message kind ("sent syn", ...)."""
     def scrape(http):
-        totals = {"sent": 0.0, "received": 0.0}
+        totals = collections.Counter({"sent": 0.0, "received": 0.0})
         for line in get(f"http://{http}/metrics").splitlines():
-            match = re.match(r'sphere_gossip_bytes_total\{direction="(\w+)"\} (\S+)', line)
+            match = re.match(r'sphere_gossip_bytes_total\{(.*)\} (\S+)', line)
             if match:
-                totals[match.group(1)] = float(match.group(2))
+                labels = dict(re.findall(r'(\w+)="(\w+)"', match.group(1)))
+                totals[labels["direction"]] += float(match.group(2))
+                totals[f'{labels["direction"]} {labels.get("message")}'] += float(match.group(2))
         return totals
     return list(pool.map(scrape, https))
 
@@ -119,6 +123,11 @@ def run(n, work):
               f"{sum(rates['sent']) / n:.1f} / {max(rates['sent']):.1f} | "
               f"{sum(rates['received']) / n:.1f} / {max(rates['received']):.1f} | "
               f"{'yes' if steady else 'NO'} |", flush=True)
+        kinds = sorted({key for totals in after for key in totals if key.startswith("sent ")})
+        split = ", ".join(
+            f"{kind.removeprefix('sent ')} {sum(a[kind] - b[kind] for a, b in zip(after, before)) / elapsed / 1024 / n:.1f}"
+            for kind in kinds)
+        print(f"  sent per node by message, KiB/s: {split}", file=sys.stderr, flush=True)
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)

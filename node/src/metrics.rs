@@ -101,11 +101,13 @@ pub fn provider_bytes(direction: &'static str, bytes: u64) {
     metrics::counter!("sphere_provider_bytes_total", "direction" => direction).increment(bytes);
 }
 
-/// Counts one gossip datagram of `bytes` this node `sent` or `received`.
-pub fn gossip(direction: &'static str, bytes: usize) {
-    metrics::counter!("sphere_gossip_bytes_total", "direction" => direction)
+/// Counts one gossip datagram of `bytes`, a `message` (`syn`, `syn_ack`, `ack`, `bad_cluster`)
+/// this node `sent` or `received`.
+pub fn gossip(direction: &'static str, message: &'static str, bytes: usize) {
+    metrics::counter!("sphere_gossip_bytes_total", "direction" => direction, "message" => message)
         .increment(bytes as u64);
-    metrics::counter!("sphere_gossip_messages_total", "direction" => direction).increment(1);
+    metrics::counter!("sphere_gossip_messages_total", "direction" => direction, "message" => message)
+        .increment(1);
 }
 
 /// Sets what a plugin's status says, at a scrape.

@@ -102,11 +102,12 @@ impl Socket for CountingSocket {
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
         let opens_round = matches!(envelope.message, ChitchatMessage::Syn { .. });
+        let message = kind(&envelope.message);
         let outcome = self.inner.send(to, envelope).await?;
         if opens_round {
             self.round_trips.opened(to);
         }
-        crate::metrics::gossip("sent", outcome.num_bytes_sent);
+        crate::metrics::gossip("sent", message, outcome.num_bytes_sent);
         Ok(outcome)
     }
 
@@ -115,7 +116,21 @@ impl Socket for CountingSocket {
         if matches!(outcome.envelope.message, ChitchatMessage::SynAck { .. }) {
             self.round_trips.answered(outcome.from_addr);
         }
-        crate::metrics::gossip("received", outcome.num_bytes_received);
+        crate::metrics::gossip(
+            "received",
+            kind(&outcome.envelope.message),
+            outcome.num_bytes_received,
+        );
         Ok(outcome)
+    }
+}
+
+/// The metrics' name for a kind of gossip message.
+fn kind(message: &ChitchatMessage) -> &'static str {
+    match message {
+        ChitchatMessage::Syn { .. } => "syn",
+        ChitchatMessage::SynAck { .. } => "syn_ack",
+        ChitchatMessage::Ack { .. } => "ack",
+        ChitchatMessage::BadCluster => "bad_cluster",
     }
 }

@@ -137,12 +137,18 @@ async fn ten_members_that_know_one_find_all_see_a_killed_one_dead_and_alive_agai
         "{body}"
     );
 
-    // Gossip is counted for the operator.
+    // Gossip is counted for the operator, by direction and kind of message.
     let metrics = crate::metrics::scrape(&seed).await;
     for direction in ["sent", "received"] {
-        let label = format!("direction=\"{direction}\"");
-        let bytes = crate::metrics::sample(&metrics, "sphere_gossip_bytes_total", &[&label]);
-        assert!(bytes > 0.0, "gossip bytes {direction}: {bytes}");
+        for message in ["syn", "syn_ack"] {
+            let labels = [
+                format!("direction=\"{direction}\""),
+                format!("message=\"{message}\""),
+            ];
+            let labels = [labels[0].as_str(), labels[1].as_str()];
+            let bytes = crate::metrics::sample(&metrics, "sphere_gossip_bytes_total", &labels);
+            assert!(bytes > 0.0, "gossip bytes {direction} {message}: {bytes}");
+        }
     }
 
     // kill -9: every other member marks it dead (mesh.failure_timeout_ms is 5 s by default).
