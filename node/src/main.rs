@@ -352,6 +352,20 @@ impl NodeArgs {
     }
 }
 
+/// jemalloc, not glibc's malloc: tokio moves tasks between worker threads, so memory is often
+/// freed on another thread than the one that took it, and glibc then locks the owner's arena
+/// (four futex calls a task at c=32); jemalloc took the task path 1.18x further (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read once at start (the `_RJEM_MALLOC_CONF` variable still overrides
+/// them): one background thread returns freed pages to the system while the node is idle, which
+/// no allocation would otherwise trigger, after a second rather than the default ten, so a burst's
+/// memory is given back soon after it (bench/memory.sh).
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static ALLOCATOR_SETTINGS: &[u8; 68] =
+    b"background_thread:true,max_background_threads:1,dirty_decay_ms:1000\0";
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -660,15 +674,6 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // glibc keeps what a burst of requests freed in its per-thread arenas: RSS stayed near
-        // 80 MiB after 500 concurrent uploads, from 13 MiB idle (bench/memory.sh). The blocking
-        // threads that did the burst's disk work exit once idle; their exit hands it back.
-        .on_thread_stop(|| {
-            // SAFETY: malloc_trim only releases free memory of the allocator's arenas.
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        })
         .build()
         .context("could not start the async runtime")
 }
