@@ -77,4 +77,4 @@ printf 'store %.0f MiB/s of file, %.0f MiB/s written over both replicas; read %.
 
 echo
 echo "== audit cost"
-cargo test --release --quiet -p sphere-node --lib -- --nocapture audit_cost 2>/dev/null | grep "bytes per audit"
+cargo test --profile ci --quiet -p sphere-node --lib -- --nocapture audit_cost 2>/dev/null | grep "bytes per audit"
