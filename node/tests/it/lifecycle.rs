@@ -39,6 +39,39 @@ async fn sigkill_of_the_node_leaves_no_orphan_plugin() {
     );
 }
 
+/// The names of a process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The allocator's settings in main.rs are read (their symbol is the one jemalloc looks for):
+/// exactly one background thread returns an idle node's freed memory (bench/memory.sh).
+#[tokio::test]
+async fn the_allocator_gives_memory_back_from_one_background_thread() {
+    let node = TestNode::start();
+    let background = |names: &[String]| {
+        names
+            .iter()
+            .filter(|name| name.as_str() == "jemalloc_bg_thd")
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || background(&thread_names(
+            node.pid()
+        )) > 0),
+        "no jemalloc background thread among {:?}",
+        thread_names(node.pid())
+    );
+    assert_eq!(background(&thread_names(node.pid())), 1);
+}
+
 #[tokio::test]
 async fn health_reports_identity_and_plugin() {
     let node = TestNode::start();
