@@ -2,7 +2,9 @@
 # A/B of two builds of the node, both up at once, runs alternating (shared machines drift), each
 # node targeting itself with the floor's wrk script: req/s, p50 and the node's CPU per task
 # (utime+stime from /proc) at c=32 and c=1, and the ratio B/A per pair of runs.
-# Usage: A=path/to/old/sphere B=target/release/sphere [RUNS=5] [DUR=5s] bench/ab.sh
+# Usage: A=path/to/old/sphere B=target/release/sphere [RUNS=5] [DUR=5s] [WORKERS=n] bench/ab.sh
+# WORKERS sets each node's (and its plugin's) runtime worker threads: with 1, both nodes are bound
+# by their CPU per task and no worker wakes another, so small changes show through the noise.
 # Needs wrk and ../shared/floor/bench.lua (or FLOOR_LUA).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -10,8 +12,9 @@ A=${A:?the old build}; B=${B:-target/release/sphere}
 A=$(realpath "$A"); B=$(realpath "$B")
 LUA=$(realpath "${FLOOR_LUA:-../shared/floor/bench.lua}")
 W=$(mktemp -d); mkdir $W/a $W/b
-(cd $W/a && setsid $A node --http-listen 127.0.0.1:13001 --grpc-listen 127.0.0.1:18091 >$W/a.log 2>&1 < /dev/null &)
-(cd $W/b && setsid $B node --http-listen 127.0.0.1:13002 --grpc-listen 127.0.0.1:18092 >$W/b.log 2>&1 < /dev/null &)
+workers=${WORKERS:+TOKIO_WORKER_THREADS=$WORKERS}
+(cd $W/a && env $workers setsid $A node --http-listen 127.0.0.1:13001 --grpc-listen 127.0.0.1:18091 >$W/a.log 2>&1 < /dev/null &)
+(cd $W/b && env $workers setsid $B node --http-listen 127.0.0.1:13002 --grpc-listen 127.0.0.1:18092 >$W/b.log 2>&1 < /dev/null &)
 sleep 2
 apid=$(pgrep -f "grpc-listen 127.0.0.1:18091" | head -1); bpid=$(pgrep -f "grpc-listen 127.0.0.1:18092" | head -1)
 ticks() { awk '{print $14+$15}' /proc/$1/stat; }
