@@ -37,6 +37,7 @@ for c in ("32","1"):
         rps=[int(x[2])/int(x[3])*1e6 for x in r]; cpu=[int(x[5])*1e4/int(x[2]) for x in r]; p50=[int(x[4])/1000 for x in r]
         print(f"{s} c={c}: {st.median(rps):.0f} req/s, p50 {st.median(p50):.3f} ms, node CPU {st.median(cpu):.1f} us/task")
     a=[int(x[2])/int(x[3]) for x in rows if x[0]=="A" and x[1]==c]; b=[int(x[2])/int(x[3]) for x in rows if x[0]=="B" and x[1]==c]
-    print(f"B/A c={c}: median {st.median([y/x for x,y in zip(a,b)]):.2f}")
+    pairs=sorted(y/x for x,y in zip(a,b))
+    print(f"B/A c={c}: median {st.median(pairs):.2f} (pairs {pairs[0]:.2f}-{pairs[-1]:.2f})")
 PY
 kill -- -$apid -$bpid 2>/dev/null
