@@ -70,3 +70,11 @@ pub async fn serve(
         .serve_with_incoming_shutdown(links, shutdown)
         .await
 }
+
+/// The node at the other end of the call's link; `None` for a plaintext client.
+fn caller<T>(request: &tonic::Request<T>) -> Option<crate::identity::NodeId> {
+    request
+        .extensions()
+        .get::<crate::connections::ConnectionHandle>()
+        .and_then(crate::connections::ConnectionHandle::linked_node)
+}

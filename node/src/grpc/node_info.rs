@@ -21,17 +21,19 @@ impl NodeInfoGrpc {
 impl NodeService for NodeInfoGrpc {
     async fn get_info(
         &self,
-        _request: Request<GetInfoRequest>,
+        request: Request<GetInfoRequest>,
     ) -> Result<Response<GetInfoResponse>, Status> {
+        let payments = self.context.payments.as_ref();
+        let your_channels = payments
+            .zip(super::caller(&request))
+            .map(|(payments, caller)| payments.payee.counts_for(caller))
+            .unwrap_or_default();
         Ok(Response::new(GetInfoResponse {
             node_id: self.context.identity.node_id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             plugins: self.context.plugins.summaries(),
-            payment_terms: self
-                .context
-                .payments
-                .as_ref()
-                .map(|payments| payments.terms()),
+            payment_terms: payments.map(|payments| payments.terms()),
+            your_channels,
         }))
     }
 }

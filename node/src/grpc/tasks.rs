@@ -10,8 +10,8 @@ use sphere_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use super::caller;
 use super::held::{HELD_FOR, HeldKey, HeldOutput, HeldResults};
-use crate::connections::ConnectionHandle;
 use crate::context::NodeContext;
 use crate::error::{Error, ErrorCode};
 use crate::identity::NodeId;
@@ -65,14 +65,6 @@ impl TaskGrpc {
             None => Ok(Reservation::free()),
         }
     }
-}
-
-/// The node at the other end of the call's link; `None` for a plaintext client.
-fn caller<T>(request: &Request<T>) -> Option<NodeId> {
-    request
-        .extensions()
-        .get::<ConnectionHandle>()
-        .and_then(ConnectionHandle::linked_node)
 }
 
 fn check_nonce(nonce: &[u8]) -> Result<(), Error> {

@@ -279,6 +279,26 @@ impl Payee {
         self.inner.channels.all()
     }
 
+    /// What this node counts on each channel `requester` pays it through, with the largest
+    /// voucher kept as proof of what the requester signed: told to that requester only (its
+    /// link proves it), so that one whose count fell behind catches up before it pays again.
+    pub fn counts_for(&self, requester: NodeId) -> Vec<sphere_proto::v1::ChannelCount> {
+        let requester = requester.address();
+        self.lock()
+            .values()
+            .filter(|channel| channel.requester == requester)
+            .map(|channel| sphere_proto::v1::ChannelCount {
+                channel_id: bytes::Bytes::copy_from_slice(channel.channel_id.as_slice()),
+                charged_wei: channel.charged.to_string(),
+                kept_voucher: channel.best.as_ref().map(|kept| sphere_proto::v1::Voucher {
+                    channel_id: bytes::Bytes::copy_from_slice(channel.channel_id.as_slice()),
+                    cumulative_amount_wei: kept.amount.to_string(),
+                    signature: kept.signature.0.clone(),
+                }),
+            })
+            .collect()
+    }
+
     /// Checks that `voucher` pays `price` wei for `work` (said in refusals), and reserves it.
     /// `payer` is the node the work comes from, when known (proven on the link, or by the
     /// owner's signature): a channel's credit pays only for its own requester's work, whoever

@@ -12,9 +12,12 @@
 //! The count is written lazily, with each new voucher and at shutdown; what must survive a crash
 //! is a bound on what was signed (`signed_ceiling`, written durably before any voucher passes
 //! it, in steps of [`CEILING_STEP_PRICES`] prices). After a crash, or when an answer was lost,
-//! the provider's next answer (or its refusal of a voucher) says what it charged, and the
-//! requester catches up to it when that is within what it signed, or within the recovered
-//! bound: a lying provider can gain at most one step, once per crash.
+//! the provider says what it charged: in its next answer, in its refusal of a voucher, and in
+//! its `GetInfo`, which is asked before the first payment after a start, every [`TERMS_CACHE`]
+//! and after an answer was lost (so that work paid exactly, such as an upload that cannot be
+//! sent again, is not refused first). The requester catches up to it when that is within what
+//! it signed, or within the recovered bound: a lying provider can gain at most one step, once
+//! per crash.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -24,7 +27,7 @@ use alloy::primitives::{Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 use serde::{Deserialize, Serialize};
 use sphere_contracts::{Voucher, sign_voucher, voucher_signer};
-use sphere_proto::v1::{GetInfoRequest, GetInfoResponse, PaymentTerms};
+use sphere_proto::v1::{ChannelCount, GetInfoRequest, GetInfoResponse, PaymentTerms};
 
 use super::chain::{Chain, Mined};
 use super::ledger::{Durability, Ledger, Record};
@@ -97,6 +100,10 @@ pub struct OutgoingChannel {
     /// The last voucher signed, sent again while it covers the work.
     #[serde(skip)]
     last_voucher: Option<(U256, alloy::primitives::Bytes)>,
+    /// An answer was lost (the call timed out or broke): the provider may have charged work
+    /// this node did not count, so its count is asked for before the next payment.
+    #[serde(skip)]
+    recount: bool,
 }
 
 impl OutgoingChannel {
@@ -250,7 +257,13 @@ impl Payment {
         let Some((payer, channel_id, price)) = self.held.take() else {
             return false;
         };
-        payer.release(channel_id, price, outcome.is_ok());
+        let answer_lost = outcome.as_ref().err().is_some_and(|error| {
+            matches!(
+                error.code,
+                ErrorCode::TargetTimeout | ErrorCode::TargetUnreachable
+            )
+        });
+        payer.release(channel_id, price, outcome.is_ok(), answer_lost);
         let answered = charged.and_then(|charged| payer.catch_up_answered(channel_id, charged));
         let refused = outcome
             .as_ref()
@@ -308,7 +321,8 @@ where
 impl Drop for Payment {
     fn drop(&mut self) {
         if let Some((payer, channel_id, price)) = self.held.take() {
-            payer.release(channel_id, price, false);
+            // The work was dropped unanswered: it may have run and been charged.
+            payer.release(channel_id, price, false, true);
         }
     }
 }
@@ -397,6 +411,9 @@ impl Payer {
             .await
             .map_err(|status| crate::peers::remote_error(&status, target))?
             .into_inner();
+        if !info.your_channels.is_empty() {
+            self.catch_up_counts(target, &info.your_channels).await?;
+        }
         let info = Arc::new(info);
         self.inner
             .targets
@@ -404,6 +421,81 @@ impl Payer {
             .expect("target cache lock is never poisoned")
             .insert(target.clone(), (Instant::now(), Arc::clone(&info)));
         Ok(info)
+    }
+
+    /// Adopts what `target` says it counts on the channels this node pays it through, as from
+    /// a refusal (see [`OutgoingChannel::catch_up_to`]), and writes the channels that moved.
+    async fn catch_up_counts(&self, target: &Target, counts: &[ChannelCount]) -> Result<(), Error> {
+        let provider = self.inner.peers.node_id(target).await?.address();
+        let mut moved = Vec::new();
+        for count in counts {
+            let (Ok(channel_id), Ok(charged)) = (
+                B256::try_from(&count.channel_id[..]),
+                count.charged_wei.parse::<U256>(),
+            ) else {
+                continue;
+            };
+            let kept = count.kept_voucher.as_ref().and_then(|kept| {
+                Some((
+                    kept.cumulative_amount_wei.parse().ok()?,
+                    alloy::primitives::Bytes::from(kept.signature.clone()),
+                ))
+            });
+            let proven_signed = self.proven_signed(channel_id, kept);
+            let mut channels = self.lock();
+            let Some(channel) = channels
+                .get_mut(&channel_id)
+                .filter(|channel| channel.provider == provider)
+            else {
+                continue;
+            };
+            // Work in flight may be charged already, its answer on the way.
+            let spent = charged.saturating_sub(channel.in_flight);
+            if channel.catch_up_to(charged, spent, proven_signed) {
+                moved.push((channel_id, channel.version));
+            }
+        }
+        for (channel_id, version) in moved {
+            self.store(channel_id, version, Durability::Lazy).await?;
+        }
+        Ok(())
+    }
+
+    /// What this node provably signed on `channel_id`: the amount of `kept` when it carries
+    /// this node's signature, else nothing.
+    fn proven_signed(
+        &self,
+        channel_id: B256,
+        kept: Option<(U256, alloy::primitives::Bytes)>,
+    ) -> U256 {
+        kept.filter(|(amount, signature)| {
+            let voucher = Voucher {
+                channelId: channel_id,
+                cumulativeAmount: *amount,
+            };
+            voucher_signer(&voucher, self.inner.chain.domain(), signature)
+                == Some(self.inner.signer.address())
+        })
+        .map_or(U256::ZERO, |(amount, _)| amount)
+    }
+
+    /// Whether an answer from `provider` was lost since the last payment (clearing it).
+    fn take_recount(&self, provider: Address) -> bool {
+        let mut wanted = false;
+        for channel in self.lock().values_mut() {
+            if channel.provider == provider {
+                wanted |= std::mem::take(&mut channel.recount);
+            }
+        }
+        wanted
+    }
+
+    fn forget_info(&self, target: &Target) {
+        self.inner
+            .targets
+            .lock()
+            .expect("target cache lock is never poisoned")
+            .remove(target);
     }
 
     /// Returns a voucher paying `target` for `work`, or `None` when the target does not charge
@@ -420,6 +512,10 @@ impl Payer {
         }
         // The node its link proved, whatever it says about itself.
         let provider = self.inner.peers.node_id(target).await?.address();
+        if self.take_recount(provider) {
+            self.forget_info(target);
+            self.target_info(target).await?;
+        }
         let ahead = work.prices_per_voucher(self.inner.prepaid_tasks);
         let signed = self.sign(target, provider, price, ahead, &what)?;
         let channel_id = signed.payment.channel_id();
@@ -574,16 +670,7 @@ impl Payer {
         let kept_voucher = field("kept_voucher_wei")
             .and_then(|amount| amount.parse().ok())
             .zip(field("kept_voucher_signature").and_then(|hex| hex.parse().ok()));
-        let proven_signed = kept_voucher
-            .filter(|(amount, signature): &(U256, alloy::primitives::Bytes)| {
-                let voucher = Voucher {
-                    channelId: channel_id,
-                    cumulativeAmount: *amount,
-                };
-                voucher_signer(&voucher, self.inner.chain.domain(), signature)
-                    == Some(self.inner.signer.address())
-            })
-            .map_or(U256::ZERO, |(amount, _)| amount);
+        let proven_signed = self.proven_signed(channel_id, kept_voucher);
         let mut channels = self.lock();
         let channel = channels.get_mut(&channel_id)?;
         if !channel.may_have_signed(charged, proven_signed) {
@@ -612,7 +699,7 @@ impl Payer {
     }
 
     /// Ends a payment's hold.
-    fn release(&self, channel_id: B256, price: U256, succeeded: bool) {
+    fn release(&self, channel_id: B256, price: U256, succeeded: bool, answer_lost: bool) {
         let mut channels = self.lock();
         let channel = channels
             .get_mut(&channel_id)
@@ -621,6 +708,7 @@ impl Payer {
         if succeeded {
             channel.spent += price;
         }
+        channel.recount |= answer_lost;
         channel.version += 1;
     }
 
@@ -698,6 +786,7 @@ impl Payer {
                 recovered_ceiling: U256::ZERO,
                 ceiling_version: 0,
                 last_voucher: None,
+                recount: false,
             };
             self.lock().insert(channel_id, channel.clone());
             self.store(channel_id, 0, Durability::Synced).await?;
@@ -729,6 +818,7 @@ impl Payer {
             recovered_ceiling: U256::ZERO,
             ceiling_version: 0,
             last_voucher: None,
+            recount: false,
         };
         self.lock().insert(channel_id, channel.clone());
         self.store(channel_id, 0, Durability::Synced).await?;
@@ -850,6 +940,7 @@ mod tests {
                 recovered_ceiling: U256::ZERO,
                 ceiling_version: 0,
                 last_voucher: None,
+                recount: false,
             },
         );
         payer
@@ -889,5 +980,41 @@ mod tests {
         let proven = refusal(&payer, identity.signer());
         assert!(payer.catch_up(&proven).is_some());
         assert_eq!(spent(), U256::from(5_000));
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_has_the_providers_count_asked_for_before_the_next_payment() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let identity = NodeIdentity::generate();
+        let payer = payer_with_a_channel(dir.path(), &identity).await;
+        let provider = Address::repeat_byte(3);
+        let price = U256::from(1_000);
+        let payment = || {
+            payer.lock().get_mut(&CHANNEL).expect("channel").in_flight += price;
+            Payment {
+                held: Some((payer.clone(), CHANNEL, price)),
+                voucher: sphere_proto::v1::Voucher::default(),
+            }
+        };
+        let failure = |code| Err::<(), _>(Error::new(code, "failed"));
+
+        // The provider answered that the work failed: nothing was charged unseen.
+        payment().settle(&failure(ErrorCode::PluginFailed)).await;
+        assert!(!payer.take_recount(provider));
+
+        // The call timed out or broke, or the work was dropped unanswered: it may have run.
+        payment().settle(&failure(ErrorCode::TargetTimeout)).await;
+        assert!(payer.take_recount(provider));
+        assert!(!payer.take_recount(provider), "asked for once");
+        payment()
+            .settle(&failure(ErrorCode::TargetUnreachable))
+            .await;
+        assert!(payer.take_recount(provider));
+        drop(payment());
+        assert!(payer.take_recount(provider));
+        assert_eq!(
+            payer.channel(CHANNEL).expect("channel").in_flight,
+            U256::ZERO
+        );
     }
 }

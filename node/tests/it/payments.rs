@@ -1088,6 +1088,47 @@ async fn a_requester_that_lost_its_count_in_a_crash_catches_up_with_the_provider
 }
 
 #[tokio::test]
+async fn an_upload_after_the_requester_lost_its_count_in_a_crash_is_paid_at_once() {
+    // Storage is paid exactly (here one wei per byte), in the upload's trailer: a voucher
+    // refused there cannot be sent again with the data, so the count must be right before the
+    // upload starts.
+    let mut pair = PaidPair::start(json!({
+        "payments": {
+            "storage_period_seconds": 3_600,
+            "prices": {"storage_gib_day_wei": (1u64 << 30) * 24},
+        }
+    }))
+    .await;
+    pair.open_channel("1000000000").await;
+    for _ in 0..5 {
+        assert_eq!(pair.task("hello").await.0, 200);
+    }
+    pair.requester.kill9();
+    pair.requester.restart();
+    let owner = &pair.requester;
+    let response = owner
+        .http()
+        .put(owner.url(&format!(
+            "/files/after-crash.bin?target={}",
+            pair.provider.target()
+        )))
+        .body(vec![7u8; 100_000])
+        .send()
+        .await
+        .expect("answer");
+    let status = response.status();
+    assert_eq!(status, 201, "{}", response.text().await.unwrap_or_default());
+    assert!(owner.log().contains("catching up"));
+    // Both sides count the five tasks and the upload alike.
+    let earned = payments_of(&pair.provider).await["earned_wei"].clone();
+    let earned_wei: u64 = earned.as_str().expect("earned").parse().expect("number");
+    assert!(earned_wei > 5 * TASK_PRICE + 100_000, "{earned}");
+    assert_eq!(payments_of(owner).await["spent_wei"], earned);
+    // The provider tells a channel's count only to its requester, whom the link proves.
+    assert!(node_info(&pair.provider).await.your_channels.is_empty());
+}
+
+#[tokio::test]
 async fn a_requester_that_lost_its_database_finds_its_channels_on_the_chain() {
     let mut pair = PaidPair::start(json!({})).await;
     let (channel, _) = pair.open_channel("100000").await;
