@@ -171,15 +171,20 @@ async fn method_not_allowed(request: Request) -> Error {
 async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let uri = request.uri().clone();
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |route| route.as_str().to_owned());
+        .cloned();
     let response = next.run(request).await;
+    let duration = started.elapsed();
+    let route = route
+        .as_ref()
+        .map_or("unmatched", axum::extract::MatchedPath::as_str);
+    crate::metrics::http_request(route, method.as_str(), response.status().as_str(), duration);
     let status = response.status().as_u16();
-    crate::metrics::http_request(&route, method.as_str(), status, started.elapsed());
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let duration_ms = duration.as_secs_f64() * 1000.0;
+    let path = uri.path();
     match response.extensions().get::<ErrorCode>() {
         Some(code) => {
             tracing::info!(%method, path, status, error = %code, duration_ms, "request failed")

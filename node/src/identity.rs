@@ -34,9 +34,28 @@ impl From<Address> for NodeId {
     }
 }
 
+/// How many node IDs each thread keeps written out.
+const WRITTEN_KEPT: usize = 8;
+
 impl std::fmt::Display for NodeId {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(&self.0.to_checksum(None))
+        // Answers and logs name the same few nodes over and over, and each checksum costs a
+        // keccak hash: each thread keeps the last ones it wrote.
+        thread_local! {
+            static WRITTEN: std::cell::RefCell<Vec<(Address, Box<str>)>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        WRITTEN.with_borrow_mut(|written| {
+            if let Some((_, text)) = written.iter().find(|(address, _)| *address == self.0) {
+                return formatter.write_str(text);
+            }
+            let text: Box<str> = self.0.to_checksum(None).into();
+            if written.len() == WRITTEN_KEPT {
+                written.remove(0);
+            }
+            written.push((self.0, text));
+            formatter.write_str(&written[written.len() - 1].1)
+        })
     }
 }
 
@@ -255,6 +274,18 @@ impl NodeIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_ids_kept_written_out_still_show_their_own_checksum() {
+        let ids: Vec<NodeId> = (0..3 * WRITTEN_KEPT as u8)
+            .map(|byte| NodeId::from(Address::repeat_byte(byte.wrapping_mul(37))))
+            .collect();
+        for _ in 0..2 {
+            for id in ids.iter().chain(ids.iter().rev()) {
+                assert_eq!(id.to_string(), id.address().to_checksum(None));
+            }
+        }
+    }
 
     #[test]
     fn node_ids_read_in_any_case_and_show_checksummed() {

@@ -9,9 +9,12 @@
 //! node's state at each scrape: plugins (up, restarts, in flight, queued), the storage offered
 //! and used, and the payment channels both ways.
 
-use std::sync::OnceLock;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets, in seconds: 100 us to 30 s.
@@ -20,6 +23,63 @@ const LATENCY_BUCKETS: [f64; 14] = [
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Most series a metric family recorded as things happen holds; label sets beyond it are
+/// recorded as `other`, so that label values from outside (an HTTP method, a plugin name asked
+/// for, what a peer answers) cannot grow the registry and `/metrics` without bound.
+const MAX_SERIES: usize = 1000;
+
+/// The label value that stands for any beyond [`MAX_SERIES`].
+const OTHER: &str = "other";
+
+/// The handles of the series one metric family records, by label values. Registering a series
+/// (owned label strings, a lookup in the recorder's registry) costs more than recording into
+/// it, and every task records the same few series again.
+struct Family<H> {
+    series: Mutex<HashMap<String, H>>,
+}
+
+impl<H: Clone> Family<H> {
+    fn new() -> Self {
+        Self {
+            series: Mutex::default(),
+        }
+    }
+
+    /// The handles of the series `labels` name (or of the `other` series, once the family is
+    /// full), registered by `register` when first seen.
+    fn get<const N: usize>(&self, labels: [&str; N], register: impl FnOnce([&str; N]) -> H) -> H {
+        thread_local! {
+            static KEY: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        let write_key = |key: &mut String, labels: &[&str]| {
+            key.clear();
+            for label in labels {
+                key.push_str(label);
+                key.push('\0');
+            }
+        };
+        KEY.with_borrow_mut(|key| {
+            write_key(key, &labels);
+            let mut series = self.series.lock().expect("metrics lock is never poisoned");
+            if let Some(handles) = series.get(key.as_str()) {
+                return handles.clone();
+            }
+            let labels = if series.len() < MAX_SERIES {
+                labels
+            } else {
+                write_key(key, &[OTHER; N]);
+                if let Some(handles) = series.get(key.as_str()) {
+                    return handles.clone();
+                }
+                [OTHER; N]
+            };
+            let handles = register(labels);
+            series.insert(key.clone(), handles.clone());
+            handles
+        })
+    }
+}
 
 /// Installs the process's recorder (once; later calls reuse it) and keeps its histograms
 /// compact in the background; returns the handle that renders the metrics.
@@ -54,30 +114,41 @@ pub fn render() -> String {
 
 /// Records one REST request: its route (the matched pattern, so IDs do not multiply series),
 /// method, status and duration.
-pub fn http_request(route: &str, method: &str, status: u16, duration: Duration) {
-    let labels = [
-        ("route", route.to_owned()),
-        ("method", method.to_owned()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!("sphere_http_requests_total", &labels).increment(1);
-    metrics::histogram!(
-        "sphere_http_request_duration_seconds",
-        "route" => route.to_owned()
-    )
-    .record(duration.as_secs_f64());
+pub fn http_request(route: &str, method: &str, status: &str, duration: Duration) {
+    static FAMILY: LazyLock<Family<(Counter, Histogram)>> = LazyLock::new(Family::new);
+    let (requests, durations) = FAMILY.get([route, method, status], |[route, method, status]| {
+        let labels = [
+            ("route", route.to_owned()),
+            ("method", method.to_owned()),
+            ("status", status.to_owned()),
+        ];
+        (
+            metrics::counter!("sphere_http_requests_total", &labels),
+            metrics::histogram!(
+                "sphere_http_request_duration_seconds",
+                "route" => route.to_owned()
+            ),
+        )
+    });
+    requests.increment(1);
+    durations.record(duration.as_secs_f64());
 }
 
 /// Records one task run by one of this node's plugins: `outcome` is `ok` or the error code.
 pub fn task(plugin: &str, outcome: &str, duration: Duration) {
-    metrics::counter!(
-        "sphere_tasks_total",
-        "plugin" => plugin.to_owned(),
-        "outcome" => outcome.to_owned()
-    )
-    .increment(1);
-    metrics::histogram!("sphere_task_duration_seconds", "plugin" => plugin.to_owned())
-        .record(duration.as_secs_f64());
+    static FAMILY: LazyLock<Family<(Counter, Histogram)>> = LazyLock::new(Family::new);
+    let (tasks, durations) = FAMILY.get([plugin, outcome], |[plugin, outcome]| {
+        (
+            metrics::counter!(
+                "sphere_tasks_total",
+                "plugin" => plugin.to_owned(),
+                "outcome" => outcome.to_owned()
+            ),
+            metrics::histogram!("sphere_task_duration_seconds", "plugin" => plugin.to_owned()),
+        )
+    });
+    tasks.increment(1);
+    durations.record(duration.as_secs_f64());
 }
 
 /// Sets the number of connections `listener` (`http` or `grpc`) holds open.
@@ -130,14 +201,23 @@ pub fn transaction(kind: &'static str, outcome: &'static str) {
 /// is a configured peer, else `other` (addresses come from requests; they must not multiply
 /// series); `outcome` is `ok` or the error code.
 pub fn requested_task(target: &str, plugin: &str, outcome: &str, duration: Duration) {
-    let labels = [
-        ("target", target.to_owned()),
-        ("plugin", plugin.to_owned()),
-        ("outcome", outcome.to_owned()),
-    ];
-    metrics::counter!("sphere_requested_tasks_total", &labels).increment(1);
-    metrics::histogram!("sphere_requested_task_duration_seconds", "target" => target.to_owned())
-        .record(duration.as_secs_f64());
+    static FAMILY: LazyLock<Family<(Counter, Histogram)>> = LazyLock::new(Family::new);
+    let (tasks, durations) = FAMILY.get([target, plugin, outcome], |[target, plugin, outcome]| {
+        let labels = [
+            ("target", target.to_owned()),
+            ("plugin", plugin.to_owned()),
+            ("outcome", outcome.to_owned()),
+        ];
+        (
+            metrics::counter!("sphere_requested_tasks_total", &labels),
+            metrics::histogram!(
+                "sphere_requested_task_duration_seconds",
+                "target" => target.to_owned()
+            ),
+        )
+    });
+    tasks.increment(1);
+    durations.record(duration.as_secs_f64());
 }
 
 /// What the payment channels hold, at a scrape: `direction` is `out` (this node pays) or `in`
@@ -175,4 +255,26 @@ pub fn payments(direction: &'static str, totals: &ChannelTotals) {
 pub fn storage(capacity_bytes: u64, used_bytes: u64) {
     metrics::gauge!("sphere_storage_capacity_bytes").set(capacity_bytes as f64);
     metrics::gauge!("sphere_storage_used_bytes").set(used_bytes as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_family_records_label_sets_beyond_its_bound_as_other() {
+        let family: Family<String> = Family::new();
+        let register = |labels: [&str; 2]| labels.join("/");
+        for i in 0..MAX_SERIES {
+            assert_eq!(
+                family.get([&i.to_string(), "a"], register),
+                format!("{i}/a")
+            );
+        }
+        assert_eq!(family.get(["new", "a"], register), "other/other");
+        assert_eq!(family.get(["newer", "b"], register), "other/other");
+        // Those seen before the bound keep their own series.
+        assert_eq!(family.get(["7", "a"], register), "7/a");
+        assert_eq!(family.series.lock().expect("lock").len(), MAX_SERIES + 1);
+    }
 }

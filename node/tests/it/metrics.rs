@@ -180,3 +180,45 @@ async fn tasks_asked_of_other_nodes_are_counted_by_peer_and_outcome() {
         2.0
     );
 }
+
+#[tokio::test]
+async fn label_values_a_stranger_chooses_cannot_grow_the_metrics_without_bound() {
+    let node = TestNode::start();
+    assert_eq!(node.call(reqwest::Method::GET, "/node", "").await.0, 200);
+    // Each request has an HTTP method of its own, and the node answers each, unauthenticated
+    // routes included; its method would be a new series every time.
+    let client = node.http();
+    for i in 0..1100 {
+        let method = reqwest::Method::from_bytes(format!("M{i}").as_bytes()).expect("method");
+        let response = client
+            .request(method, node.url("/task"))
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(response.status(), 405);
+    }
+    let metrics = scrape(&node).await;
+    let series = metrics
+        .lines()
+        .filter(|line| line.starts_with("sphere_http_requests_total{"))
+        .count();
+    assert!((900..=1001).contains(&series), "{series} series");
+    assert!(
+        sample(
+            &metrics,
+            "sphere_http_requests_total",
+            &["route=\"other\"", "method=\"other\"", "status=\"other\""]
+        ) >= 99.0,
+        "{metrics}"
+    );
+    // Series seen before the bound keep counting under their own labels.
+    assert_eq!(node.call(reqwest::Method::GET, "/node", "").await.0, 200);
+    assert_eq!(
+        sample(
+            &scrape(&node).await,
+            "sphere_http_requests_total",
+            &["route=\"/node\"", "method=\"GET\"", "status=\"200\""]
+        ),
+        2.0
+    );
+}
