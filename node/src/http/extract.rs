@@ -54,6 +54,11 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
             "the request body is a JSON array; send a JSON object",
         ));
     }
+    // Tracking the path costs an allocation per field: only a body that fails is read again
+    // with it, to name the field.
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
