@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sphere_proto::v1::node_service_client::NodeServiceClient;
 use sphere_proto::v1::storage_service_client::StorageServiceClient;
@@ -26,6 +26,12 @@ use crate::mesh::Mesh;
 /// How often an idle connection to a peer is checked, and how long an answer may take.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most channels kept open to other nodes. Targets come from requests and from the mesh, whose
+/// members come and go, so the least recently used beyond this is closed.
+const MAX_CHANNELS: usize = 256;
+/// A channel unused for this long is closed when another target is first reached; its
+/// connection would otherwise be kept alive with pings for good.
+const CHANNEL_IDLE: Duration = Duration::from_secs(600);
 
 /// Largest gRPC message this node accepts from a peer: a chunk of the largest allowed chunk size
 /// plus framing.
@@ -104,10 +110,17 @@ struct PeerChannel {
     reached: Arc<Mutex<Option<NodeId>>>,
 }
 
+/// A channel kept, and when it was last asked for.
+#[derive(Debug)]
+struct KeptChannel {
+    peer: PeerChannel,
+    last_used: Instant,
+}
+
 /// The channels to other nodes, one per target.
 #[derive(Debug, Clone)]
 pub struct Peers {
-    channels: Arc<Mutex<HashMap<Target, PeerChannel>>>,
+    channels: Arc<Mutex<HashMap<Target, KeptChannel>>>,
     keys: LinkKeys,
     connect_timeout: Duration,
     /// Membership, once it started: where a node named by its ID alone is.
@@ -224,8 +237,20 @@ impl Peers {
             .channels
             .lock()
             .expect("peer map lock is never poisoned");
-        if let Some(peer) = channels.get(target) {
-            return peer.clone();
+        let now = Instant::now();
+        if let Some(kept) = channels.get_mut(target) {
+            kept.last_used = now;
+            return kept.peer.clone();
+        }
+        // Calls under way hold clones of what is closed here, and finish on them.
+        channels.retain(|_, kept| now.duration_since(kept.last_used) < CHANNEL_IDLE);
+        if channels.len() >= MAX_CHANNELS
+            && let Some(oldest) = channels
+                .iter()
+                .min_by_key(|(_, kept)| kept.last_used)
+                .map(|(target, _)| target.clone())
+        {
+            channels.remove(&oldest);
         }
         let endpoint = Endpoint::from_shared(target.address.uri())
             .expect("a target's URI was checked when it was made")
@@ -238,7 +263,13 @@ impl Peers {
         let channel = endpoint
             .connect_with_connector_lazy(self.keys.connector(target.node, Arc::clone(&reached)));
         let peer = PeerChannel { channel, reached };
-        channels.insert(target.clone(), peer.clone());
+        channels.insert(
+            target.clone(),
+            KeptChannel {
+                peer: peer.clone(),
+                last_used: now,
+            },
+        );
         peer
     }
 }
@@ -314,6 +345,43 @@ fn with_causes(status: &tonic::Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn channels_kept_are_bounded_and_the_idle_and_least_recently_used_are_closed() {
+        let identity = crate::identity::NodeIdentity::generate();
+        let peers = Peers::new(LinkKeys::new(&identity), Duration::from_secs(1));
+        let target = |index: usize| -> Target {
+            format!("127.0.0.1:{}", 10_000 + index)
+                .parse()
+                .expect("target")
+        };
+        let kept = |target: &Target| peers.channels.lock().expect("lock").contains_key(target);
+        for index in 0..MAX_CHANNELS {
+            peers.peer(&target(index));
+        }
+        // Asked for again, the first is no longer the least recently used: the second is.
+        peers.peer(&target(0));
+        peers.peer(&target(MAX_CHANNELS));
+        assert_eq!(peers.channels.lock().expect("lock").len(), MAX_CHANNELS);
+        assert!(kept(&target(0)));
+        assert!(!kept(&target(1)));
+
+        // One unused for longer than the idle time is closed when another target comes.
+        let long_ago = Instant::now()
+            .checked_sub(CHANNEL_IDLE + Duration::from_secs(1))
+            .expect("the clock is past that");
+        peers
+            .channels
+            .lock()
+            .expect("lock")
+            .get_mut(&target(2))
+            .expect("kept")
+            .last_used = long_ago;
+        peers.peer(&target(MAX_CHANNELS + 1));
+        assert!(!kept(&target(2)));
+        assert!(kept(&target(3)));
+        assert_eq!(peers.channels.lock().expect("lock").len(), MAX_CHANNELS);
+    }
 
     #[test]
     fn targets_name_an_address_and_perhaps_a_node() {
