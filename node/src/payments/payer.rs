@@ -415,11 +415,14 @@ impl Payer {
             self.catch_up_counts(target, &info.your_channels).await?;
         }
         let info = Arc::new(info);
-        self.inner
+        let mut targets = self
+            .inner
             .targets
             .lock()
-            .expect("target cache lock is never poisoned")
-            .insert(target.clone(), (Instant::now(), Arc::clone(&info)));
+            .expect("target cache lock is never poisoned");
+        // Targets come from requests: what would be asked for again anyway is not kept.
+        targets.retain(|_, (asked_at, _)| asked_at.elapsed() < TERMS_CACHE);
+        targets.insert(target.clone(), (Instant::now(), Arc::clone(&info)));
         Ok(info)
     }
 
