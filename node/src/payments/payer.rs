@@ -431,6 +431,7 @@ impl Payer {
     async fn catch_up_counts(&self, target: &Target, counts: &[ChannelCount]) -> Result<(), Error> {
         let provider = self.inner.peers.node_id(target).await?.address();
         let mut moved = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for count in counts {
             let (Ok(channel_id), Ok(charged)) = (
                 B256::try_from(&count.channel_id[..]),
@@ -438,6 +439,15 @@ impl Payer {
             ) else {
                 continue;
             };
+            // Each of this node's own channels to the provider once: a proof costs a signature
+            // recovery, and the provider could list anything, any number of times.
+            let ours = self
+                .lock()
+                .get(&channel_id)
+                .is_some_and(|channel| channel.provider == provider);
+            if !ours || !seen.insert(channel_id) {
+                continue;
+            }
             let kept = count.kept_voucher.as_ref().and_then(|kept| {
                 Some((
                     kept.cumulative_amount_wei.parse().ok()?,
@@ -446,10 +456,7 @@ impl Payer {
             });
             let proven_signed = self.proven_signed(channel_id, kept);
             let mut channels = self.lock();
-            let Some(channel) = channels
-                .get_mut(&channel_id)
-                .filter(|channel| channel.provider == provider)
-            else {
+            let Some(channel) = channels.get_mut(&channel_id) else {
                 continue;
             };
             // Work in flight may be charged already, its answer on the way.
