@@ -81,6 +81,48 @@ impl<H: Clone> Family<H> {
     }
 }
 
+/// A counter of events and a histogram of their durations, recorded together: the counter
+/// labelled with every label, the histogram with the first only.
+struct Timed<const N: usize> {
+    counter: &'static str,
+    histogram: &'static str,
+    labels: [&'static str; N],
+    family: LazyLock<Family<(Counter, Histogram)>>,
+}
+
+impl<const N: usize> Timed<N> {
+    const fn new(
+        counter: &'static str,
+        histogram: &'static str,
+        labels: [&'static str; N],
+    ) -> Self {
+        Self {
+            counter,
+            histogram,
+            labels,
+            family: LazyLock::new(Family::new),
+        }
+    }
+
+    /// Counts one event whose labels have `values`, and records its `duration`.
+    fn record(&self, values: [&str; N], duration: Duration) {
+        let (events, durations) = self.family.get(values, |values| {
+            let labels: Vec<(&'static str, String)> = self
+                .labels
+                .iter()
+                .zip(values)
+                .map(|(name, value)| (*name, value.to_owned()))
+                .collect();
+            (
+                metrics::counter!(self.counter, &labels),
+                metrics::histogram!(self.histogram, &labels[..1]),
+            )
+        });
+        events.increment(1);
+        durations.record(duration.as_secs_f64());
+    }
+}
+
 /// Installs the process's recorder (once; later calls reuse it) and keeps its histograms
 /// compact in the background; returns the handle that renders the metrics.
 pub fn install() -> PrometheusHandle {
@@ -115,40 +157,22 @@ pub fn render() -> String {
 /// Records one REST request: its route (the matched pattern, so IDs do not multiply series),
 /// method, status and duration.
 pub fn http_request(route: &str, method: &str, status: &str, duration: Duration) {
-    static FAMILY: LazyLock<Family<(Counter, Histogram)>> = LazyLock::new(Family::new);
-    let (requests, durations) = FAMILY.get([route, method, status], |[route, method, status]| {
-        let labels = [
-            ("route", route.to_owned()),
-            ("method", method.to_owned()),
-            ("status", status.to_owned()),
-        ];
-        (
-            metrics::counter!("sphere_http_requests_total", &labels),
-            metrics::histogram!(
-                "sphere_http_request_duration_seconds",
-                "route" => route.to_owned()
-            ),
-        )
-    });
-    requests.increment(1);
-    durations.record(duration.as_secs_f64());
+    static REQUESTS: Timed<3> = Timed::new(
+        "sphere_http_requests_total",
+        "sphere_http_request_duration_seconds",
+        ["route", "method", "status"],
+    );
+    REQUESTS.record([route, method, status], duration);
 }
 
 /// Records one task run by one of this node's plugins: `outcome` is `ok` or the error code.
 pub fn task(plugin: &str, outcome: &str, duration: Duration) {
-    static FAMILY: LazyLock<Family<(Counter, Histogram)>> = LazyLock::new(Family::new);
-    let (tasks, durations) = FAMILY.get([plugin, outcome], |[plugin, outcome]| {
-        (
-            metrics::counter!(
-                "sphere_tasks_total",
-                "plugin" => plugin.to_owned(),
-                "outcome" => outcome.to_owned()
-            ),
-            metrics::histogram!("sphere_task_duration_seconds", "plugin" => plugin.to_owned()),
-        )
-    });
-    tasks.increment(1);
-    durations.record(duration.as_secs_f64());
+    static TASKS: Timed<2> = Timed::new(
+        "sphere_tasks_total",
+        "sphere_task_duration_seconds",
+        ["plugin", "outcome"],
+    );
+    TASKS.record([plugin, outcome], duration);
 }
 
 /// Sets the number of connections `listener` (`http` or `grpc`) holds open.
@@ -201,23 +225,12 @@ pub fn transaction(kind: &'static str, outcome: &'static str) {
 /// is a configured peer, else `other` (addresses come from requests; they must not multiply
 /// series); `outcome` is `ok` or the error code.
 pub fn requested_task(target: &str, plugin: &str, outcome: &str, duration: Duration) {
-    static FAMILY: LazyLock<Family<(Counter, Histogram)>> = LazyLock::new(Family::new);
-    let (tasks, durations) = FAMILY.get([target, plugin, outcome], |[target, plugin, outcome]| {
-        let labels = [
-            ("target", target.to_owned()),
-            ("plugin", plugin.to_owned()),
-            ("outcome", outcome.to_owned()),
-        ];
-        (
-            metrics::counter!("sphere_requested_tasks_total", &labels),
-            metrics::histogram!(
-                "sphere_requested_task_duration_seconds",
-                "target" => target.to_owned()
-            ),
-        )
-    });
-    tasks.increment(1);
-    durations.record(duration.as_secs_f64());
+    static TASKS: Timed<3> = Timed::new(
+        "sphere_requested_tasks_total",
+        "sphere_requested_task_duration_seconds",
+        ["target", "plugin", "outcome"],
+    );
+    TASKS.record([target, plugin, outcome], duration);
 }
 
 /// What the payment channels hold, at a scrape: `direction` is `out` (this node pays) or `in`
