@@ -7,10 +7,11 @@
 //! every request to it; tonic reconnects a channel whose peer restarted. A peer that does not
 //! answer at all is caught by the per-request deadline and by HTTP/2 keep-alive pings.
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use lru::LruCache;
 use sphere_proto::v1::node_service_client::NodeServiceClient;
 use sphere_proto::v1::storage_service_client::StorageServiceClient;
 use sphere_proto::v1::task_service_client::TaskServiceClient;
@@ -28,7 +29,7 @@ const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most channels kept open to other nodes. Targets come from requests and from the mesh, whose
 /// members come and go, so the least recently used beyond this is closed.
-const MAX_CHANNELS: usize = 256;
+const MAX_CHANNELS: NonZeroUsize = NonZeroUsize::new(256).expect("not zero");
 /// A channel unused for this long is closed when another target is first reached; its
 /// connection would otherwise be kept alive with pings for good.
 const CHANNEL_IDLE: Duration = Duration::from_secs(600);
@@ -120,7 +121,8 @@ struct KeptChannel {
 /// The channels to other nodes, one per target.
 #[derive(Debug, Clone)]
 pub struct Peers {
-    channels: Arc<Mutex<HashMap<Target, KeptChannel>>>,
+    /// Least recently used first.
+    channels: Arc<Mutex<LruCache<Target, KeptChannel>>>,
     keys: LinkKeys,
     connect_timeout: Duration,
     /// Membership, once it started: where a node named by its ID alone is.
@@ -132,7 +134,7 @@ impl Peers {
     /// `connect_timeout`.
     pub fn new(keys: LinkKeys, connect_timeout: Duration) -> Self {
         Self {
-            channels: Arc::default(),
+            channels: Arc::new(Mutex::new(LruCache::new(MAX_CHANNELS))),
             keys,
             connect_timeout,
             mesh: Arc::default(),
@@ -242,15 +244,13 @@ impl Peers {
             kept.last_used = now;
             return kept.peer.clone();
         }
-        // Calls under way hold clones of what is closed here, and finish on them.
-        channels.retain(|_, kept| now.duration_since(kept.last_used) < CHANNEL_IDLE);
-        if channels.len() >= MAX_CHANNELS
-            && let Some(oldest) = channels
-                .iter()
-                .min_by_key(|(_, kept)| kept.last_used)
-                .map(|(target, _)| target.clone())
+        // The idle ones are the least recently used. Calls under way hold clones of what is
+        // closed here, and finish on them.
+        while channels
+            .peek_lru()
+            .is_some_and(|(_, kept)| now.duration_since(kept.last_used) >= CHANNEL_IDLE)
         {
-            channels.remove(&oldest);
+            channels.pop_lru();
         }
         let endpoint = Endpoint::from_shared(target.address.uri())
             .expect("a target's URI was checked when it was made")
@@ -263,7 +263,8 @@ impl Peers {
         let channel = endpoint
             .connect_with_connector_lazy(self.keys.connector(target.node, Arc::clone(&reached)));
         let peer = PeerChannel { channel, reached };
-        channels.insert(
+        // Closes the least recently used when full.
+        channels.push(
             target.clone(),
             KeptChannel {
                 peer: peer.clone(),
@@ -355,14 +356,15 @@ mod tests {
                 .parse()
                 .expect("target")
         };
-        let kept = |target: &Target| peers.channels.lock().expect("lock").contains_key(target);
-        for index in 0..MAX_CHANNELS {
+        let kept = |target: &Target| peers.channels.lock().expect("lock").contains(target);
+        let max = MAX_CHANNELS.get();
+        for index in 0..max {
             peers.peer(&target(index));
         }
         // Asked for again, the first is no longer the least recently used: the second is.
         peers.peer(&target(0));
-        peers.peer(&target(MAX_CHANNELS));
-        assert_eq!(peers.channels.lock().expect("lock").len(), MAX_CHANNELS);
+        peers.peer(&target(max));
+        assert_eq!(peers.channels.lock().expect("lock").len(), max);
         assert!(kept(&target(0)));
         assert!(!kept(&target(1)));
 
@@ -374,13 +376,13 @@ mod tests {
             .channels
             .lock()
             .expect("lock")
-            .get_mut(&target(2))
+            .peek_mut(&target(2))
             .expect("kept")
             .last_used = long_ago;
-        peers.peer(&target(MAX_CHANNELS + 1));
+        peers.peer(&target(max + 1));
         assert!(!kept(&target(2)));
         assert!(kept(&target(3)));
-        assert_eq!(peers.channels.lock().expect("lock").len(), MAX_CHANNELS);
+        assert_eq!(peers.channels.lock().expect("lock").len(), max);
     }
 
     #[test]
