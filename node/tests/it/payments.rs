@@ -1124,8 +1124,26 @@ async fn an_upload_after_the_requester_lost_its_count_in_a_crash_is_paid_at_once
     let earned_wei: u64 = earned.as_str().expect("earned").parse().expect("number");
     assert!(earned_wei > 5 * TASK_PRICE + 100_000, "{earned}");
     assert_eq!(payments_of(owner).await["spent_wei"], earned);
-    // The provider tells a channel's count only to its requester, whom the link proves.
+    // The provider tells a channel's count only to its requester, whom the link proves: not to
+    // a plaintext client, nor to another node linked with its own key.
     assert!(node_info(&pair.provider).await.your_channels.is_empty());
+    let stranger = sphere_node::identity::NodeIdentity::generate();
+    let connector = sphere_node::link::LinkKeys::new(&stranger).connector(
+        Some(pair.provider.node_id.parse().expect("node ID")),
+        std::sync::Arc::default(),
+    );
+    let link = tonic::transport::Endpoint::from_shared(format!("http://{}", pair.provider.grpc))
+        .expect("endpoint")
+        .connect_with_connector(connector)
+        .await
+        .expect("a stranger links with its own key");
+    let told = sphere_proto::v1::node_service_client::NodeServiceClient::new(link)
+        .get_info(sphere_proto::v1::GetInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert!(told.payment_terms.is_some());
+    assert!(told.your_channels.is_empty(), "{:?}", told.your_channels);
 }
 
 #[tokio::test]
