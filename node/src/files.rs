@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use sphere_proto::v1::put_object_request::Part;
@@ -47,7 +47,7 @@ use crate::scheduler::choose::{Refused, rank_providers};
 use crate::scheduler::standings::Standings;
 use crate::storage::StorageError;
 use crate::storage::chunks::ChunkHash;
-use crate::storage::crypto::{ChunkCipher, FileKey};
+use crate::storage::crypto::{ChunkCipher, FileKey, TAG_LEN};
 use crate::storage::files::{FileIndex, FileRecord, Manifest, Replica};
 
 /// Chunks sealed ahead of the slowest provider; bounds memory per transfer.
@@ -796,7 +796,7 @@ fn manifest_json(manifest: &Manifest) -> Vec<u8> {
 
 /// Returns the size of `manifest`'s sealed manifest object.
 fn sealed_manifest_len(manifest: &Manifest) -> u64 {
-    (manifest_json(manifest).len() + crate::storage::crypto::TAG_LEN) as u64
+    (manifest_json(manifest).len() + TAG_LEN) as u64
 }
 
 /// Records the outcome of paid work, when it was paid.
@@ -885,23 +885,33 @@ async fn seal_into(
             Ok(())
         }
     };
-    let mut pending = BytesMut::new();
-    let mut source_done = false;
+    // Bytes read past the previous chunk: a chunk is the last one only if no byte follows it.
+    let mut carried: Option<Bytes> = None;
     let mut chunks = Vec::new();
     let mut plaintext_size = 0u64;
     let mut sealed_size = 0u64;
     loop {
-        // Fill past one chunk: a chunk is the last one only if no byte follows it.
-        while !source_done && pending.len() <= chunk_size {
-            match plaintext.next().await {
-                Some(Ok(bytes)) => pending.extend_from_slice(&bytes),
-                Some(Err(error)) => return Err(SealError::Source(error)),
-                None => source_done = true,
+        // Filled straight from the body's frames, with room for the tag that sealing appends in
+        // place: each byte is copied once before it is encrypted.
+        let mut plain_chunk = Vec::with_capacity(chunk_size + TAG_LEN);
+        loop {
+            let bytes = match carried.take() {
+                Some(bytes) => bytes,
+                None => match plaintext.next().await {
+                    Some(Ok(bytes)) => bytes,
+                    Some(Err(error)) => return Err(SealError::Source(error)),
+                    None => break,
+                },
+            };
+            let room = chunk_size - plain_chunk.len();
+            if bytes.len() > room {
+                plain_chunk.extend_from_slice(&bytes[..room]);
+                carried = Some(bytes.slice(room..));
+                break;
             }
+            plain_chunk.extend_from_slice(&bytes);
         }
-        let last = source_done && pending.len() <= chunk_size;
-        let take = pending.len().min(chunk_size);
-        let plain_chunk = pending.split_to(take).to_vec();
+        let last = carried.is_none();
         plaintext_size += plain_chunk.len() as u64;
         let index = u32::try_from(chunks.len()).map_err(|_| {
             Error::new(

@@ -4,7 +4,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::harness::{TestNode, base64, files_under};
+use crate::harness::{NodeOptions, TestNode, base64, files_under};
 
 const README_DATA: &str = "TXkgYXdlc29tZSBsb25nIGxvbmcgbG9uZyBzdHJpbmch";
 
@@ -89,6 +89,81 @@ fn pattern_block(seed: u64, index: u64) -> Vec<u8> {
             state.to_le_bytes()
         })
         .collect()
+}
+
+/// Every size around a chunk's edges, sent in frames that straddle the edges, some larger than a
+/// chunk, comes back byte for byte, in as many chunks as it fills (an empty file in one) besides
+/// its manifest.
+#[tokio::test]
+async fn files_of_every_size_around_a_chunk_edge_round_trip_in_the_right_number_of_chunks() {
+    const CHUNK: usize = 4096;
+    let owner = TestNode::start_with(NodeOptions {
+        environment: vec![(
+            "SPHERE_STORAGE__CHUNK_SIZE_BYTES".to_owned(),
+            CHUNK.to_string(),
+        )],
+        ..NodeOptions::default()
+    });
+    let provider = TestNode::start();
+    let chunk_files = || {
+        files_under(&provider.data_dir.join("chunks"))
+            .into_iter()
+            .filter(|path| !path.starts_with(provider.data_dir.join("chunks/tmp")))
+            .count()
+    };
+    let sizes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 3 * CHUNK + 5];
+    for (seed, size) in sizes.into_iter().enumerate() {
+        let contents: Vec<u8> = pattern_block(seed as u64, 0)
+            .into_iter()
+            .cycle()
+            .take(size)
+            .collect();
+        // Frames of 1,000 bytes, then one of 10,000 (more than a chunk), then the rest.
+        let mut frames = Vec::new();
+        let mut rest = contents.as_slice();
+        for frame_size in [1000, 1000, 10_000]
+            .into_iter()
+            .chain(std::iter::repeat(1000))
+        {
+            if rest.is_empty() {
+                break;
+            }
+            let (frame, after) = rest.split_at(frame_size.min(rest.len()));
+            frames.push(Ok::<_, std::io::Error>(frame.to_vec()));
+            rest = after;
+        }
+        let chunks_before = chunk_files();
+        let response = owner
+            .http()
+            .put(owner.url(&format!("/files/edge-{size}?target={}", provider.target())))
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                frames,
+            )))
+            .send()
+            .await
+            .expect("upload answered");
+        assert_eq!(response.status(), 201, "size {size}");
+        let stored: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(stored["size"], size, "size {size}");
+        assert_eq!(
+            chunk_files() - chunks_before,
+            size.div_ceil(CHUNK).max(1) + 1,
+            "chunks of a file of {size} bytes, and its manifest's"
+        );
+        let id = stored["id"].as_str().expect("id");
+        let read = owner
+            .http()
+            .get(owner.url(&format!("/files/{id}")))
+            .send()
+            .await
+            .expect("download answered");
+        assert_eq!(read.status(), 200, "size {size}");
+        let read = read.bytes().await.expect("body");
+        assert!(
+            read.as_ref() == contents.as_slice(),
+            "a file of {size} bytes came back different"
+        );
+    }
 }
 
 #[tokio::test]
