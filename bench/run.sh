@@ -24,14 +24,14 @@ done
 echo
 echo "== files: ${size_mib} MiB stored and read back (owner -> provider)"
 head -c "$((size_mib * 1024 * 1024))" /dev/urandom >"$work/input"
-expected=$(sha256sum "$work/input" | cut -d' ' -f1)
+expected=$(sha256_of <"$work/input")
 sync
 start=$(date +%s.%N)
 id=$(curl -sf -T "$work/input" "http://$owner_http/files/input?target=$provider_grpc" |
   sed -E 's/.*"id":"([0-9a-f]+)".*/\1/')
 store_seconds=$(echo "$(date +%s.%N) - $start" | bc)
 start=$(date +%s.%N)
-actual=$(curl -sf "http://$owner_http/files/$id" | sha256sum | cut -d' ' -f1)
+actual=$(curl -sf "http://$owner_http/files/$id" | sha256_of)
 read_seconds=$(echo "$(date +%s.%N) - $start" | bc)
 [ "$actual" = "$expected" ] || { echo "read back differs!" >&2; exit 1; }
 printf 'store: %.2f s, %.0f MiB/s\n' "$store_seconds" "$(echo "$size_mib / $store_seconds" | bc -l)"
