@@ -2,9 +2,12 @@
 # A/B of two builds on the file path: a file of random bytes stored and read back at one replica,
 # with build A and build B in turn (which goes first alternates), each on fresh nodes. Prints, per
 # run, store and read MiB/s and the CPU seconds (utime+stime from /proc) the owner and the provider
-# spent on each, then the median of B/A of the owner's CPU for a store over the pairs. The
-# providers' data stays until the end (see bench/storage.sh on deleting chunk files).
+# spent on each, then the median of B/A of the owner's CPU for a store over the pairs.
 # Usage: A=path/to/old/sphere B=target/release/sphere [RUNS=4] [SIZE=1024 MiB] bench/files-ab.sh
+# On this machine's ext4 (no journal) a run's data stays until the end, as in bench/storage.sh;
+# with BENCH_DIR=/dev/shm (no disk: the CPU only) each run's data is deleted after it, so the
+# page cache does not grow into memory the virtual machine's host has not given it yet, whose
+# first touch slows writing by several times (BENCHMARKS.md, "Storage").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=$(realpath "${A:?the old build}"); B=$(realpath "${B:-target/release/sphere}")
@@ -25,6 +28,7 @@ one() {
   curl -sf "http://$owner/files/$id" -o /dev/null
   o2=$(cpu_ticks "$owner_pid"); p2=$(cpu_ticks "$provider_pid"); t2=$(date +%s.%N)
   stop_nodes
+  if [ "$(stat -f -c %T "$work")" = tmpfs ]; then rm -rf "$work/provider-$2" "$work/owner-$2"; fi
   echo "$2 $(echo "$size_mib / ($t1 - $t0)" | bc -l) $(((o1 - o0))) $(((p1 - p0))) $(echo "$size_mib / ($t2 - $t1)" | bc -l) $(((o2 - o1))) $(((p2 - p1)))"
 }
 

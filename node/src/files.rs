@@ -890,6 +890,8 @@ async fn seal_into(
     let mut chunks = Vec::new();
     let mut plaintext_size = 0u64;
     let mut sealed_size = 0u64;
+    // The chunk being sealed on the blocking pool while the next one is read from the upload.
+    let mut sealing = None;
     loop {
         // Filled straight from the body's frames, with room for the tag that sealing appends in
         // place: each byte is copied once before it is encrypted.
@@ -913,25 +915,34 @@ async fn seal_into(
         }
         let last = carried.is_none();
         plaintext_size += plain_chunk.len() as u64;
-        let index = u32::try_from(chunks.len()).map_err(|_| {
+        let index = u32::try_from(chunks.len() + usize::from(sealing.is_some())).map_err(|_| {
             Error::new(
                 ErrorCode::PayloadTooLarge,
                 "the file has more than 2^32 chunks",
             )
         })?;
         let cipher = Arc::clone(&cipher);
-        let (sealed_chunk, hash) = tokio::task::spawn_blocking(move || {
+        let sealed = tokio::task::spawn_blocking(move || {
             let mut chunk = plain_chunk;
             cipher.seal(index, last, &mut chunk)?;
             let hash = ChunkHash::of(&chunk);
             Ok::<_, StorageError>((chunk, hash))
-        })
-        .await
-        .map_err(|join_error| Error::new(ErrorCode::Internal, join_error.to_string()))?
-        .map_err(Error::from)?;
-        sealed_size += sealed_chunk.len() as u64;
-        chunks.push(hash);
-        send_all(Part::Chunk(Bytes::from(sealed_chunk))).await?;
+        });
+        // The previous chunk is sent now, and the last one too once it is sealed.
+        let mut ready = Vec::with_capacity(2);
+        ready.extend(sealing.replace(sealed));
+        if last {
+            ready.extend(sealing.take());
+        }
+        for sealed in ready {
+            let (sealed_chunk, hash) = sealed
+                .await
+                .map_err(|join_error| Error::new(ErrorCode::Internal, join_error.to_string()))?
+                .map_err(Error::from)?;
+            sealed_size += sealed_chunk.len() as u64;
+            chunks.push(hash);
+            send_all(Part::Chunk(Bytes::from(sealed_chunk))).await?;
+        }
         if last {
             break;
         }
