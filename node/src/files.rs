@@ -101,6 +101,8 @@ pub struct Files {
     /// Serialises read-modify-write of records (audits, repair, delete), so that none undoes
     /// another's change.
     record_lock: Arc<tokio::sync::Mutex<()>>,
+    /// When this node started: replicas' failures count towards their loss from then on.
+    watching_since_ms: u64,
 }
 
 impl Files {
@@ -122,7 +124,18 @@ impl Files {
             options: Arc::new(options),
             standings,
             record_lock: Arc::default(),
+            watching_since_ms: crate::clock::now_ms(),
         }
+    }
+
+    /// Returns whether `replica` counts as lost at `now_ms`: failing for longer than
+    /// `storage.lost_after_ms` while this node ran.
+    pub fn is_lost(&self, replica: &Replica, now_ms: u64) -> bool {
+        replica.is_lost(
+            now_ms,
+            self.options.lost_after.as_millis() as u64,
+            self.watching_since_ms,
+        )
     }
 
     /// Applies `change` to the current record of file `id` and stores it; returns the updated

@@ -5,9 +5,10 @@
 //! proof, and checks it against the chunk address the owner recorded: a few KiB per audit,
 //! whatever the file's size, and a provider cannot answer without the data. A replica whose audits
 //! fail (wrong data, or no answer) for longer than `storage.lost_after_ms` is lost; a brief outage
-//! is not. Repair copies the ciphertext of a healthy replica to a provider that does not hold the
-//! file yet (every chunk verified on the way, never decrypted), until the file is back at its
-//! replica count, and deletes what is left on the lost provider.
+//! is not, and neither is the owner's own: only failures while the owner runs count. Repair
+//! copies the ciphertext of a healthy replica to a provider that does not hold the file yet (every
+//! chunk verified on the way, never decrypted), until the file is back at its replica count, and
+//! deletes what is left on the lost provider.
 //!
 //! With payments on, a replica that passed its audit and whose paid storage period is more than
 //! half over is paid for one more period (data and manifest objects): the owner pays only for
@@ -217,12 +218,11 @@ impl Files {
     /// providers. Failures are logged; the next round tries again.
     async fn repair(&self, record: FileRecord) {
         let now = now_ms();
-        let grace = self.options.lost_after.as_millis() as u64;
         let (lost, kept): (Vec<Replica>, Vec<Replica>) = record
             .replicas
             .iter()
             .cloned()
-            .partition(|replica| replica.is_lost(now, grace));
+            .partition(|replica| self.is_lost(replica, now));
         let missing = (record.replicas_wanted as usize).saturating_sub(kept.len());
         if missing == 0 {
             return;

@@ -58,13 +58,12 @@ const MAX_REPLICAS: u32 = 64;
 
 /// Returns what the owner is told of `record`: its replicas' health from their audits.
 fn file_info(context: &NodeContext, record: &FileRecord, data: Option<String>) -> FileInfo {
-    let grace_ms = context.files.options().lost_after.as_millis() as u64;
     let now = crate::clock::now_ms();
     let first_replica = record.replicas.first();
     let replicas: Vec<ReplicaInfo> = record
         .replicas
         .iter()
-        .map(|replica| replica_info(replica, now, grace_ms))
+        .map(|replica| replica_info(replica, context.files.is_lost(replica, now)))
         .collect();
     let healthy = replicas
         .iter()
@@ -99,8 +98,8 @@ fn file_info(context: &NodeContext, record: &FileRecord, data: Option<String>) -
     }
 }
 
-fn replica_info(replica: &Replica, now: u64, grace_ms: u64) -> ReplicaInfo {
-    let health = match (replica.last_audit_ok, replica.is_lost(now, grace_ms)) {
+fn replica_info(replica: &Replica, lost: bool) -> ReplicaInfo {
+    let health = match (replica.last_audit_ok, lost) {
         (_, true) => ReplicaHealth::Lost,
         (None, false) => ReplicaHealth::Unaudited,
         (Some(true), false) => ReplicaHealth::Ok,

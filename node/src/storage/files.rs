@@ -64,10 +64,13 @@ impl Replica {
         }
     }
 
-    /// Returns whether the replica counts as lost: failing for longer than `grace_ms`.
-    pub fn is_lost(&self, now_ms: u64, grace_ms: u64) -> bool {
+    /// Returns whether the replica counts as lost: failing for longer than `grace_ms` of the
+    /// time its owner watched, from `watched_since_ms` (its start) on. The time the owner was
+    /// stopped does not count: an owner starting again after an outage does not declare lost
+    /// at once every replica whose audits failed as it stopped (its providers stopping too).
+    pub fn is_lost(&self, now_ms: u64, grace_ms: u64, watched_since_ms: u64) -> bool {
         self.failing_since_ms
-            .is_some_and(|since| now_ms.saturating_sub(since) >= grace_ms)
+            .is_some_and(|since| now_ms.saturating_sub(since.max(watched_since_ms)) >= grace_ms)
     }
 }
 
@@ -228,5 +231,21 @@ mod tests {
             ..manifest
         };
         assert_eq!(empty.sealed_chunk_len(0), 16);
+    }
+
+    #[test]
+    fn a_replica_is_lost_only_after_failing_for_the_grace_while_its_owner_ran() {
+        let mut replica = Replica::new("127.0.0.1:1".parse().expect("address"), String::new());
+        assert!(!replica.is_lost(100_000, 5_000, 0), "never failed");
+        replica.failing_since_ms = Some(10_000);
+        assert!(!replica.is_lost(14_999, 5_000, 0));
+        assert!(replica.is_lost(15_000, 5_000, 0));
+        // Failing since before the owner stopped; the owner started again at 60 s.
+        assert!(
+            !replica.is_lost(60_000, 5_000, 60_000),
+            "its outage does not count"
+        );
+        assert!(!replica.is_lost(64_999, 5_000, 60_000));
+        assert!(replica.is_lost(65_000, 5_000, 60_000));
     }
 }

@@ -352,6 +352,83 @@ async fn a_killed_provider_is_replaced_and_reads_go_on() {
     assert_eq!(read["data"], base64(&contents));
 }
 
+/// The health `owner` shows for file `id`'s replica at `target`.
+async fn replica_health(owner: &TestNode, id: &str, target: &str) -> String {
+    let entry = file_entry(owner, id).await;
+    entry["replicas"]
+        .as_array()
+        .and_then(|replicas| replicas.iter().find(|replica| replica["target"] == target))
+        .map(|replica| replica["health"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_else(|| format!("not a replica any more: {entry}"))
+}
+
+/// An owner counts only the audit failures it watched. Its providers stop with it (as a whole
+/// deployment goes down), it stays stopped past the grace period, and it starts before one of
+/// them: that replica is not lost at once, and is healthy again when its provider returns.
+#[tokio::test]
+async fn a_replica_is_not_lost_for_the_time_its_owner_was_stopped() {
+    const LOST_AFTER: Duration = Duration::from_secs(8);
+    let mut providers = providers(3);
+    let mut owner = TestNode::start_with(NodeOptions {
+        config: Some(json!({
+            "peers": providers.iter().map(TestNode::target).collect::<Vec<_>>(),
+            "storage": {
+                "replicas": 2,
+                "audit_interval_ms": 200,
+                "lost_after_ms": LOST_AFTER.as_millis() as u64,
+            },
+        })),
+        ..NodeOptions::default()
+    });
+    let stored = store(
+        &owner,
+        json!({"name": "a", "data": base64(&pattern(5000, 3))}),
+    )
+    .await;
+    let id = stored["id"].as_str().expect("id").to_owned();
+    let holders = replica_targets(&stored);
+    let stopped = holders[0].clone();
+    let stopped_index = providers
+        .iter()
+        .position(|p| p.target() == stopped)
+        .expect("a holder");
+
+    providers[stopped_index].kill9();
+    wait_until(
+        "the owner sees the stopped provider's replica failing",
+        Duration::from_secs(10),
+        || {
+            let (owner, id, stopped) = (&owner, &id, &stopped);
+            async move { replica_health(owner, id, stopped).await == "failing" }
+        },
+    )
+    .await;
+    owner.kill9();
+    tokio::time::sleep(LOST_AFTER + Duration::from_secs(1)).await;
+
+    // Without counting only what it watched, the owner's first audit would find the replica
+    // failing for longer than the grace, and repair it onto the third provider.
+    owner.restart();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(replica_health(&owner, &id, &stopped).await, "failing");
+    providers[stopped_index].restart();
+    wait_until(
+        "the returned provider's replica passes its audits",
+        Duration::from_secs(6),
+        || {
+            let (owner, id, stopped) = (&owner, &id, &stopped);
+            async move { replica_health(owner, id, stopped).await == "ok" }
+        },
+    )
+    .await;
+    let entry = file_entry(&owner, &id).await;
+    assert_eq!(
+        replica_targets(&entry),
+        holders,
+        "not repaired elsewhere: {entry}"
+    );
+}
+
 #[tokio::test]
 async fn a_corrupted_chunk_is_caught_by_audits_and_repaired_and_never_read() {
     let providers = providers(3);
