@@ -368,21 +368,25 @@ mod tests {
         assert!(kept(&target(0)));
         assert!(!kept(&target(1)));
 
-        // One unused for longer than the idle time is closed when another target comes.
+        // Those unused for longer than the idle time are closed when another target comes, all
+        // of them: the bound alone would close only one to make room.
         let long_ago = Instant::now()
             .checked_sub(CHANNEL_IDLE + Duration::from_secs(1))
             .expect("the clock is past that");
-        peers
-            .channels
-            .lock()
-            .expect("lock")
-            .peek_mut(&target(2))
-            .expect("kept")
-            .last_used = long_ago;
+        for idle in [2, 3] {
+            peers
+                .channels
+                .lock()
+                .expect("lock")
+                .peek_mut(&target(idle))
+                .expect("kept")
+                .last_used = long_ago;
+        }
         peers.peer(&target(max + 1));
         assert!(!kept(&target(2)));
-        assert!(kept(&target(3)));
-        assert_eq!(peers.channels.lock().expect("lock").len(), max);
+        assert!(!kept(&target(3)));
+        assert!(kept(&target(4)));
+        assert_eq!(peers.channels.lock().expect("lock").len(), max - 1);
     }
 
     #[test]
