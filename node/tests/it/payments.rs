@@ -399,6 +399,22 @@ async fn node_info(node: &TestNode) -> sphere_proto::v1::GetInfoResponse {
     .into_inner()
 }
 
+/// A link to `node` from the node whose key is `identity`.
+async fn link_as(
+    identity: &sphere_node::identity::NodeIdentity,
+    node: &TestNode,
+) -> tonic::transport::Channel {
+    let connector = sphere_node::link::LinkKeys::new(identity).connector(
+        Some(node.node_id.parse().expect("node ID")),
+        std::sync::Arc::default(),
+    );
+    tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc))
+        .expect("endpoint")
+        .connect_with_connector(connector)
+        .await
+        .expect("a node links with its own key")
+}
+
 async fn payments_of(node: &TestNode) -> Value {
     let (status, body) = node.call(reqwest::Method::GET, "/payments", "").await;
     assert_eq!(status, 200, "{body}");
@@ -753,15 +769,7 @@ async fn a_voucher_pays_tasks_ahead_and_the_provider_redeems_only_the_work_done(
             .into(),
     });
     let stranger = sphere_node::identity::NodeIdentity::generate();
-    let connector = sphere_node::link::LinkKeys::new(&stranger).connector(
-        Some(pair.provider.node_id.parse().expect("node ID")),
-        std::sync::Arc::default(),
-    );
-    let link = tonic::transport::Endpoint::from_shared(format!("http://{}", pair.provider.grpc))
-        .expect("endpoint")
-        .connect_with_connector(connector)
-        .await
-        .expect("a stranger links with its own key");
+    let link = link_as(&stranger, &pair.provider).await;
     let refusal = sphere_proto::v1::task_service_client::TaskServiceClient::new(link)
         .run_task(sphere_proto::v1::RunTaskRequest {
             task_id: "stranger".into(),
@@ -1128,15 +1136,7 @@ async fn an_upload_after_the_requester_lost_its_count_in_a_crash_is_paid_at_once
     // a plaintext client, nor to another node linked with its own key.
     assert!(node_info(&pair.provider).await.your_channels.is_empty());
     let stranger = sphere_node::identity::NodeIdentity::generate();
-    let connector = sphere_node::link::LinkKeys::new(&stranger).connector(
-        Some(pair.provider.node_id.parse().expect("node ID")),
-        std::sync::Arc::default(),
-    );
-    let link = tonic::transport::Endpoint::from_shared(format!("http://{}", pair.provider.grpc))
-        .expect("endpoint")
-        .connect_with_connector(connector)
-        .await
-        .expect("a stranger links with its own key");
+    let link = link_as(&stranger, &pair.provider).await;
     let told = sphere_proto::v1::node_service_client::NodeServiceClient::new(link)
         .get_info(sphere_proto::v1::GetInfoRequest {})
         .await

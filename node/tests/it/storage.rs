@@ -362,6 +362,22 @@ async fn replica_health(owner: &TestNode, id: &str, target: &str) -> String {
         .unwrap_or_else(|| format!("not a replica any more: {entry}"))
 }
 
+/// Waits until `owner` shows file `id`'s replica at `target` with `health`.
+async fn wait_for_health(
+    owner: &TestNode,
+    id: &str,
+    target: &str,
+    health: &str,
+    timeout: Duration,
+) {
+    wait_until(
+        &format!("the replica at {target} is {health}"),
+        timeout,
+        || async move { replica_health(owner, id, target).await == health },
+    )
+    .await;
+}
+
 /// An owner counts only the audit failures it watched. Its providers stop with it (as a whole
 /// deployment goes down), it stays stopped past the grace period, and it starts before one of
 /// them: that replica is not lost at once, and is healthy again when its provider returns.
@@ -394,15 +410,7 @@ async fn a_replica_is_not_lost_for_the_time_its_owner_was_stopped() {
         .expect("a holder");
 
     providers[stopped_index].kill9();
-    wait_until(
-        "the owner sees the stopped provider's replica failing",
-        Duration::from_secs(10),
-        || {
-            let (owner, id, stopped) = (&owner, &id, &stopped);
-            async move { replica_health(owner, id, stopped).await == "failing" }
-        },
-    )
-    .await;
+    wait_for_health(&owner, &id, &stopped, "failing", Duration::from_secs(10)).await;
     owner.kill9();
     tokio::time::sleep(LOST_AFTER + Duration::from_secs(1)).await;
 
@@ -412,15 +420,8 @@ async fn a_replica_is_not_lost_for_the_time_its_owner_was_stopped() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(replica_health(&owner, &id, &stopped).await, "failing");
     providers[stopped_index].restart();
-    wait_until(
-        "the returned provider's replica passes its audits",
-        Duration::from_secs(6),
-        || {
-            let (owner, id, stopped) = (&owner, &id, &stopped);
-            async move { replica_health(owner, id, stopped).await == "ok" }
-        },
-    )
-    .await;
+    // The returned provider's replica passes its audits.
+    wait_for_health(&owner, &id, &stopped, "ok", Duration::from_secs(6)).await;
     let entry = file_entry(&owner, &id).await;
     assert_eq!(
         replica_targets(&entry),
