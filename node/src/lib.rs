@@ -30,6 +30,7 @@
 pub mod address;
 pub mod api;
 pub mod auth;
+pub mod channel;
 pub mod client;
 pub mod clock;
 pub mod config;

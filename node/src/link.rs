@@ -355,19 +355,13 @@ impl Connector {
         self,
         uri: http::Uri,
     ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, LinkError> {
-        let host = uri.host().unwrap_or_default();
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = uri.port_u16().unwrap_or(80);
-        let address = format!("{host}:{port}");
-        let tcp = TcpStream::connect((host, port))
+        let address = uri.authority().map(ToString::to_string).unwrap_or_default();
+        let tcp = crate::channel::connect_tcp(&uri)
             .await
             .map_err(|source| LinkError::Connect {
                 address: address.clone(),
                 source,
             })?;
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY");
-        }
         let name = ServerName::try_from("sphere.invalid").expect("a valid DNS name");
         let tls = tokio_rustls::TlsConnector::from(self.config)
             .connect(name, tcp)

@@ -4,7 +4,7 @@
 //! caller knows it, which node must answer there (`0xID@host:port`). Every connection is an
 //! authenticated link ([`crate::link`]): the node at the other end proves its ID, and a target
 //! that names a node refuses any other. Channels are made lazily, kept per target and shared by
-//! every request to it; tonic reconnects a channel whose peer restarted. A peer that does not
+//! every request to it; a channel whose peer restarted connects again on its next call. A peer that does not
 //! answer at all is caught by the per-request deadline and by HTTP/2 keep-alive pings.
 
 use std::num::NonZeroUsize;
@@ -16,9 +16,9 @@ use sphere_proto::v1::node_service_client::NodeServiceClient;
 use sphere_proto::v1::storage_service_client::StorageServiceClient;
 use sphere_proto::v1::task_service_client::TaskServiceClient;
 use sphere_proto::v1::{GetInfoRequest, GetInfoResponse};
-use tonic::transport::{Channel, Endpoint};
 
 pub use crate::address::NodeAddress;
+use crate::channel::{Channel, KeepAlive};
 use crate::error::{Error, ErrorCode};
 use crate::identity::NodeId;
 use crate::link::{LinkError, LinkKeys};
@@ -252,16 +252,22 @@ impl Peers {
         {
             channels.pop_lru();
         }
-        let endpoint = Endpoint::from_shared(target.address.uri())
-            .expect("a target's URI was checked when it was made")
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
+        let uri = target
+            .address
+            .uri()
+            .parse()
+            .expect("a target's URI was checked when it was made");
         let reached = Arc::new(Mutex::new(None));
-        let channel = endpoint
-            .connect_with_connector_lazy(self.keys.connector(target.node, Arc::clone(&reached)));
+        let channel = Channel::new(
+            &uri,
+            self.connect_timeout,
+            Some(KeepAlive {
+                interval: KEEP_ALIVE_INTERVAL,
+                timeout: KEEP_ALIVE_TIMEOUT,
+            }),
+            self.keys.connector(target.node, Arc::clone(&reached)),
+        )
+        .expect("a target's URI names its host and port");
         let peer = PeerChannel { channel, reached };
         // Closes the least recently used when full.
         channels.push(

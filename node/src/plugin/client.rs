@@ -5,10 +5,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use sphere_proto::v1::plugin_service_client::PluginServiceClient;
 use sphere_proto::v1::{DescribeRequest, DescribeResponse, ExecuteRequest};
-use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+
+use crate::channel::Channel;
 
 /// How long `Describe` and health checks may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -58,11 +59,11 @@ impl PluginClient {
     /// Returns a client for the plugin at `address` (an `http://` URI), accepting outputs up to
     /// `max_output_bytes`. Connects lazily.
     pub fn new(address: &str, max_output_bytes: u64) -> Result<Self, String> {
-        let channel = Endpoint::from_shared(address.to_owned())
-            .map_err(|error| format!("bad plugin address {address:?}: {error}"))?
-            .connect_timeout(PROBE_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = address
+            .parse::<http::Uri>()
+            .map_err(|error| error.to_string())
+            .and_then(|uri| Channel::plaintext(&uri, PROBE_TIMEOUT, None))
+            .map_err(|error| format!("bad plugin address {address:?}: {error}"))?;
         Ok(Self {
             channel,
             address: address.to_owned(),

@@ -284,8 +284,19 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
 
 /// Returns the deadline a caller set with the `grpc-timeout` header, if any.
 pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// Reads a `grpc-timeout` header's value: at most eight digits and a unit (`H`, `M`, `S`, `m`,
+/// `u`, `n`); `None` for anything else.
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if !value.is_ascii() {
+        return None;
+    }
     let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
+    if amount.len() > 8 {
+        return None;
+    }
     let amount: u64 = amount.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(amount.saturating_mul(3600)),
@@ -312,5 +323,24 @@ mod tests {
         assert_eq!(grpc_timeout(&metadata), Some(Duration::from_secs(2)));
         metadata.insert("grpc-timeout", "x".parse().expect("value"));
         assert_eq!(grpc_timeout(&metadata), None);
+    }
+
+    #[test]
+    fn grpc_timeout_values_take_every_unit_and_at_most_eight_digits() {
+        let units = [
+            ("3H", Duration::from_secs(3 * 3600)),
+            ("3M", Duration::from_secs(180)),
+            ("3S", Duration::from_secs(3)),
+            ("3m", Duration::from_millis(3)),
+            ("3u", Duration::from_micros(3)),
+            ("3n", Duration::from_nanos(3)),
+            ("99999999S", Duration::from_secs(99_999_999)),
+        ];
+        for (value, expected) in units {
+            assert_eq!(parse_grpc_timeout(value), Some(expected), "{value}");
+        }
+        for value in ["", "S", "100000000S", "3s", "-3S", "3", "3é"] {
+            assert_eq!(parse_grpc_timeout(value), None, "{value:?}");
+        }
     }
 }
