@@ -216,9 +216,7 @@ where
         .call(uri)
         .await
         .map_err(Into::into)?;
-    // Boxed: hyper spawns a task for each request whose future is as large as the connection's,
-    // and a TLS stream inline would make that over a kilobyte to move on every call.
-    let (sender, connection) = settings.handshake(Box::new(io)).await?;
+    let (sender, connection) = settings.handshake(io).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "a client connection ended with an error");

@@ -4,8 +4,9 @@
 //! caller knows it, which node must answer there (`0xID@host:port`). Every connection is an
 //! authenticated link ([`crate::link`]): the node at the other end proves its ID, and a target
 //! that names a node refuses any other. Channels are made lazily, kept per target and shared by
-//! every request to it; a channel whose peer restarted connects again on its next call. A peer that does not
-//! answer at all is caught by the per-request deadline and by HTTP/2 keep-alive pings.
+//! every request to it; a channel whose peer restarted connects again on its next call. A peer
+//! that does not answer at all is caught by the per-request deadline and by HTTP/2 keep-alive
+//! pings.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, OnceLock};
