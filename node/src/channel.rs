@@ -408,20 +408,24 @@ mod tests {
         assert!(caused_by(&status, "no connection within"), "{status:?}");
     }
 
-    #[tokio::test]
-    async fn a_call_past_its_grpc_timeout_ends_as_timed_out_on_a_peer_that_never_answers() {
+    /// A peer that accepts connections and keeps them, reading and writing nothing.
+    async fn silent_peer() -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let address = listener.local_addr().expect("address");
-        // Accepts and keeps the connection, reading and writing nothing.
-        let _silent = tokio::spawn(async move {
+        tokio::spawn(async move {
             let mut kept = Vec::new();
             while let Ok((tcp, _)) = listener.accept().await {
                 kept.push(tcp);
             }
         });
-        let channel = Channel::plaintext(&uri(address), LONG, None).expect("channel");
+        address
+    }
+
+    #[tokio::test]
+    async fn a_call_past_its_grpc_timeout_ends_as_timed_out_on_a_peer_that_never_answers() {
+        let channel = Channel::plaintext(&uri(silent_peer().await), LONG, None).expect("channel");
         let mut request = tonic::Request::new(HealthCheckRequest::default());
         request.set_timeout(Duration::from_millis(200));
         let status = tokio::time::timeout(LONG, HealthClient::new(channel).check(request))
@@ -429,6 +433,23 @@ mod tests {
             .expect("the call's own timeout ends it")
             .expect_err("no answer");
         assert!(crate::error::is_timeout(&status), "{status:?}");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_answering_pings_is_dropped_before_the_calls_deadline() {
+        let keep_alive = KeepAlive {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(100),
+        };
+        let channel =
+            Channel::plaintext(&uri(silent_peer().await), LONG, Some(keep_alive)).expect("channel");
+        // The call's own deadline is `LONG`; only the unanswered ping can end it sooner.
+        let status = tokio::time::timeout(LONG, check(&channel))
+            .await
+            .expect("the keep-alive ends the call before its deadline")
+            .expect_err("no answer");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(!crate::error::is_timeout(&status), "{status:?}");
     }
 
     #[test]
