@@ -259,6 +259,9 @@ pub struct PaymentsConfig {
     /// How long a channel's state read from the chain is used for checking vouchers, in
     /// milliseconds.
     pub channel_cache_ms: u64,
+    /// Longest wait for one answer of the chain's endpoint, connecting included, in
+    /// milliseconds.
+    pub rpc_timeout_ms: u64,
     /// How many tasks one voucher pays ahead, as a requester: a voucher is signed (and checked
     /// by the provider) once per this many tasks. A provider that took the money and stopped
     /// working could keep at most this many tasks' price; an honest one redeems only the work
@@ -278,6 +281,7 @@ impl Default for PaymentsConfig {
             redeem_threshold_wei: 10_000_000_000_000_000,
             redeem_interval_ms: 3_600_000,
             channel_cache_ms: 5_000,
+            rpc_timeout_ms: 30_000,
             prepaid_tasks: 32,
         }
     }
@@ -509,6 +513,7 @@ impl Config {
         positive("tasks.keep_results_ms", self.tasks.keep_results_ms)?;
         positive("http.max_json_body_bytes", self.http.max_json_body_bytes)?;
         positive("payments.prepaid_tasks", self.payments.prepaid_tasks)?;
+        positive("payments.rpc_timeout_ms", self.payments.rpc_timeout_ms)?;
         for (field, limits) in [
             ("grpc.connections", &self.grpc.connections),
             ("http.connections", &self.http.connections),

@@ -99,23 +99,36 @@ pub struct Payments {
     pub payer: Payer,
 }
 
-/// Returns a provider that signs with `identity`'s key, for `url`.
+/// Returns a provider that signs with `identity`'s key, for `url`, waiting at most `timeout` for
+/// each answer: an endpoint that accepts and never answers would otherwise hold the node's
+/// start, or a redeem, forever.
 ///
 /// Nonces are asked of the chain for every transaction: alloy's default cache counts a nonce as
 /// used even when the transaction is refused before it is sent, and every later transaction
 /// then waits forever behind the gap. [`chain::Chain`] sends one transaction at a time.
-fn connect(url: &str, identity: &NodeIdentity) -> Result<DynProvider, PaymentsError> {
-    let url = url.parse().map_err(|error| PaymentsError::Unreachable {
+fn connect(
+    url: &str,
+    identity: &NodeIdentity,
+    timeout: Duration,
+) -> Result<DynProvider, PaymentsError> {
+    let unreachable = |reason: String| PaymentsError::Unreachable {
         url: url.to_owned(),
-        reason: format!("not a URL: {error}"),
-    })?;
+        reason,
+    };
+    let parsed = url
+        .parse()
+        .map_err(|error| unreachable(format!("not a URL: {error}")))?;
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|error| unreachable(format!("no HTTP client: {error}")))?;
     Ok(ProviderBuilder::new()
         .disable_recommended_fillers()
         .with_gas_estimation()
         .with_simple_nonce_management()
         .fetch_chain_id()
         .wallet(EthereumWallet::from(identity.signer().clone()))
-        .connect_http(url)
+        .connect_reqwest(client, parsed)
         .erased())
 }
 
@@ -143,7 +156,7 @@ impl Payments {
         let address: Address = contract_text
             .parse()
             .map_err(|_| PaymentsError::BadContractAddress(contract_text.to_owned()))?;
-        let provider = connect(url, identity)?;
+        let provider = connect(url, identity, Duration::from_millis(config.rpc_timeout_ms))?;
         let unreachable = |error: &(dyn std::error::Error + 'static)| PaymentsError::Unreachable {
             url: url.to_owned(),
             reason: crate::error::followed_by_causes(error.to_string(), error.source()),
@@ -350,7 +363,8 @@ pub async fn deploy(
     challenge_period_seconds: u64,
     unless_at: Option<Address>,
 ) -> Result<Address, String> {
-    let provider = connect(rpc_url, identity).map_err(|error| error.to_string())?;
+    let timeout = Duration::from_millis(PaymentsConfig::default().rpc_timeout_ms);
+    let provider = connect(rpc_url, identity, timeout).map_err(|error| error.to_string())?;
     if let Some(address) = unless_at {
         let found = contract_at(&provider, address).await.map_err(|error| {
             format!("asking {rpc_url} for the code at {address} failed: {error}")

@@ -247,10 +247,8 @@ async fn bodies_over_the_configured_limit_get_413_and_nothing_is_stored() {
 #[tokio::test]
 async fn an_unreachable_target_is_502() {
     let node = TestNode::start();
-    // A port that was just free: nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let closed_address = closed.local_addr().expect("address").to_string();
-    drop(closed);
+    let (_refusing, closed_address) = crate::harness::refusing_address();
+    let closed_address = closed_address.to_string();
 
     let (status, body) = node
         .post(

@@ -3,10 +3,15 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+
+/// Longest a node may take to say it is ready.
+const START_LIMIT: Duration = Duration::from_secs(60);
+/// Longest a node's REST API may stay silent in the middle of an answer to a test.
+const SILENCE_LIMIT: Duration = Duration::from_secs(120);
 
 /// A `sphere node` process started by a test.
 pub struct TestNode {
@@ -112,13 +117,20 @@ impl TestNode {
             .spawn()
             .expect("sphere binary runs");
         let stdout = child.stdout.take().expect("piped");
-        let mut ready_line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut ready_line)
-            .expect("read ready line");
+        let (ready_sender, ready) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = ready_sender.send(line);
+        });
+        // A node that hangs while starting fails this test, not the whole run.
+        let ready_line = ready.recv_timeout(START_LIMIT).unwrap_or_else(|_| {
+            let _ = child.kill();
+            String::new()
+        });
         assert!(
             ready_line.starts_with("sphere node "),
-            "node did not start; its log:\n{}",
+            "node did not start within {START_LIMIT:?}; its log:\n{}",
             std::fs::read_to_string(data_dir.join("node.log")).unwrap_or_default()
         );
         let field = |name: &str| -> String {
@@ -142,7 +154,10 @@ impl TestNode {
             environment: options.environment,
             config: options.config,
             file_limit: options.file_limit,
-            client: reqwest::Client::new(),
+            client: reqwest::Client::builder()
+                .read_timeout(SILENCE_LIMIT)
+                .build()
+                .expect("HTTP client"),
             removes_data_dir: true,
         }
     }
@@ -172,11 +187,7 @@ impl TestNode {
     /// Runs `sphere <args> --node <this node's REST URL>`; returns whether it succeeded, its
     /// stdout and its stderr.
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let output = sphere()
-            .args(args)
-            .args(["--node", &self.url("")])
-            .output()
-            .expect("sphere runs");
+        let output = run(sphere().args(args).args(["--node", &self.url("")]));
         (
             output.status.success(),
             String::from_utf8(output.stdout).expect("UTF-8"),
@@ -481,9 +492,75 @@ pub fn sphere_node(data_dir: &Path) -> Command {
     command
 }
 
+/// Longest a command run by [`run`] may take: far beyond what any takes here, short of what
+/// would hold up the whole test run.
+const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `command` to its end and returns its status and what it printed, as `Command::output`
+/// does; one still running after [`COMMAND_LIMIT`] is killed and fails the test with what it
+/// printed, so that a hung command fails its own test instead of holding up the whole run.
+pub fn run(command: &mut Command) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let stdout = read_to_end_in_background(child.stdout.take().expect("piped"));
+    let stderr = read_to_end_in_background(child.stderr.take().expect("piped"));
+    let deadline = std::time::Instant::now() + COMMAND_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            // Whatever the command started and left holding its stderr must not hold the test.
+            let printed = stderr
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_default();
+            panic!(
+                "{command:?} did not exit within {COMMAND_LIMIT:?}; it printed: {}",
+                String::from_utf8_lossy(&printed)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.recv().expect("stdout read"),
+        stderr: stderr.recv().expect("stderr read"),
+    }
+}
+
+/// Reads `pipe` to its end on a thread of its own; the bytes arrive on the returned channel.
+fn read_to_end_in_background(
+    mut pipe: impl std::io::Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        let _ = sender.send(bytes);
+    });
+    receiver
+}
+
+/// Returns a loopback address where connections are refused, and the socket that keeps it so
+/// for as long as it is held: bound, so no other socket gets the port, but never listening.
+pub fn refusing_address() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
+    let address = socket.local_addr().expect("address");
+    (socket, address)
+}
+
 /// Runs `command`, which must fail; returns what it printed on stderr.
 pub fn stderr_of_failure(command: &mut Command) -> String {
-    let output = command.output().expect("sphere runs");
+    let output = run(command);
     assert!(
         !output.status.success(),
         "it succeeded: {}",

@@ -1,10 +1,9 @@
 //! Start-up, configuration, shutdown and the plugin child process.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::harness::{
-    NodeOptions, TestNode, children_of, eventually, is_alive, sphere, sphere_node,
+    NodeOptions, TestNode, children_of, eventually, is_alive, run, sphere, sphere_node,
     stderr_of_failure,
 };
 
@@ -158,11 +157,7 @@ fn unknown_variables_are_warnings_and_errors_stay_short_with_rust_backtrace() {
 fn keygen_writes_the_identity_a_node_then_uses() {
     let dir = tempfile::tempdir().expect("temp dir");
     let key_file = dir.path().join("my.key");
-    let output = Command::new(env!("CARGO_BIN_EXE_sphere"))
-        .args(["keygen", "--out"])
-        .arg(&key_file)
-        .output()
-        .expect("runs");
+    let output = run(sphere().args(["keygen", "--out"]).arg(&key_file));
     assert!(output.status.success());
     let node_id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
 
@@ -175,11 +170,7 @@ fn keygen_writes_the_identity_a_node_then_uses() {
     });
     assert_eq!(node.node_id, node_id);
 
-    let again = Command::new(env!("CARGO_BIN_EXE_sphere"))
-        .args(["keygen", "--out"])
-        .arg(&key_file)
-        .output()
-        .expect("runs");
+    let again = run(sphere().args(["keygen", "--out"]).arg(&key_file));
     assert!(!again.status.success(), "keygen must not replace a key");
 }
 
@@ -261,14 +252,8 @@ async fn a_crashed_plugin_fails_its_tasks_but_not_the_node() {
     let (healthy, line) = health(false);
     assert!(healthy && line.starts_with("degraded"), "{line}");
     assert!(!health(true).0);
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let nobody = format!("http://{}", closed.local_addr().expect("address"));
-    drop(closed);
-    let status = sphere()
-        .args(["health", "--node", &nobody])
-        .output()
-        .expect("sphere runs")
-        .status;
+    let (_refusing, nobody) = crate::harness::refusing_address();
+    let status = run(sphere().args(["health", "--node", &format!("http://{nobody}")])).status;
     assert!(!status.success(), "nobody answers there");
 }
 

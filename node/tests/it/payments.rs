@@ -72,7 +72,7 @@ fn deploy_through(
     if let Some(roots) = roots {
         command.env("SSL_CERT_FILE", roots);
     }
-    let output = command.output().expect("sphere runs");
+    let output = crate::harness::run(&mut command);
     assert!(
         output.status.success(),
         "{}",
@@ -139,13 +139,11 @@ async fn a_deploy_finds_the_contract_already_there_and_refuses_a_stranger_contra
         .raw_request::<_, ()>("anvil_setCode".into(), (stranger, "0x00"))
         .await
         .expect("set code");
-    let refused = deploy_command(
+    let refused = crate::harness::run(&mut deploy_command(
         &rpc_url,
         &key_file,
         &["--unless-deployed-at", &stranger.to_string()],
-    )
-    .output()
-    .expect("sphere runs");
+    ));
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("not Sphere's payment contract"), "{stderr}");
@@ -186,12 +184,21 @@ async fn a_deployed_contract_is_used_and_a_wrong_chain_or_contract_is_refused_by
     assert_eq!(terms.chain_id, chain.chain_id());
     assert_eq!(terms.task_wei, "5000");
 
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead_url = format!("http://{}", closed.local_addr().expect("address"));
-    drop(closed);
+    let (_refusing, refusing_address) = crate::harness::refusing_address();
     let mut unreachable = settings.clone();
-    unreachable["rpc_url"] = json!(dead_url);
+    unreachable["rpc_url"] = json!(format!("http://{refusing_address}"));
     assert!(refused_start(unreachable).contains("payments.rpc_url"));
+
+    // An endpoint that takes the connection and never answers is refused once its time is up.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut hung = settings.clone();
+    hung["rpc_url"] = json!(format!("http://{}", silent.local_addr().expect("address")));
+    hung["rpc_timeout_ms"] = json!(500);
+    let stderr = refused_start(hung);
+    assert!(
+        stderr.contains("payments.rpc_url") && stderr.contains("timed out"),
+        "{stderr}"
+    );
 
     let mut wrong_chain = settings.clone();
     wrong_chain["chain_id"] = json!(1);

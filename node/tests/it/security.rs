@@ -330,12 +330,12 @@ async fn a_rest_api_beyond_loopback_requires_the_token_from_the_data_directory()
 
     // The CLI finds the token in the data directory, or takes it as --token.
     let sphere = |extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_sphere"))
-            .args(["file", "ls", "--node", &node.url("")])
-            .args(extra)
-            .env_remove("SPHERE_HTTP__TOKEN")
-            .output()
-            .expect("runs")
+        crate::harness::run(
+            crate::harness::sphere()
+                .args(["file", "ls", "--node", &node.url("")])
+                .args(extra)
+                .env_remove("SPHERE_HTTP__TOKEN"),
+        )
     };
     let data_dir = node.data_dir.to_string_lossy().into_owned();
     let output = sphere(&["--data-dir", &data_dir]);

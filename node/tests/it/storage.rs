@@ -755,11 +755,8 @@ async fn the_file_commands_put_list_get_and_remove() {
     std::fs::write(&original, &contents).expect("write");
     let node = owner.url("");
     let sphere = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sphere"))
-            .args(args)
-            .args(["--node", &node])
-            .output()
-            .expect("sphere runs");
+        let output =
+            crate::harness::run(crate::harness::sphere().args(args).args(["--node", &node]));
         assert!(
             output.status.success(),
             "sphere {args:?} failed: {}",
@@ -790,10 +787,14 @@ async fn the_file_commands_put_list_get_and_remove() {
     sphere(&["file", "rm", &id]);
     let (status, _) = read_back(&owner, &id).await;
     assert_eq!(status, 404);
-    let failed = std::process::Command::new(env!("CARGO_BIN_EXE_sphere"))
-        .args(["file", "get", &id, &copy.to_string_lossy(), "--node", &node])
-        .output()
-        .expect("sphere runs");
+    let failed = crate::harness::run(crate::harness::sphere().args([
+        "file",
+        "get",
+        &id,
+        &copy.to_string_lossy(),
+        "--node",
+        &node,
+    ]));
     assert!(!failed.status.success());
     assert!(String::from_utf8_lossy(&failed.stderr).contains("file_not_found"));
 }
@@ -886,10 +887,12 @@ async fn a_file_whose_replicas_are_all_lost_is_listed_lost_and_reads_as_file_los
 
     // `sphere file ls` shows it lost, and does not hand the name's escape sequences to the
     // terminal.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sphere"))
-        .args(["file", "ls", "--node", &owner.url("")])
-        .output()
-        .expect("runs");
+    let output = crate::harness::run(crate::harness::sphere().args([
+        "file",
+        "ls",
+        "--node",
+        &owner.url(""),
+    ]));
     assert!(output.status.success());
     let table = String::from_utf8(output.stdout).expect("UTF-8");
     let row = table
