@@ -2,7 +2,8 @@
 # A/B of two builds of the node, both up at once, runs alternating (shared machines drift), each
 # node targeting itself with the floor's wrk script: req/s, p50 and the node's CPU per task
 # (utime+stime from /proc) at c=32 and c=1, and the ratio B/A per pair of runs.
-# Usage: A=path/to/old/sphere B=target/release/sphere [RUNS=5] [DUR=5s] [WORKERS=n] bench/ab.sh
+# Usage: A=path/to/old/sphere B=target/release/sphere [RUNS=5] [DUR=5s] [WORKERS=n] [BY_ID=1] bench/ab.sh
+# BY_ID=1 names each node's target as 0xID@address (for a build whose links prove no ID).
 # WORKERS sets each node's (and its plugin's) runtime worker threads: with 1, both nodes are bound
 # by their CPU per task and no worker wakes another, so small changes show through the noise.
 # Needs wrk and ../shared/floor/bench.lua (or FLOOR_LUA).
@@ -17,10 +18,16 @@ workers=${WORKERS:+TOKIO_WORKER_THREADS=$WORKERS}
 (cd $W/b && env $workers setsid $B node --http-listen 127.0.0.1:13002 --grpc-listen 127.0.0.1:18092 >$W/b.log 2>&1 < /dev/null &)
 sleep 2
 apid=$(pgrep -f "grpc-listen 127.0.0.1:18091" | head -1); bpid=$(pgrep -f "grpc-listen 127.0.0.1:18092" | head -1)
+target() { # REST port's last digit -> the node's own gRPC address, by ID when BY_ID is set
+  local address=127.0.0.1:1809$1
+  [ -n "${BY_ID:-}" ] && address=$(curl -s 127.0.0.1:1300$1/node | python3 -c 'import json,sys; print(json.load(sys.stdin)["node_id"])')@$address
+  echo "$address"
+}
+atarget=$(target 1); btarget=$(target 2)
 ticks() { awk '{print $14+$15}' /proc/$1/stat; }
 one() { # pid port c
   local t=$([ $3 = 1 ] && echo 1 || echo 2) a=$(ticks $1)
-  local out=$(FLOOR_TARGET=127.0.0.1:1809${2: -1} wrk -t$t -c$3 -d${DUR:-5s} -s $LUA http://127.0.0.1:$2/task | sed -n 's/^FLOOR requests=\([0-9]*\) duration_us=\([0-9]*\) p50_us=\([0-9]*\).*/\1 \2 \3/p')
+  local out=$(FLOOR_TARGET=$([ "${2: -1}" = 1 ] && echo "$atarget" || echo "$btarget") wrk -t$t -c$3 -d${DUR:-5s} -s $LUA http://127.0.0.1:$2/task | sed -n 's/^FLOOR requests=\([0-9]*\) duration_us=\([0-9]*\) p50_us=\([0-9]*\).*/\1 \2 \3/p')
   local b=$(ticks $1)
   echo "$out $((b-a))"
 }
