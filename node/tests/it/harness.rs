@@ -302,14 +302,21 @@ pub fn signal(pid: u32, signal: i32) {
 
 /// Waits for `child` to exit, killing it and failing the test after `timeout`.
 pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
+    wait_or_kill(child, timeout)
+        .unwrap_or_else(|| panic!("process {} did not exit within {timeout:?}", child.id()))
+}
+
+/// Waits at most `timeout` for `child` to exit; `None`, with the child killed, when it did not.
+fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
+            return Some(status);
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            panic!("process {} did not exit within {timeout:?}", child.id());
+            let _ = child.wait();
+            return None;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -508,24 +515,15 @@ pub fn run(command: &mut Command) -> Output {
         .expect("the command starts");
     let stdout = read_to_end_in_background(child.stdout.take().expect("piped"));
     let stderr = read_to_end_in_background(child.stderr.take().expect("piped"));
-    let deadline = std::time::Instant::now() + COMMAND_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            // Whatever the command started and left holding its stderr must not hold the test.
-            let printed = stderr
-                .recv_timeout(Duration::from_secs(5))
-                .unwrap_or_default();
-            panic!(
-                "{command:?} did not exit within {COMMAND_LIMIT:?}; it printed: {}",
-                String::from_utf8_lossy(&printed)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = wait_or_kill(&mut child, COMMAND_LIMIT) else {
+        // Whatever the command started and left holding its stderr must not hold the test.
+        let printed = stderr
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default();
+        panic!(
+            "{command:?} did not exit within {COMMAND_LIMIT:?}; it printed: {}",
+            String::from_utf8_lossy(&printed)
+        );
     };
     Output {
         status,
