@@ -17,10 +17,26 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use http::Uri;
 use http::uri::{Authority, Scheme};
 use hyper::client::conn::http2::{Builder, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tonic::body::Body;
 use tower::{Service, ServiceExt};
+
+/// Spawns hyper's futures (the connection's, and one for each call's answer) boxed, as tonic's
+/// own channel does: spawned as they are, each lives in its task at its full size, which is the
+/// connection's, and is copied whole when the task is made and again when it ends.
+#[derive(Debug, Clone, Copy)]
+struct BoxingExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxingExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(Box::pin(future));
+    }
+}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -82,7 +98,7 @@ impl Channel {
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(format!("{uri} is not an http://host:port address"));
         };
-        let mut settings = Builder::new(TokioExecutor::new());
+        let mut settings = Builder::new(BoxingExecutor);
         settings.timer(TokioTimer::new());
         if let Some(KeepAlive { interval, timeout }) = keep_alive {
             settings
@@ -202,7 +218,7 @@ impl Service<http::Request<Body>> for Channel {
 async fn open<C>(
     mut connector: C,
     uri: Uri,
-    settings: Builder<TokioExecutor>,
+    settings: Builder<BoxingExecutor>,
 ) -> Result<SendRequest<Body>, BoxError>
 where
     C: Service<Uri>,
