@@ -907,6 +907,27 @@ mod tests {
     }
 
     #[test]
+    fn bounds_and_limits_of_zero_are_refused_naming_the_field() {
+        for field in [
+            "shutdown_grace_ms",
+            "grpc.connect_timeout_ms",
+            "grpc.task_timeout_ms",
+            "tasks.max_running",
+            "tasks.max_kept",
+            "tasks.max_kept_bytes",
+            "tasks.keep_results_ms",
+            "http.max_json_body_bytes",
+            "payments.prepaid_tasks",
+            "payments.rpc_timeout_ms",
+        ] {
+            let variable = format!("SPHERE_{}", field.to_uppercase().replace('.', "__"));
+            let error = Config::load(None, [(variable, "0".to_owned())], &[])
+                .expect_err("0 must be refused");
+            assert!(error.to_string().contains(field), "{field}: {error}");
+        }
+    }
+
+    #[test]
     fn an_unknown_field_in_the_file_is_refused_naming_file_and_field() {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("node.json");
